@@ -1,0 +1,257 @@
+"""Command line: argparse subcommands, each a few lines calling the library. ``main(argv)`` returns the exit
+code: 0 ok, 1 targets missed (when asked to require them), 2 bad input, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .data import load_mnist
+from .engine import Options
+from .errors import TinyMnistError, UsageError
+from .models import count_params, create_model, list_models
+from .recipes import JOURNEYS, all_steps, get_recipe
+from .runs import RunDir, train_run
+
+EXIT_OK, EXIT_TARGETS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one sentence and status 2
+        raise UsageError(f"{message} (see {self.prog} --help).")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def say(*lines: str) -> None:
+    print(*lines, sep="\n", flush=True)
+
+
+# --- progress and tables ---------------------------------------------------------------------------
+
+class Progress:
+    """A tqdm bar per epoch on a terminal; nothing between the per-epoch rows otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+        self.enabled = sys.stderr.isatty()
+
+    def batch(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=total, leave=False, unit="batch", dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+        if done == total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+HEADER = f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'lr':>9} {'seconds':>7}"
+
+
+def epoch_row(m: dict, published: float | None = None) -> str:
+    row = (f"{m['epoch']:>5} {m['train_loss']:>10.4f} {m['train_acc']:>8.2f}% {m['test_loss']:>9.4f} "
+           f"{m['test_acc']:>7.2f}% {m['lr']:>9.2e} {m['seconds']:>7.1f}")
+    return row + (f" {published:>8.2f}%" if published is not None else "")
+
+
+def verdict_lines(summary: dict) -> list[str]:
+    lines = [f"{'met ' if t['met'] else 'MISS'}  {t['name']}: {t['measured']}" for t in summary["verdict"]["targets"]]
+    first = summary["first_epoch_holding"]
+    lines.append(f"first epoch from which every later epoch holds 99.40%: {first if first else 'none'}")
+    lines.append("all targets met" if summary["verdict"]["met"] else "targets NOT met")
+    return lines
+
+
+# --- subcommands ---------------------------------------------------------------------------------
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .report import digit_grid  # matplotlib only when a figure is asked for
+
+    data = load_mnist(args.data_dir, not args.no_download)
+    say(f"files found in {data.source.resolve()}",
+        f"train: {len(data.train_labels):,} images   test: {len(data.test_labels):,} images")
+    for split, labels in (("train", data.train_labels), ("test", data.test_labels)):
+        counts = labels.bincount(minlength=10).tolist()
+        say(f"{split} per class: " + "  ".join(f"{d}:{c:,}" for d, c in enumerate(counts)))
+    say(f"normalization (from the training images): mean {data.mean:.4f}, std {data.std:.4f}")
+    for split, images in (("train", data.train_images), ("test", data.test_images)):
+        raw = images.float() / 255
+        norm = data.normalize(images)
+        say(f"{split} pixels in [0,1]:  mean {raw.mean():.4f} std {raw.std():.4f} min {raw.min():.4f} "
+            f"max {raw.max():.4f}",
+            f"{split} normalized:       mean {norm.mean():.4f} std {norm.std():.4f} min {norm.min():.4f} "
+            f"max {norm.max():.4f}")
+    out = Path(args.out)
+    digit_grid(data.train_images[:60], data.train_labels[:60].tolist(), out, "MNIST: the first 60 training digits")
+    say(f"wrote {out} (60 training digits with their labels)")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    say(f"{'model':<18} {'params':>7}")
+    for name in list_models():
+        say(f"{name:<18} {count_params(create_model(name)):>7,}")
+    return EXIT_OK
+
+
+def cmd_steps(args: argparse.Namespace) -> int:
+    for journey, steps in JOURNEYS.items():
+        say(f"journey {journey}:")
+        for i, step in enumerate(steps, 1):
+            params = count_params(create_model(step.recipe.model))
+            say(f"  {i}. {step.name} ({params:,} params, {step.recipe.epochs} epochs): {step.target}")
+    from .recipes import EXTRA
+    if EXTRA:
+        say("other recipes:")
+        for name, recipe in EXTRA.items():
+            say(f"  {name} ({count_params(create_model(recipe.model)):,} params, {recipe.epochs} epochs)")
+    return EXIT_OK
+
+
+def run_options(args: argparse.Namespace) -> Options:
+    return Options(device=args.device, channels_last=not args.no_channels_last, precision=args.precision,
+                   threads=args.threads)
+
+
+def recipe_overrides(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+                              "seed": args.seed}.items() if v is not None}
+
+
+def load_data(args: argparse.Namespace, subset: int | None = None):  # noqa: ANN201
+    data = load_mnist(args.data_dir, not args.no_download)
+    return data.subset(subset) if subset else data
+
+
+def train_and_show(run: RunDir, data, options: Options, published: tuple[float, ...] = ()) -> dict:  # noqa: ANN001
+    progress = Progress()
+    header = HEADER + (f" {'original':>9}" if published else "")
+    say(f"run directory: {run.path}", header)
+
+    def on_epoch(m: dict) -> None:
+        progress.close()
+        e = m["epoch"]
+        say(epoch_row(m, published[e - 1] if published and e <= len(published) else None))
+
+    try:
+        return train_run(run, data, options, on_epoch, progress.batch)
+    finally:
+        progress.close()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        run = RunDir(args.resume)
+        if not run.exists():
+            raise UsageError(f"{run.path} is not a run directory (no recipe.json); give the directory a train "
+                             f"command wrote.")
+        if run.finished():
+            raise UsageError(f"{run.path} is already finished; see {run.path / 'summary.json'}.")
+        record = run.record()
+        step, data = record["step"], load_data(args, record["options"].get("subset"))
+        options = Options(**{k: v for k, v in record["options"].items() if k != "subset"})
+    else:
+        if not args.step:
+            raise UsageError("name a step to train (see `tinymnist steps`), or --resume RUN_DIR.")
+        step = args.step
+        recipe = get_recipe(step).with_overrides(**recipe_overrides(args))
+        data = load_data(args, args.subset)
+        recipe.check(train_size=len(data.train_labels))
+        options = run_options(args)
+        run = RunDir(Path(args.out) / f"{step}-seed{recipe.seed}")
+        run.create(step, recipe, recipe_overrides(args),
+                   {**options.__dict__, "subset": args.subset})
+    recipe = run.recipe()
+    original = all_steps().get(step)
+    published = original.published if original and original.recipe == recipe and not args.subset else ()
+    try:
+        summary = train_and_show(run, data, options, published)
+    except KeyboardInterrupt:
+        say("", f"interrupted; {run.path} holds every completed epoch. Resume with: "
+                f"tinymnist train --resume {run.path}")
+        return EXIT_INTERRUPTED
+    say("", *verdict_lines(summary))
+    return EXIT_TARGETS if args.require_targets and not summary["verdict"]["met"] else EXIT_OK
+
+
+# --- the parser ----------------------------------------------------------------------------------
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="directory with the four MNIST files (default: $TINYMNIST_DATA, else "
+                                      "./data/MNIST/raw)")
+    p.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
+    p.add_argument("--lr", type=positive_float, help="override the recipe's (peak) learning rate")
+    p.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
+    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (default fp32)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: one per core)")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors (slower on CPU)")
+    p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
+    p.add_argument("--out", default="runs", help="parent directory of run directories (default: runs)")
+    add_data_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tinymnist", description="Design, train, prove and use very small CNNs on MNIST.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("data", help="find (or download) MNIST, print statistics, write a grid of digits")
+    add_data_args(p)
+    p.add_argument("--out", default="mnist-digits.png", help="PNG grid of 60 digits (default: mnist-digits.png)")
+    p.set_defaults(func=cmd_data)
+
+    sub.add_parser("models", help="list registered models with their parameter counts").set_defaults(func=cmd_models)
+    sub.add_parser("steps", help="list journeys, their steps and targets").set_defaults(func=cmd_steps)
+
+    p = sub.add_parser("train", help="train one step (or recipe) and judge it against the targets")
+    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`)")
+    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument("--resume", help="continue the interrupted run in this directory")
+    p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
+    add_run_args(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except TinyMnistError as e:
+        print(f"tinymnist: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tinymnist: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+

@@ -1,0 +1,204 @@
+"""Training and evaluation. Prints nothing: progress goes to callbacks, errors are raised.
+
+The training set is held on the device as one uint8 tensor, shuffled every epoch with a dedicated
+generator and sliced into batches; augmentation (when the recipe asks for it) is batched and per-sample.
+All random state lives in two generators (shuffle, augment) plus the model's initial weights, so a run
+is reproduced exactly from its seed, and resumed exactly from an epoch-end checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import MNIST, augment
+from .errors import TrainingError, UsageError
+from .models import create_model
+from .recipes import Recipe
+
+EVAL_BATCH = 2000  # big batches under inference_mode: evaluation is a small share of an epoch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda, else mps, else cpu; or the device named."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    return device
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run a recipe (not what to learn): none of these change the mathematics in fp32."""
+
+    device: str = "auto"
+    channels_last: bool = True  # pays on CPU (oneDNN) and on tensor-core GPUs
+    precision: str = "fp32"  # fp32 | bf16 (autocast; checks its accuracy in docs/performance.md)
+    threads: int | None = None  # CPU threads; None = torch's default (one per core)
+
+
+class Trainer:
+    """One training run: model, optimizer, random generators and the history so far."""
+
+    def __init__(self, recipe: Recipe, data: MNIST, options: Options = Options()) -> None:
+        recipe.check(train_size=len(data.train_labels))
+        self.recipe, self.options = recipe, options
+        self.device = pick_device(options.device)
+        if options.threads and self.device.type == "cpu":
+            torch.set_num_threads(options.threads)
+        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[options.precision]
+        torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
+        self.model = create_model(recipe.model).to(self.device, memory_format=self.memory_format)
+        self.optimizer = _make_optimizer(recipe, self.model)
+        self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
+        self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)
+        self.mean, self.std = data.mean, data.std
+        self.train_images = data.train_images.to(self.device)
+        self.train_labels = data.train_labels.to(self.device)
+        self.test_images = data.test_images.to(self.device)
+        self.test_labels = data.test_labels.to(self.device)
+        self.history: list[dict] = []
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs."""
+        return len(self.history)
+
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.train_labels) // self.recipe.batch_size)
+
+    def _inputs(self, images: torch.Tensor, augmented: bool = False) -> torch.Tensor:
+        x = images.unsqueeze(1).float().div_(255)
+        if augmented:
+            r = self.recipe
+            x = augment(x, self.augment_gen, r.rotate, r.shift, r.scale)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _autocast(self):  # noqa: ANN202 - a context manager
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
+
+    def train_epoch(self, on_batch: Callable[[int, int], None] | None = None) -> dict:
+        """Train one epoch; returns train loss, train accuracy (in train mode, as it goes), lr and seconds."""
+        r, epoch = self.recipe, self.epoch
+        start = time.perf_counter()
+        self.model.train()
+        n = len(self.train_labels)
+        order = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
+        images, labels = self.train_images[order], self.train_labels[order]
+        batches = self.batches_per_epoch()
+        augmented = bool(r.rotate or r.shift or r.scale)
+        losses = torch.zeros(batches, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for b in range(batches):
+            lr = r.lr_at(epoch, b, batches)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x = self._inputs(images[b * r.batch_size:(b + 1) * r.batch_size], augmented)
+            y = labels[b * r.batch_size:(b + 1) * r.batch_size]
+            with self._autocast():
+                out = self.model(x)
+            loss = nn.functional.nll_loss(out.float(), y) if not r.label_smoothing else \
+                nn.functional.cross_entropy(out.float(), y, label_smoothing=r.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses[b] = loss.detach()
+            correct += (out.argmax(1) == y).sum()
+            if on_batch:
+                on_batch(b + 1, batches)
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0])
+            raise TrainingError(f"the loss became {float(losses[bad])} at epoch {epoch + 1}, batch {bad + 1}; "
+                                f"the run stopped and its last good checkpoint is kept (try a lower --lr).")
+        sizes = torch.full((batches,), float(r.batch_size), device=self.device)
+        sizes[-1] = n - (batches - 1) * r.batch_size
+        return {"train_loss": float((losses * sizes).sum() / n), "train_acc": 100 * int(correct) / n,
+                "lr": lr, "train_seconds": time.perf_counter() - start}
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (N, 10) for uint8 images (N, 28, 28) already on the device."""
+        self.model.eval()
+        outs = []
+        for i in range(0, len(images), EVAL_BATCH):
+            with self._autocast():
+                outs.append(self.model(self._inputs(images[i:i + EVAL_BATCH])).float())
+        return torch.cat(outs) if outs else torch.zeros(0, 10, device=self.device)
+
+    def evaluate(self) -> dict:
+        """Test loss and accuracy over the whole test set."""
+        start = time.perf_counter()
+        out = self.predict(self.test_images)
+        loss = float(nn.functional.nll_loss(out, self.test_labels, reduction="sum")) / len(self.test_labels)
+        acc = 100 * int((out.argmax(1) == self.test_labels).sum()) / len(self.test_labels)
+        return {"test_loss": loss, "test_acc": acc, "eval_seconds": time.perf_counter() - start}
+
+    def run_epoch(self, on_batch: Callable[[int, int], None] | None = None) -> dict:
+        train = self.train_epoch(on_batch)
+        test = self.evaluate()
+        metrics = {"epoch": self.epoch + 1, **train, **test,
+                   "seconds": train["train_seconds"] + test["eval_seconds"]}
+        self.history.append(metrics)
+        return metrics
+
+    # --- state for checkpoints: plain tensors and JSON, never pickle ----------------------------
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        for i, state in self.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"optim.{i}.{key}"] = torch.as_tensor(value)
+        tensors["rng.shuffle"] = self.shuffle_gen.get_state()
+        tensors["rng.augment"] = self.augment_gen.get_state()
+        return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], history: list[dict]) -> None:
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state)
+        optim = self.optimizer.state_dict()
+        optim["state"] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, i, name = key.split(".", 2)
+                optim["state"].setdefault(int(i), {})[name] = value.to(self.device)
+        self.optimizer.load_state_dict(optim)
+        self.shuffle_gen.set_state(tensors["rng.shuffle"])
+        self.augment_gen.set_state(tensors["rng.augment"])
+        self.history = [dict(m) for m in history]
+
+
+def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=(recipe.momentum, 0.999),
+                                weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                           weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+
+
+def fit(recipe: Recipe, data: MNIST, options: Options = Options(),
+        on_epoch: Callable[[Trainer, dict], None] | None = None,
+        on_batch: Callable[[int, int], None] | None = None, trainer: Trainer | None = None) -> list[dict]:
+    """Train ``recipe`` to its last epoch (continuing ``trainer`` when given); returns the history."""
+    trainer = trainer or Trainer(recipe, data, options)
+    while trainer.epoch < recipe.epochs:
+        metrics = trainer.run_epoch(on_batch)
+        if on_epoch:
+            on_epoch(trainer, metrics)
+    return trainer.history

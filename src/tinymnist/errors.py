@@ -1,0 +1,32 @@
+"""The project's exception types: errors a user can cause, each carrying one clear sentence."""
+
+from __future__ import annotations
+
+import difflib
+
+
+class TinyMnistError(Exception):
+    """Base of every error a user can cause; the CLI prints it and exits with status 2."""
+
+
+class DataError(TinyMnistError):
+    """MNIST files missing, corrupt or inconsistent."""
+
+
+class UsageError(TinyMnistError):
+    """A bad name, number or path given by the user."""
+
+
+class CheckpointError(TinyMnistError):
+    """Weights or training state that cannot be loaded into the model they claim to be."""
+
+
+class TrainingError(TinyMnistError):
+    """Training cannot go on (for example, the loss became NaN)."""
+
+
+def unknown_name(kind: str, name: str, known: list[str]) -> UsageError:
+    """An error for an unknown name that suggests the closest known one."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return UsageError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")
