@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .data import load_mnist
-from .engine import Options
+from .engine import Options, pick_device
 from .errors import TinyMnistError, UsageError
 from .models import count_params, create_model, list_models
 from .recipes import JOURNEYS, all_steps, get_recipe
@@ -185,6 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = load_data(args, args.subset)
         recipe.check(train_size=len(data.train_labels))
         options = run_options(args)
+        pick_device(options.device)  # a bad --device fails before anything is written
         run = RunDir(Path(args.out) / f"{step}-seed{recipe.seed}")
         run.create(step, recipe, recipe_overrides(args),
                    {**options.__dict__, "subset": args.subset})

@@ -1,0 +1,74 @@
+"""Shared fixtures: synthetic IDX files written by the tests, and the real MNIST when TINYMNIST_DATA is set."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tinymnist.data import MNIST, load_mnist
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    """An IDX file (unsigned bytes) holding ``array``."""
+    magic = magic if magic is not None else 0x0800 + array.ndim
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable fake digits: class c lights a bar at a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for c in range(10):
+        row = 3 + 2 * c
+        images[labels == c, row:row + 3, 4:24] = 255
+    return images, labels
+
+
+def write_mnist(directory: Path, n_train: int, n_test: int, gz: bool = True) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = {"train": synthetic_digits(n_train, 0), "t10k": synthetic_digits(n_test, 1)}
+    for split, (images, labels) in parts.items():
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            raw = idx_bytes(array)
+            name = f"{split}-{kind}-ubyte"
+            if gz:
+                (directory / f"{name}.gz").write_bytes(gzip.compress(raw, compresslevel=1))
+            else:
+                (directory / name).write_bytes(raw)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def full_synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic files with MNIST's real counts (60,000 / 10,000), for the CLI."""
+    return write_mnist(tmp_path_factory.mktemp("mnist-full"), 60_000, 10_000)
+
+
+@pytest.fixture(scope="session")
+def real_mnist() -> MNIST:
+    where = os.environ.get("TINYMNIST_DATA")
+    if not where:
+        pytest.skip("TINYMNIST_DATA is not set: the real MNIST is not available")
+    return load_mnist(where, allow_download=False)
+
+
+@pytest.fixture(scope="session")
+def small_mnist(tmp_path_factory: pytest.TempPathFactory) -> MNIST:
+    """2,000 training and 1,000 test images: the real MNIST when available, else synthetic."""
+    where = os.environ.get("TINYMNIST_DATA")
+    if where:
+        return load_mnist(where, allow_download=False).subset(2000, 1000)
+    directory = write_mnist(tmp_path_factory.mktemp("mnist-small"), 2000, 1000)
+    return load_mnist(directory, allow_download=False, expect_counts=None)
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(2)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tinymnist.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_and_steps(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and "seed_step4" in out and "8,066" in out and "21,562" in out
+    code, out, _ = run_cli(capsys, "steps")
+    assert code == 0 and "journey seed:" in out and "4. seed_step4" in out
+
+
+def test_data_command(capsys: pytest.CaptureFixture, full_synthetic_dir: Path, tmp_path: Path) -> None:
+    png = tmp_path / "grid.png"
+    code, out, _ = run_cli(capsys, "data", "--data-dir", str(full_synthetic_dir), "--out", str(png))
+    assert code == 0 and "train: 60,000 images" in out and "per class" in out and "normalized" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_short_run(capsys: pytest.CaptureFixture, full_synthetic_dir: Path, tmp_path: Path) -> None:
+    args = ["train", "seed_step4", "--data-dir", str(full_synthetic_dir), "--subset", "600", "--epochs", "2",
+            "--out", str(tmp_path), "--device", "cpu"]
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "targets NOT met" in out and "test acc" in out
+    assert (tmp_path / "seed_step4-seed121" / "summary.json").is_file()
+    code, _, _ = run_cli(capsys, *args, "--require-targets", "--seed", "5")
+    assert code == 1
+
+
+def bad_inputs(data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
+    d = ["--data-dir", str(data), "--subset", "600", "--device", "cpu"]
+    (tmp / "a-file").write_text("")
+    return {
+        "unknown command": (["frobnicate"], "invalid choice"),
+        "unknown step": (["train", "seed_stepp4", *d], "Did you mean 'seed_step4'"),
+        "zero epochs": (["train", "seed_step4", "--epochs", "0", *d], "at least 1"),
+        "negative epochs": (["train", "seed_step4", "--epochs", "-3", *d], "at least 1"),
+        "zero lr": (["train", "seed_step4", "--lr", "0", *d], "greater than 0"),
+        "negative lr": (["train", "seed_step4", "--lr", "-0.1", *d], "greater than 0"),
+        "lr not a number": (["train", "seed_step4", "--lr", "fast", *d], "not a number"),
+        "zero batch": (["train", "seed_step4", "--batch-size", "0", *d], "at least 1"),
+        "batch above training set": (["train", "seed_step4", "--batch-size", "601", *d], "larger than the training"),
+        "unknown device": (["train", "seed_step4", "--device", "tpu9", "--data-dir", str(data)], "device"),
+        "missing data": (["data", "--data-dir", str(tmp / "empty"), "--no-download"], "missing"),
+        "out not writable": (["train", "seed_step4", "--out", str(tmp / "a-file" / "x"), *d], "cannot write"),
+        "resume nothing": (["train", "--resume", str(tmp / "nothing")], "not a run directory"),
+        "no step": (["train"], "name a step"),
+    }
+
+
+def test_every_bad_input_exits_2_with_one_sentence(capsys: pytest.CaptureFixture, full_synthetic_dir: Path,
+                                                     tmp_path: Path) -> None:
+    for case, (argv, expected) in bad_inputs(full_synthetic_dir, tmp_path).items():
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 2, f"{case}: exit {code}"
+        assert "Traceback" not in err + out, case
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("tinymnist: error:"), f"{case}: {err!r}"
+        assert expected in lines[0], f"{case}: {lines[0]}"
+
+
+def test_out_dir_holding_a_different_run(capsys: pytest.CaptureFixture, full_synthetic_dir: Path,
+                                         tmp_path: Path) -> None:
+    base = ["train", "seed_step4", "--data-dir", str(full_synthetic_dir), "--subset", "300", "--device", "cpu",
+            "--out", str(tmp_path)]
+    assert run_cli(capsys, *base, "--epochs", "1")[0] == 0
+    code, _, err = run_cli(capsys, *base, "--epochs", "2")
+    assert code == 2 and "already holds a different run" in err

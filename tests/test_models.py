@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinymnist.errors import UsageError
+from tinymnist.models import count_params, create_model, list_models
+
+# The documented parameter count of every registered model (README, `tinymnist models`).
+DOCUMENTED_PARAMS = {"seed_step1": 21_562, "seed_step2": 10_362, "seed_step3": 8_066, "seed_step4": 8_066}
+
+
+def test_every_model_is_documented() -> None:
+    assert set(list_models()) == set(DOCUMENTED_PARAMS)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_builds_maps_and_learns(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name)
+    assert count_params(model) == DOCUMENTED_PARAMS[name]
+    x = torch.randn(5, 1, 28, 28)
+    out = model(x)
+    assert out.shape == (5, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)  # log-probabilities
+    torch.nn.functional.nll_loss(out, torch.arange(5)).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, f"{name}.{pname} got no gradient"
+
+
+def test_seed_layer_orders() -> None:
+    def kinds(block: torch.nn.Module) -> list[str]:
+        return [type(m).__name__ for m in block]
+    assert kinds(create_model("seed_step3")[0]) == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert kinds(create_model("seed_step4")[0]) == ["Conv2d", "ReLU", "BatchNorm2d"]
+    for name in ("seed_step1", "seed_step2", "seed_step3", "seed_step4"):
+        for m in create_model(name).modules():
+            if isinstance(m, torch.nn.Conv2d):
+                assert m.bias is None and m.padding == (0, 0)
+            assert not isinstance(m, torch.nn.Dropout)
+
+
+def test_unknown_model_suggests() -> None:
+    with pytest.raises(UsageError, match="Did you mean 'seed_step4'"):
+        create_model("seed_stpe4")
