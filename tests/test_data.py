@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import idx_bytes, synthetic_digits, write_mnist
 
+from conftest import idx_bytes, synthetic_digits, write_mnist
 from tinymnist.data import (
     DEFAULT_DIR,
     ENV_VAR,
@@ -20,7 +20,6 @@ from tinymnist.data import (
     download,
     load_mnist,
     locate,
-    read_idx,
 )
 from tinymnist.errors import DataError
 

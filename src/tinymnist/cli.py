@@ -15,6 +15,7 @@ from .errors import TinyMnistError, UsageError
 from .models import count_params, create_model, list_models
 from .recipes import JOURNEYS, all_steps, get_recipe
 from .runs import RunDir, train_run
+from .targets import LAST_K
 
 EXIT_OK, EXIT_TARGETS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -202,6 +203,89 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_TARGETS if args.require_targets and not summary["verdict"]["met"] else EXIT_OK
 
 
+def parse_seeds(args: argparse.Namespace, first: int) -> list[int]:
+    if args.seed_list:
+        try:
+            seeds = [int(s) for s in args.seed_list.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seed-list {args.seed_list!r} must be whole numbers separated by commas.") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise UsageError(f"--seed-list {args.seed_list!r} must name at least one seed, each once.")
+        return seeds
+    return [first + i for i in range(args.seeds)]
+
+
+def consistency_lines(result: dict) -> list[str]:
+    k = result["last_k"]
+    lines = [f"{'seed':>6}  {f'test acc, last {k} epochs':<44} {'min':>6}  passed"]
+    for s in result["seeds"]:
+        accs = " ".join(f"{a:.2f}" for a in s[f"last_{k}"])
+        lines.append(f"{s['seed']:>6}  {accs:<44} {s['min']:>6.2f}  {'yes' if s['passed'] else 'NO'}")
+    lines += [f"seeds passing (>= 99.40% in each of the last {k} epochs): {result['seeds_passing']} of "
+              f"{result['seeds_run']}",
+              f"final test accuracy: {result['final_mean']:.2f} +- {result['final_std']:.2f}% (mean +- std)",
+              f"minimum over every last-{k} epoch of every seed: {result['min_last_k']:.2f}%"]
+    return lines
+
+
+def cmd_consistency(args: argparse.Namespace) -> int:
+    from .consistency import run_seeds
+
+    recipe = get_recipe(args.step).with_overrides(**recipe_overrides(args))
+    seeds = parse_seeds(args, recipe.seed)
+    data = load_data(args, args.subset)
+    recipe.check(train_size=len(data.train_labels))
+    options = run_options(args)
+    pick_device(options.device)
+    progress = Progress()
+
+    def on_run(seed: int, run: RunDir) -> None:
+        say("", f"seed {seed}: {run.path}", HEADER)
+
+    def on_epoch(m: dict) -> None:
+        progress.close()
+        say(epoch_row(m))
+
+    try:
+        result = run_seeds(args.step, recipe, seeds, Path(args.out), data, options, on_run, on_epoch,
+                           progress.batch, args.last_k)
+    except KeyboardInterrupt:
+        progress.close()
+        say("", "interrupted; finished seeds are kept and the current one resumes: run the same command again.")
+        return EXIT_INTERRUPTED
+    say("", f"{args.step}: {result['params']:,} params, {recipe.epochs} epochs, {len(seeds)} seeds",
+        *consistency_lines(result), f"written to {Path(args.out) / args.step / 'consistency.json'}")
+    passed = result["seeds_passing"] == result["seeds_run"]
+    return EXIT_TARGETS if args.require_targets and not passed else EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    run = RunDir(args.run)
+    if not run.exists():
+        raise UsageError(f"{run.path} is not a run directory (no recipe.json).")
+    record = run.record()
+    original = all_steps().get(record["step"])
+    published = original.published if original and original.recipe == run.recipe() else ()
+    metrics = run.metrics()
+    if args.markdown:
+        head = "| epoch | train loss | train acc | test loss | test acc | lr | seconds |"
+        say(head + (" original test acc |" if published else ""),
+            "|---" * (7 + bool(published)) + "|")
+        for m in metrics:
+            orig = f" {published[m['epoch'] - 1]:.2f} |" if m["epoch"] <= len(published) else ""
+            say(f"| {m['epoch']} | {m['train_loss']:.4f} | {m['train_acc']:.2f} | {m['test_loss']:.4f} | "
+                f"{m['test_acc']:.2f} | {m['lr']:.2e} | {m['seconds']:.1f} |" + orig)
+    else:
+        say(HEADER + (f" {'original':>9}" if published else ""))
+        for m in metrics:
+            say(epoch_row(m, published[m["epoch"] - 1] if m["epoch"] <= len(published) else None))
+    if run.finished():
+        summary = run.summary()
+        say("", f"{summary['device']}, {summary.get('precision', 'fp32')}, torch {summary['torch']}, "
+                f"{summary['wall_seconds']:.0f} s wall", *verdict_lines(summary))
+    return EXIT_OK
+
+
 # --- the parser ----------------------------------------------------------------------------------
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -215,7 +299,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, help="override the recipe's (peak) learning rate")
     p.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast (default fp32)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto (default): bf16 autocast where the hardware has native bf16, else fp32")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: one per core)")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors (slower on CPU)")
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
@@ -242,6 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
     add_run_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("consistency", help="train a recipe over several seeds and judge its consistency")
+    p.add_argument("step", help="a step or recipe name (see `tinymnist steps`)")
+    p.add_argument("--seeds", type=positive_int, default=5, help="run seeds s, s+1, ... from the recipe's seed")
+    p.add_argument("--seed-list", help="comma-separated seeds, instead of --seeds")
+    p.add_argument("--last-k", type=positive_int, default=LAST_K, help="epochs that must each hold 99.40%%")
+    p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
+    add_run_args(p)
+    p.set_defaults(func=cmd_consistency)
+
+    p = sub.add_parser("show", help="print a run's per-epoch table and verdict from its records")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--markdown", action="store_true", help="a markdown table")
+    p.set_defaults(func=cmd_show)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -40,13 +41,36 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (CUDA with bf16, or a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 autocast where the hardware has native bf16 (twice as fast on such CPUs, same accuracy
+    in our measurements: docs/performance.md), else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise UsageError(f"unknown precision {precision!r}; use auto, fp32 or bf16.")
+    return precision
+
+
 @dataclass(frozen=True)
 class Options:
-    """How to run a recipe (not what to learn): none of these change the mathematics in fp32."""
+    """How to run a recipe (not what to learn). Only ``precision`` changes the arithmetic."""
 
     device: str = "auto"
     channels_last: bool = True  # pays on CPU (oneDNN) and on tensor-core GPUs
-    precision: str = "fp32"  # fp32 | bf16 (autocast; checks its accuracy in docs/performance.md)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast: convolutions in bf16, BN, loss and weights in fp32)
     threads: int | None = None  # CPU threads; None = torch's default (one per core)
 
 
@@ -60,7 +84,8 @@ class Trainer:
         if options.threads and self.device.type == "cpu":
             torch.set_num_threads(options.threads)
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[options.precision]
+        self.precision = resolve_precision(options.precision, self.device)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[self.precision]
         torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
         self.model = create_model(recipe.model).to(self.device, memory_format=self.memory_format)
         self.optimizer = _make_optimizer(recipe, self.model)

@@ -115,9 +115,18 @@ SEED = (
                schedule="step", step_size=10, gamma=0.01),
 )
 
+# tinymnist's training recipe: SGD with Nesterov momentum, a one-cycle LR ending near zero, batch 128,
+# mild per-sample augmentation.
+TINY = Recipe(model="tiny_7k", batch_size=128, lr=0.1, nesterov=True, weight_decay=1e-4, schedule="onecycle",
+              warmup=0.2, final_lr=0.02, rotate=8.0, shift=0.08, scale=0.08, seed=1)
+
 JOURNEYS: dict[str, tuple[Step, ...]] = {"seed": SEED}
 # Recipes beyond the journeys (trainable by name, but part of no four-step story).
-EXTRA: dict[str, Recipe] = {}
+R1 = Recipe(model="valid_7k4", batch_size=64, lr=0.05, nesterov=True, schedule="onecycle", warmup=0.2,
+            final_lr=0.02, rotate=7.0, shift=0.05, scale=0.05, seed=1)
+EXTRA: dict[str, Recipe] = {"screen_7k": TINY, "screen_3k7": dataclasses.replace(TINY, model="tiny_3k7"),
+                            "s_v7k4": R1, "s_v4k": dataclasses.replace(R1, model="valid_4k"),
+                            "s_3k7": dataclasses.replace(R1, model="tiny_3k7")}
 
 
 def all_steps() -> dict[str, Step]:

@@ -169,7 +169,7 @@ class RunDir:
                                   f"{len(history)} history rows); the checkpoint is damaged.")
         return tensors, history
 
-    def write_summary(self, params: int, history: list[dict], device: str, wall_seconds: float,
+    def write_summary(self, params: int, history: list[dict], device: str, precision: str, wall_seconds: float,
                       last_k: int = LAST_K) -> dict:
         test_accs = [m["test_acc"] for m in history]
         summary = {
@@ -179,7 +179,7 @@ class RunDir:
             f"min_test_acc_last_{last_k}": min(test_accs[-last_k:]),
             "first_epoch_holding": first_epoch_holding(test_accs),
             "verdict": judge(params, test_accs, last_k).to_dict(),
-            "torch": torch.__version__, "device": device, "platform": platform.platform(),
+            "torch": torch.__version__, "device": device, "precision": precision, "platform": platform.platform(),
             "commit": git_commit(), "wall_seconds": wall_seconds,
             "train_seconds": sum(m["train_seconds"] for m in history),
         }
@@ -249,5 +249,5 @@ def train_run(run: RunDir, data: MNIST, options: Options,
             on_epoch(metrics)
 
     fit(recipe, data, options, end_of_epoch, on_batch, trainer)
-    return run.write_summary(count_params(trainer.model), trainer.history, str(trainer.device),
+    return run.write_summary(count_params(trainer.model), trainer.history, str(trainer.device), trainer.precision,
                              time.perf_counter() - start)

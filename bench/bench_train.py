@@ -1,0 +1,227 @@
+"""Training-speed benchmark: tinymnist's pipeline against a conventional per-image DataLoader baseline.
+
+    python bench/bench_train.py --step seed_step4 --json bench/results/cpu-seed_step4.json
+    python bench/bench_train.py --doc docs/performance.md bench/results/*.json   # regenerate the doc
+
+For each configuration it measures training images/s, seconds per epoch (train and eval separately, medians
+over --repeats one-epoch runs), the wall time of the full recipe (--full), peak memory, FLOPs per image
+(torch.utils.flop_counter) and the achieved GFLOP/s; in the same run it times the baseline (a Dataset that
+returns one image at a time with per-image transforms, through a DataLoader, same model and batch size) and
+reports each configuration as a ratio to it. The FLOP floor is the epoch's FLOPs divided by the peak fp32
+GFLOP/s these cores reach on a large matrix multiply, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from tinymnist.data import load_mnist
+from tinymnist.engine import Options, Trainer, fit
+from tinymnist.models import count_params, create_model
+from tinymnist.recipes import get_recipe
+
+
+class PerImageMNIST(Dataset):
+    """The tutorial way: one image at a time, converted and normalized in Python (ToTensor + Normalize)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float) -> None:
+        self.images, self.labels = images.numpy(), labels.numpy()
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(self.images[i].copy()).float().div(255).unsqueeze(0)
+        return (x - self.mean) / self.std, int(self.labels[i])
+
+
+def baseline_epoch(model_name: str, data, batch_size: int, lr: float) -> tuple[float, float]:  # noqa: ANN001
+    torch.manual_seed(0)
+    model = create_model(model_name)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    train = DataLoader(PerImageMNIST(data.train_images, data.train_labels, data.mean, data.std),
+                       batch_size=batch_size, shuffle=True)
+    test = DataLoader(PerImageMNIST(data.test_images, data.test_labels, data.mean, data.std), batch_size=batch_size)
+    start = time.perf_counter()
+    model.train()
+    for x, y in train:
+        loss = nn.functional.nll_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mid = time.perf_counter()
+    model.eval()
+    with torch.no_grad():
+        for x, y in test:
+            model(x).argmax(1).eq(y).sum()
+    return mid - start, time.perf_counter() - mid
+
+
+def flops_per_image(model_name: str) -> tuple[float, float]:
+    """(training, inference) FLOPs per image: forward + backward, and forward alone."""
+    model = create_model(model_name)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    with FlopCounterMode(display=False) as fwd:
+        out = model(x)
+    with FlopCounterMode(display=False) as both:
+        nn.functional.nll_loss(model(x), y).backward()
+    del out
+    return both.get_total_flops() / 64, fwd.get_total_flops() / 64
+
+
+def peak_gflops(seconds: float = 3.0) -> float:
+    """The best fp32 GFLOP/s of a large matrix multiply on these cores: the hardware ceiling we compare to."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * 2048**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    data = load_mnist(args.data_dir, allow_download=False)
+    recipe = get_recipe(args.step)
+    torch.set_num_threads(args.threads)
+    train_flops, eval_flops = flops_per_image(recipe.model)
+    n_train, n_test = len(data.train_labels), len(data.test_labels)
+    result = {
+        "step": args.step, "model": recipe.model, "params": count_params(create_model(recipe.model)),
+        "batch_size": recipe.batch_size, "epochs": recipe.epochs, "device": args.device, "threads": args.threads,
+        "torch": torch.__version__, "cpu": _cpu_name(), "platform": platform.platform(),
+        "command": "python " + " ".join(sys.argv), "repeats": args.repeats,
+        "train_flops_per_image": train_flops, "eval_flops_per_image": eval_flops,
+        "epoch_flops": train_flops * n_train + eval_flops * n_test,
+        "peak_gflops": peak_gflops(), "configs": {},
+    }
+    runs: dict[str, dict[str, list[float]]] = {"baseline": {"train": [], "eval": []}}
+    configs = {p: Options(device=args.device, precision=p, threads=args.threads) for p in args.precisions}
+    for p in configs:
+        runs[p] = {"train": [], "eval": []}
+    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every configuration alike
+        tr, ev = baseline_epoch(recipe.model, data, recipe.batch_size, recipe.lr)
+        runs["baseline"]["train"].append(tr)
+        runs["baseline"]["eval"].append(ev)
+        for p, options in configs.items():
+            trainer = Trainer(recipe.with_overrides(epochs=1), data, options)
+            m = trainer.run_epoch()
+            runs[p]["train"].append(m["train_seconds"])
+            runs[p]["eval"].append(m["eval_seconds"])
+    base_epoch = median(runs["baseline"]["train"]) + median(runs["baseline"]["eval"])
+    for name, r in runs.items():
+        train_s, eval_s = median(r["train"]), median(r["eval"])
+        result["configs"][name] = {
+            "train_seconds": train_s, "eval_seconds": eval_s, "epoch_seconds": train_s + eval_s,
+            "train_images_per_s": n_train / train_s, "train_gflops": train_flops * n_train / train_s / 1e9,
+            "speedup_vs_baseline": base_epoch / (train_s + eval_s), "samples": r,
+        }
+    if args.full:
+        for p, options in configs.items():
+            walls, accs = [], []
+            for _ in range(args.full):
+                start = time.perf_counter()
+                history = fit(recipe, data, options)
+                walls.append(time.perf_counter() - start)
+                accs.append([m["test_acc"] for m in history])
+            result["configs"][p]["full_wall_seconds"] = median(walls)
+            result["configs"][p]["full_wall_samples"] = walls
+            result["configs"][p]["full_test_accs"] = accs
+        result["baseline_full_wall_estimate"] = base_epoch * recipe.epochs
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def render(results: list[dict]) -> str:
+    """docs/performance.md from benchmark JSON files."""
+    lines = ["# Performance", "",
+             "Generated by `python bench/bench_train.py --doc docs/performance.md bench/results/*.json` from the",
+             "benchmark's JSON files; every figure below comes from them. Seconds are medians over the repeats, each",
+             "configuration interleaved with the baseline in the same run.", ""]
+    for r in results:
+        cfgs = r["configs"]
+        floor = r["epoch_flops"] / (r["peak_gflops"] * 1e9)
+        lines += [f"## {r['step']} ({r['params']:,} params, batch {r['batch_size']}) on {r['device']}", "",
+                  f"- machine: {r['cpu']}, {r['threads']} threads, torch {r['torch']}",
+                  f"- command: `{r['command']}`",
+                  f"- FLOPs per image: {r['train_flops_per_image'] / 1e6:.2f} M training (forward + backward), "
+                  f"{r['eval_flops_per_image'] / 1e6:.2f} M inference; {r['epoch_flops'] / 1e9:.0f} GFLOP per epoch",
+                  f"- peak fp32 matmul on these cores: {r['peak_gflops']:.0f} GFLOP/s, so the FLOP floor is "
+                  f"**{floor:.2f} s per epoch** ({floor * r['epochs']:.1f} s for {r['epochs']} epochs)",
+                  f"- peak memory (RSS): {r['peak_rss_mb']:.0f} MB", "",
+                  "| pipeline | train s/epoch | eval s/epoch | images/s | GFLOP/s | x floor | speed-up vs baseline "
+                  f"| full recipe wall ({r['epochs']} epochs) | last-5 test acc |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, c in cfgs.items():
+            label = "baseline: per-image Dataset + DataLoader, fp32, NCHW" if name == "baseline" else \
+                f"tinymnist, {name}, channels_last"
+            if "full_wall_seconds" in c:
+                full = f"{c['full_wall_seconds']:.0f} s (runs: {', '.join(f'{w:.0f}' for w in c['full_wall_samples'])})"
+                tails = "; ".join(" ".join(f"{a:.2f}" for a in accs[-5:]) for accs in c["full_test_accs"])
+            elif name == "baseline" and "baseline_full_wall_estimate" in r:
+                full, tails = f"~{r['baseline_full_wall_estimate']:.0f} s (epochs x {r['epochs']})", ""
+            else:
+                full, tails = "", ""
+            lines.append(f"| {label} | {c['train_seconds']:.2f} | {c['eval_seconds']:.2f} | "
+                         f"{c['train_images_per_s']:,.0f} | {c['train_gflops']:.1f} | "
+                         f"{c['epoch_seconds'] / floor:.1f} | {c['speedup_vs_baseline']:.2f}x | {full} | {tails} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--step", default="seed_step4")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=3, help="one-epoch measurements per configuration")
+    parser.add_argument("--full", type=int, default=0, help="also time the full recipe this many times")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--doc", help="render these JSON files (positional) into this markdown file and exit")
+    parser.add_argument("inputs", nargs="*")
+    args = parser.parse_args()
+    if args.doc:
+        results = [json.loads(Path(p).read_text()) for p in args.inputs]
+        Path(args.doc).write_text(render(results))
+        return 0
+    result = measure(args)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    print(render([result]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""Resume after a crash, atomic and validated records, and a parser that only ever raises DataError."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from conftest import idx_bytes, synthetic_digits
+from tinymnist.cli import main
+from tinymnist.data import read_idx
+from tinymnist.errors import CheckpointError, DataError
+from tinymnist.runs import RunDir, load_weights, write_atomic
+
+TRAIN = ["train", "seed_step3", "--subset", "4000", "--epochs", "4", "--batch-size", "32", "--device", "cpu",
+         "--threads", "2"]
+
+
+def cli(*args: str, data: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tinymnist", *args, "--data-dir", str(data)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def records(run: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    metrics = [{k: v for k, v in m.items() if "seconds" not in k} for m in RunDir(run).metrics()]
+    return metrics, load_file(run / "weights.safetensors")
+
+
+def wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("the run did not reach the epoch in time")
+
+
+def test_sigkill_mid_epoch_then_resume_is_identical(full_synthetic_dir: Path, tmp_path: Path) -> None:
+    whole = cli(*TRAIN, "--out", str(tmp_path / "whole"), data=full_synthetic_dir)
+    assert whole.wait(300) == 0, whole.communicate()
+    killed_dir = tmp_path / "killed"
+    run = killed_dir / "seed_step3-seed121"
+    proc = cli(*TRAIN, "--out", str(killed_dir), data=full_synthetic_dir)
+    wait_for_epochs(run, 1, proc)
+    time.sleep(random.uniform(0.05, 0.6))  # somewhere inside epoch 2 or 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(RunDir(run).metrics())
+    assert 1 <= done < 4, "the kill must land before the run ends"
+    resumed = cli("train", "--resume", str(run), data=full_synthetic_dir)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    a, b = records(tmp_path / "whole" / "seed_step3-seed121"), records(run)
+    assert a[0] == b[0]  # identical per-epoch metrics
+    assert a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])  # identical weights
+
+
+def test_ctrl_c_leaves_a_resumable_run(full_synthetic_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "seed_step3-seed121"
+    proc = cli(*TRAIN, "--out", str(tmp_path), data=full_synthetic_dir)
+    wait_for_epochs(run, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert f"tinymnist train --resume {run}" in out
+    resumed = cli("train", "--resume", str(run), data=full_synthetic_dir)
+    assert resumed.wait(300) == 0
+    assert [m["epoch"] for m in RunDir(run).metrics()] == [1, 2, 3, 4]
+
+
+@pytest.fixture
+def finished_run(full_synthetic_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
+    args = ["train", "seed_step4", "--subset", "500", "--epochs", "2", "--device", "cpu", "--out",
+            str(tmp_path / "r"), "--data-dir", str(full_synthetic_dir)]
+    assert main(args) == 0
+    capsys.readouterr()
+    return tmp_path / "r" / "seed_step4-seed121"
+
+
+def test_torn_last_metrics_line_is_skipped_and_a_corrupt_one_reported(finished_run: Path) -> None:
+    path = finished_run / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][:17])
+    assert [m["epoch"] for m in RunDir(finished_run).metrics()] == [1]
+    path.write_text("{not json\n" + lines[1] + "\n")
+    with pytest.raises(CheckpointError, match="line 1 is corrupt"):
+        RunDir(finished_run).metrics()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_weights_give_checkpoint_error(finished_run: Path, damage: str) -> None:
+    path = finished_run / "weights.safetensors"
+    raw = path.read_bytes()
+    path.write_bytes({"truncated": raw[: len(raw) // 2], "garbage": os.urandom(300), "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_weights(path, "seed_step4")
+
+
+def test_wrong_model_and_wrong_shapes(finished_run: Path, tmp_path: Path) -> None:
+    path = finished_run / "weights.safetensors"
+    with pytest.raises(CheckpointError, match="holds weights of model 'seed_step4', not 'seed_step3'"):
+        load_weights(path, "seed_step3")
+    tensors = load_file(path)
+    first = next(iter(tensors))
+    tensors[first] = torch.zeros(3, 3)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, bad, metadata={"model": "seed_step4"})
+    with pytest.raises(CheckpointError, match="expects"):
+        load_weights(bad, "seed_step4")
+    del tensors[first]
+    save_file(tensors, bad, metadata={"model": "seed_step4"})
+    with pytest.raises(CheckpointError, match="missing"):
+        load_weights(bad, "seed_step4")
+
+
+def test_resume_with_corrupt_checkpoint_exits_2(finished_run: Path, full_synthetic_dir: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    (finished_run / "summary.json").unlink()  # make it look interrupted
+    (finished_run / "state.safetensors").write_bytes(b"\x00" * 50)
+    code = main(["train", "--resume", str(finished_run), "--data-dir", str(full_synthetic_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "corrupt" in err and "Traceback" not in err
+
+
+def test_write_atomic_never_leaves_a_torn_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "state.json"
+    write_atomic(target, b'{"epoch": 1}')
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        write_atomic(target, b'{"epoch": 2, "history": [...]}')
+    assert json.loads(target.read_text()) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left behind
+
+
+def test_nothing_unpickles() -> None:
+    src = Path(__file__).parents[1] / "src" / "tinymnist"
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        assert "torch.load(" not in text and "pickle" not in text.replace("never pickled", ""), path
+
+
+# --- the IDX parser under random bytes: DataError or a valid array, nothing else ----------------
+
+GOOD_IMAGES = idx_bytes(synthetic_digits(3, 0)[0])
+GOOD_LABELS = idx_bytes(synthetic_digits(3, 0)[1])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.one_of(
+    st.binary(max_size=4000),
+    st.builds(lambda n: GOOD_IMAGES[:n], st.integers(0, len(GOOD_IMAGES))),
+    st.builds(lambda n, b: GOOD_IMAGES[:n] + b, st.integers(0, 16), st.binary(max_size=64)),
+    st.builds(lambda n: GOOD_LABELS[:n], st.integers(0, len(GOOD_LABELS))),
+), kind=st.sampled_from(["images", "labels"]), gz=st.booleans())
+def test_idx_parser_fuzz(tmp_path_factory: pytest.TempPathFactory, raw: bytes, kind: str, gz: bool) -> None:
+    import gzip
+
+    path = tmp_path_factory.mktemp("fuzz") / "file"
+    path.write_bytes(gzip.compress(raw)[: max(1, len(raw))] if gz else raw)
+    try:
+        array = read_idx(path, kind)
+    except DataError as e:
+        assert str(path) in str(e)
+        return
+    assert array.dtype.name == "uint8"
+    if kind == "images":
+        assert array.shape[1:] == (28, 28)
+    else:
+        assert array.ndim == 1 and (array.size == 0 or array.max() <= 9)
