@@ -76,3 +76,27 @@ def test_out_dir_holding_a_different_run(capsys: pytest.CaptureFixture, full_syn
     assert run_cli(capsys, *base, "--epochs", "1")[0] == 0
     code, _, err = run_cli(capsys, *base, "--epochs", "2")
     assert code == 2 and "already holds a different run" in err
+
+
+def test_consistency_over_seeds(capsys: pytest.CaptureFixture, full_synthetic_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    args = ["consistency", "seed_step4", "--seed-list", "3,4", "--subset", "400", "--epochs", "2", "--last-k", "2",
+            "--device", "cpu", "--data-dir", str(full_synthetic_dir), "--out", str(tmp_path)]
+    assert run_cli(capsys, *args)[0] == 0
+    result = json.loads((tmp_path / "seed_step4" / "consistency.json").read_text())
+    assert [s["seed"] for s in result["seeds"]] == [3, 4] and result["seeds_run"] == 2
+    assert all(len(s["last_2"]) == 2 and s["min"] == min(s["last_2"]) for s in result["seeds"])
+    assert result["min_last_k"] == min(s["min"] for s in result["seeds"])
+    # A second call reuses the finished runs instead of training again.
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and out.count("epoch train loss") == 2 and result == json.loads(
+        (tmp_path / "seed_step4" / "consistency.json").read_text())
+    code, _, err = run_cli(capsys, *args[:-2], "--out", str(tmp_path), "--last-k", "5")
+    assert code == 2 and "more than the recipe's 2 epochs" in err
+
+
+def test_summary_command(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "summary", "seed_step4")
+    assert code == 0 and "total: 8,066 params" in out and "final receptive field 28x28" in out
+    assert run_cli(capsys, "summary", "nope")[0] == 2

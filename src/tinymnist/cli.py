@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from .data import load_mnist
@@ -143,7 +144,7 @@ def run_options(args: argparse.Namespace) -> Options:
 
 def recipe_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                              "seed": args.seed}.items() if v is not None}
+                              "seed": getattr(args, "seed", None)}.items() if v is not None}
 
 
 def load_data(args: argparse.Namespace, subset: int | None = None):  # noqa: ANN201
@@ -286,6 +287,129 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .summary import flops_per_image, layer_table
+
+    model = create_model(args.model)
+    rows = layer_table(model)
+    say(f"{'layer':<26} {'output':>12} {'params':>7} {'RF':>4} {'jump':>5}")
+    for row in rows:
+        shape = "x".join(str(d) for d in row.shape)
+        say(f"{row.name:<26} {shape:>12} {row.params:>7,} {row.rf:>4} {row.jump:>5}")
+    say(f"total: {count_params(model):,} params, {flops_per_image(model) / 1e6:.2f} MFLOPs per image (inference), "
+        f"final receptive field {rows[-1].rf}x{rows[-1].rf} px")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .consistency import run_seeds
+    from .recipes import get_journey
+    from .report import write_report
+
+    steps = get_journey(args.journey)
+    data = load_data(args)
+    options = run_options(args)
+    pick_device(options.device)
+    root = Path(args.runs)
+    runs = {}
+    progress = Progress()
+    for step in steps:
+        seeds = parse_seeds(args, step.recipe.seed)
+
+        def on_run(seed: int, run: RunDir, name: str = step.name) -> None:
+            say("", f"{name}, seed {seed}: {run.path}" + (" (finished: reused)" if run.finished() else ""))
+
+        def on_epoch(m: dict) -> None:
+            progress.close()
+            say(epoch_row(m))
+
+        try:
+            run_seeds(step.name, step.recipe, seeds, root, data, options, on_run, on_epoch, progress.batch)
+        except KeyboardInterrupt:
+            progress.close()
+            say("", "interrupted; finished runs are kept and the current one resumes: run the same command again.")
+            return EXIT_INTERRUPTED
+        runs[step.name] = [RunDir(root / step.name / f"seed-{s}") for s in seeds]
+    command = "tinymnist report " + " ".join(args.argv)
+    path = write_report(args.journey, steps, runs, data, Path(args.out), command)
+    say("", f"wrote {path} and its figures")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .inference import evaluate_run, open_run
+
+    run = open_run(args.run)
+    if not run.finished():
+        raise UsageError(f"{run.path} is not finished; finish it with: tinymnist train --resume {run.path}")
+    result = evaluate_run(run, load_data(args), args.device)
+    say(f"test loss {result['test_loss']:.4f}, test accuracy {result['test_acc']:.2f}%",
+        "per class: " + "  ".join(f"{d}:{a:.2f}" for d, a in enumerate(result["per_class"])))
+    if result["test_acc"] == result["recorded"]:
+        say(f"matches the recorded final test accuracy ({result['recorded']:.2f}%)")
+        return EXIT_OK
+    say(f"DIFFERS from the recorded final test accuracy ({result['recorded']:.2f}%): another device or "
+        f"library version computes slightly differently")
+    return EXIT_TARGETS
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from .inference import load_run_model, normalization, open_run, predict_images, preprocess
+
+    run = open_run(args.run)
+    mean, std = normalization(run)
+    model = load_run_model(run)
+    images = np.stack([preprocess(Path(p)) for p in args.images])
+    probs = predict_images(model, images, mean, std)
+    if args.show_input:
+        from .report import digit_grid
+
+        top = probs.argmax(1).tolist()
+        digit_grid(torch.from_numpy(images), [f"{Path(p).name}: {c}" for p, c in zip(args.images, top, strict=True)],
+                   Path(args.show_input), "what the model saw (28x28, as MNIST)", columns=min(len(images), 6))
+    results = []
+    for path, p in zip(args.images, probs, strict=True):
+        values, classes = p.topk(3)
+        results.append({"image": path, "top3": [{"digit": int(c), "probability": round(float(v), 4)}
+                                                for v, c in zip(values, classes, strict=True)]})
+    if args.json:
+        say(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            say(f"{r['image']}: " + "  ".join(f"{t['digit']} ({100 * t['probability']:.1f}%)" for t in r["top3"]))
+    if args.show_input and not args.json:
+        say(f"wrote {args.show_input}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .inference import export_onnx, load_run_model, normalization, onnx_parity, open_run
+
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UsageError("ONNX export needs the [onnx] extra: pip install -e \".[onnx]\"") from None
+    run = open_run(args.run)
+    mean, std = normalization(run)
+    model = load_run_model(run)
+    out = Path(args.onnx)
+    export_onnx(model, out)
+    data = load_data(args)
+    parity = onnx_parity(model, out, data.test_images[:1000], mean, std)
+    say(f"wrote {out} (input 'image' (N, 1, 28, 28) normalized with mean {mean:.4f} std {std:.4f}; "
+        f"output 'log_probs' (N, 10))",
+        f"parity on {parity['images']} test images against onnxruntime: "
+        f"{'identical' if parity['same_predictions'] else 'DIFFERENT'} predictions, "
+        f"max |log-prob difference| {parity['max_abs_diff']:.2e}")
+    ok = parity["same_predictions"] and parity["max_abs_diff"] < 1e-4
+    return EXIT_OK if ok else EXIT_TARGETS
+
+
 # --- the parser ----------------------------------------------------------------------------------
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -337,6 +461,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p)
     p.set_defaults(func=cmd_consistency)
 
+    p = sub.add_parser("summary", help="per-layer table: output shape, params, receptive field, jump")
+    p.add_argument("model", help="a model name (see `tinymnist models`)")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("report", help="run (or reuse) a journey's four steps and write report.md with figures")
+    p.add_argument("journey", help="a journey name (see `tinymnist steps`)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="seeds per step, from each recipe's seed")
+    p.add_argument("--seed-list", help="comma-separated seeds, instead of --seeds")
+    p.add_argument("--runs", default="runs", help="where the runs are (reused when finished) or go")
+    p.add_argument("--out", default="report", help="directory for report.md and figures/")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--threads", type=positive_int, help="CPU threads")
+    p.add_argument("--no-channels-last", action="store_true", help=argparse.SUPPRESS)
+    add_data_args(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("eval", help="reload a run's weights and recompute its test accuracy, per class too")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_data_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify photos or scans of digits (PNG/JPEG, any size)")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--show-input", metavar="PNG", help="write the 28x28 images the model actually saw")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run's model to ONNX and check it against onnxruntime")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    add_data_args(p)
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("show", help="print a run's per-epoch table and verdict from its records")
     p.add_argument("run", help="a run directory")
     p.add_argument("--markdown", action="store_true", help="a markdown table")
@@ -346,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else argv
         args = build_parser().parse_args(argv)
+        args.argv = argv[1:]
         return args.func(args)
     except TinyMnistError as e:
         print(f"tinymnist: error: {e}", file=sys.stderr)

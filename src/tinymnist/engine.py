@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,10 @@ class Options:
 class Trainer:
     """One training run: model, optimizer, random generators and the history so far."""
 
-    def __init__(self, recipe: Recipe, data: MNIST, options: Options = Options()) -> None:
+    def __init__(self, recipe: Recipe, data: MNIST, options: Options = Options(),
+                 normalization: tuple[float, float] | None = None) -> None:
+        """``normalization`` (mean, std) defaults to the training images' own; a reloaded run passes the one it
+        recorded."""
         recipe.check(train_size=len(data.train_labels))
         self.recipe, self.options = recipe, options
         self.device = pick_device(options.device)
@@ -91,7 +95,7 @@ class Trainer:
         self.optimizer = _make_optimizer(recipe, self.model)
         self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
         self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)
-        self.mean, self.std = data.mean, data.std
+        self.mean, self.std = normalization or (data.mean, data.std)
         self.train_images = data.train_images.to(self.device)
         self.train_labels = data.train_labels.to(self.device)
         self.test_images = data.test_images.to(self.device)
@@ -114,7 +118,7 @@ class Trainer:
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
 
-    def _autocast(self):  # noqa: ANN202 - a context manager
+    def _autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
@@ -157,15 +161,9 @@ class Trainer:
         return {"train_loss": float((losses * sizes).sum() / n), "train_acc": 100 * int(correct) / n,
                 "lr": lr, "train_seconds": time.perf_counter() - start}
 
-    @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Log-probabilities (N, 10) for uint8 images (N, 28, 28) already on the device."""
-        self.model.eval()
-        outs = []
-        for i in range(0, len(images), EVAL_BATCH):
-            with self._autocast():
-                outs.append(self.model(self._inputs(images[i:i + EVAL_BATCH])).float())
-        return torch.cat(outs) if outs else torch.zeros(0, 10, device=self.device)
+        return log_probs(self.model, images, self._inputs, self._autocast)
 
     def evaluate(self) -> dict:
         """Test loss and accuracy over the whole test set."""
@@ -207,6 +205,19 @@ class Trainer:
         self.shuffle_gen.set_state(tensors["rng.shuffle"])
         self.augment_gen.set_state(tensors["rng.augment"])
         self.history = [dict(m) for m in history]
+
+
+@torch.inference_mode()
+def log_probs(model: nn.Module, images: torch.Tensor, inputs: Callable[[torch.Tensor], torch.Tensor],
+              autocast: Callable[[], AbstractContextManager] = nullcontext) -> torch.Tensor:
+    """Log-probabilities (N, 10) of ``model`` in eval mode for uint8 images (N, 28, 28), in batches;
+    ``inputs`` turns a uint8 batch into the model's input (normalization, layout)."""
+    model.eval()
+    outs = []
+    for i in range(0, len(images), EVAL_BATCH):
+        with autocast():
+            outs.append(model(inputs(images[i:i + EVAL_BATCH])).float())
+    return torch.cat(outs) if outs else torch.zeros(0, 10, device=images.device)
 
 
 def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:

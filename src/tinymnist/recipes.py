@@ -115,18 +115,35 @@ SEED = (
                schedule="step", step_size=10, gamma=0.01),
 )
 
-# tinymnist's training recipe: SGD with Nesterov momentum, a one-cycle LR ending near zero, batch 128,
-# mild per-sample augmentation.
-TINY = Recipe(model="tiny_7k", batch_size=128, lr=0.1, nesterov=True, weight_decay=1e-4, schedule="onecycle",
-              warmup=0.2, final_lr=0.02, rotate=8.0, shift=0.08, scale=0.08, seed=1)
+# tinymnist's own journey. Steps 1-2 keep the original's plain recipe (SGD 0.01, momentum 0.9, batch 64,
+# constant LR) to judge the architecture alone; step 3 adds the schedule and step 4 the augmentation.
+PLAIN = Recipe(model="valid_8k7", seed=1)
+ONECYCLE = dataclasses.replace(PLAIN, model="valid_7k4", lr=0.05, nesterov=True, schedule="onecycle", warmup=0.2,
+                               final_lr=0.02)  # peak 0.05 per batch of 64, reached after 3 of 15 epochs
+AUGMENTED = dataclasses.replace(ONECYCLE, rotate=7.0, shift=0.05, scale=0.05)  # ±7°, ±1.4 px, ±5% zoom
 
-JOURNEYS: dict[str, tuple[Step, ...]] = {"seed": SEED}
+VALID = (
+    Step("valid_step1", "Set up a sound skeleton under 10,000 parameters: padding-0 3x3 convolutions as in the "
+         "original, Conv-BN-ReLU everywhere, global average pooling and a 1x1 head, channels in multiples of 8 "
+         "(fast on CPU); the original's plain recipe.", PLAIN,
+         ("The layer plan is the original's; what changes is BatchNorm before ReLU, 8/16 channels, and an "
+          "8-channel 1x1 squeeze after the max-pool.",)),
+    Step("valid_step2", "Go under the 8,000-parameter bonus: 8 channels in the first layer, where a 3x3 kernel "
+         "on one input channel has little to learn; same plain recipe.", dataclasses.replace(PLAIN, model="valid_7k4"),
+         ("The first layer sees single pixels' neighbourhoods; halving it costs least.",)),
+    Step("valid_step3", "Steady the last epochs with a one-cycle learning rate: linear warm-up to 0.05 over 3 "
+         "epochs, linear decay to 0.001 at the end (SGD, Nesterov momentum 0.9).", ONECYCLE,
+         ("A decaying LR makes the last epochs settle instead of swinging; with no augmentation the model now "
+          "fits its training set more closely than the test set.",)),
+    Step("valid_step4", "Close the train-test gap with mild per-sample augmentation (rotation ±7°, shift ±5%, "
+         "zoom ±5%, batched on tensors) and hold >= 99.40% in each of the last 5 epochs on every seed.", AUGMENTED,
+         ("Augmentation makes training harder than the test, so train accuracy ends below test accuracy: the "
+          "model is not memorising. Proven over 5 seeds with `tinymnist consistency valid_step4 --seeds 5`.",)),
+)
+
+JOURNEYS: dict[str, tuple[Step, ...]] = {"seed": SEED, "valid": VALID}
 # Recipes beyond the journeys (trainable by name, but part of no four-step story).
-R1 = Recipe(model="valid_7k4", batch_size=64, lr=0.05, nesterov=True, schedule="onecycle", warmup=0.2,
-            final_lr=0.02, rotate=7.0, shift=0.05, scale=0.05, seed=1)
-EXTRA: dict[str, Recipe] = {"screen_7k": TINY, "screen_3k7": dataclasses.replace(TINY, model="tiny_3k7"),
-                            "s_v7k4": R1, "s_v4k": dataclasses.replace(R1, model="valid_4k"),
-                            "s_3k7": dataclasses.replace(R1, model="tiny_3k7")}
+EXTRA: dict[str, Recipe] = {}
 
 
 def all_steps() -> dict[str, Step]:

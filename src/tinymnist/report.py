@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 import torch  # noqa: E402
+
+from .data import MNIST  # noqa: E402
+from .engine import log_probs  # noqa: E402
+from .recipes import Step  # noqa: E402
+from .runs import WEIGHTS, RunDir, load_weights  # noqa: E402
+from .targets import BONUS_PARAMS, LAST_K, MAX_PARAMS, TARGET_ACC, first_epoch_holding, holds, judge  # noqa: E402
 
 
 def digit_grid(images: torch.Tensor, captions: list[str] | list[int], path: Path, title: str,
@@ -27,3 +34,182 @@ def digit_grid(images: torch.Tensor, captions: list[str] | list[int], path: Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- analysis generated from the measurements --------------------------------------------------------
+
+OVERFIT_GAP = 0.30  # train accuracy above test by more than this many points: overfitting
+
+
+def analyse(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> list[str]:
+    """Sentences on fit (train-test gap), consistency (last-K epochs, swings) and size (the limits)."""
+    gaps = [h[-1]["train_acc"] - h[-1]["test_acc"] for h in histories]
+    gap = statistics.fmean(gaps)
+    if gap > OVERFIT_GAP:
+        fit = f"Overfitting: train accuracy ends {gap:.2f} points above test accuracy."
+    elif gap < 0:
+        fit = (f"Underfitting: test accuracy ends {-gap:.2f} points above train accuracy (measured on augmented "
+               f"batches in train mode), so the model has room to learn more.")
+    else:
+        fit = f"No overfitting: train accuracy ends {gap:.2f} points above test accuracy."
+    tails = [[m["test_acc"] for m in h[-last_k:]] for h in histories]
+    swing = max(max(abs(b - a) for a, b in zip(t, t[1:], strict=False)) if len(t) > 1 else 0.0 for t in tails)
+    passing = sum(len(t) >= last_k and all(holds(a) for a in t) for t in tails)
+    low = min(min(t) for t in tails)
+    of = f" in {passing} of {len(tails)} seeds" if len(tails) > 1 else ""
+    if passing == len(tails):
+        consistency = (f"Consistent: test accuracy holds {TARGET_ACC:.2f}% in each of the last {last_k} epochs{of} "
+                       f"(lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points).")
+    else:
+        consistency = (f"Not consistent: test accuracy holds {TARGET_ACC:.2f}% in each of the last {last_k} "
+                       f"epochs{of or ' in none of the runs'} (lowest {low:.2f}%, largest epoch-to-epoch swing "
+                       f"{swing:.2f} points).")
+    if params < BONUS_PARAMS:
+        size = f"Size: {params:,} parameters, under both the 10,000 limit and the 8,000 bonus."
+    elif params < MAX_PARAMS:
+        size = f"Size: {params:,} parameters, under 10,000 but {params - BONUS_PARAMS + 1:,} too many for the bonus."
+    else:
+        size = f"Size: {params:,} parameters, {params - MAX_PARAMS + 1:,} over the 10,000 limit."
+    return [fit, consistency, size]
+
+
+# --- figures -------------------------------------------------------------------------------------------
+
+def curves(history: list[dict], path: Path, title: str) -> None:
+    epochs = [m["epoch"] for m in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_ax.plot(epochs, [m["train_loss"] for m in history], "o-", label="train")
+    loss_ax.plot(epochs, [m["test_loss"] for m in history], "o-", label="test")
+    loss_ax.set(xlabel="epoch", ylabel="loss (NLL)", title="loss", yscale="log")
+    acc_ax.plot(epochs, [m["train_acc"] for m in history], "o-", label="train")
+    acc_ax.plot(epochs, [m["test_acc"] for m in history], "o-", label="test")
+    acc_ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET_ACC:.2f}% target")
+    low = min(min(m["test_acc"], m["train_acc"]) for m in history[len(history) // 3:])
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(max(90.0, low - 0.3), 100))
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def compare_curves(named: dict[str, list[dict]], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, history in named.items():
+        ax.plot([m["epoch"] for m in history], [m["test_acc"] for m in history], "o-", label=name)
+    ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET_ACC:.2f}% target")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=title, ylim=(97.0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def confusion(labels: torch.Tensor, predicted: torch.Tensor, path: Path, title: str) -> None:
+    matrix = torch.zeros(10, 10, dtype=torch.long)
+    matrix.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    off = matrix.clone().fill_diagonal_(0)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(off.numpy(), cmap="Reds")
+    for t in range(10):
+        for p in range(10):
+            if matrix[t, p]:
+                ax.text(p, t, str(int(matrix[t, p])), ha="center", va="center", fontsize=7,
+                        color="gray" if t == p else "black")
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(10), yticks=range(10),
+           title=f"{title}\n(colour: errors only; diagonal in gray)")
+    fig.colorbar(image, ax=ax, label="misclassified test images")
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+def _stat(values: list[float], fmt: str = "{:.2f}") -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def step_rows(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> dict[str, str]:
+    """The summary-table cells of one step over its seeds."""
+    firsts = [first_epoch_holding([m["test_acc"] for m in h]) for h in histories]
+    held = [f for f in firsts if f is not None]
+    verdicts = [judge(params, [m["test_acc"] for m in h], last_k) for h in histories]
+    met = sum(v.met for v in verdicts)
+    return {
+        "params": f"{params:,}",
+        "best_train": _stat([max(m["train_acc"] for m in h) for h in histories]),
+        "best_test": _stat([max(m["test_acc"] for m in h) for h in histories]),
+        "min_last": _stat([min(m["test_acc"] for m in h[-last_k:]) for h in histories]),
+        "first_holding": (", ".join(str(f) if f else "none" for f in firsts) if len(firsts) > 1
+                          else (str(held[0]) if held else "none")),
+        "met": ("yes" if met else "no") if len(verdicts) == 1 else f"{met} of {len(verdicts)} seeds",
+    }
+
+
+def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[RunDir]], data: MNIST, out: Path,
+                 command: str, last_k: int = LAST_K) -> Path:
+    """report.md and figures for a journey whose runs are finished: ``runs[step.name]`` lists one run per seed."""
+    figures = out / "figures"
+    seeds = len(next(iter(runs.values())))
+    lines = [f"# Journey `{journey}`: {len(steps)} steps", "",
+             f"Generated by `{command}` from the run records; nothing here is typed by hand.",
+             f"{'Figures are from the first seed; table' if seeds > 1 else 'Table'} figures are "
+             f"{'mean ± std over ' + str(seeds) + ' seeds' if seeds > 1 else 'from one seed'}.", "",
+             f"| Step | Target | Params | Best train acc | Best test acc | Min test acc, last {last_k} epochs | "
+             "First epoch holding 99.40% | Targets met |", "|---|---|---|---|---|---|---|---|"]
+    histories = {s.name: [r.metrics() for r in runs[s.name]] for s in steps}
+    params = {s.name: runs[s.name][0].summary()["params"] for s in steps}
+    for i, step in enumerate(steps, 1):
+        c = step_rows(histories[step.name], params[step.name], last_k)
+        lines.append(f"| {i}. `{step.name}` | {step.target} | {c['params']} | {c['best_train']} | {c['best_test']} "
+                     f"| {c['min_last']} | {c['first_holding']} | {c['met']} |")
+    compare_curves({s.name: histories[s.name][0] for s in steps}, figures / "test-accuracy.png",
+                   f"journey {journey}: test accuracy per epoch (first seed)")
+    lines += ["", "![test accuracy of the four steps](figures/test-accuracy.png)", ""]
+    for i, step in enumerate(steps, 1):
+        run, r = runs[step.name][0], step.recipe
+        summary = run.summary()
+        model = load_weights(run / WEIGHTS, r.model)
+        predicted_logp = log_probs(model, data.test_images, data.normalize)
+        confidence, predicted = predicted_logp.exp().max(1)
+        wrong = (predicted != data.test_labels).nonzero().flatten()
+        wrong = wrong[confidence[wrong].argsort(descending=True)][:40]
+        captions = [f"{int(data.test_labels[j])}→{int(predicted[j])} {100 * float(confidence[j]):.0f}%"
+                    for j in wrong]
+        name = step.name
+        curves(histories[name][0], figures / f"{name}-curves.png", f"{name}: loss and accuracy (seed {r.seed})")
+        digit_grid(data.test_images[wrong], captions, figures / f"{name}-misclassified.png",
+                   f"{name}: the {len(wrong)} most confident mistakes (true→predicted, confidence)")
+        confusion(data.test_labels, predicted, figures / f"{name}-confusion.png", f"{name}: confusion matrix")
+        c = step_rows(histories[name], params[name], last_k)
+        schedule = {"constant": "constant LR", "step": f"StepLR({r.step_size}, gamma {r.gamma}) per epoch",
+                    "onecycle": f"one-cycle (warm-up {r.warmup:.0%}, ends at {r.final_lr:g} x peak)"}[r.schedule]
+        augmentation = (f"rotate ±{r.rotate:g}°, shift ±{r.shift:g}, scale ±{r.scale:g}"
+                        if r.rotate or r.shift or r.scale else "none")
+        lines += [f"## Step {i}: `{name}`", "", f"**Target.** {step.target}", "", "**Results.**", "",
+                  f"- Params: {c['params']}; model `{r.model}`",
+                  f"- Recipe: {r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}"
+                  f"{' (Nesterov)' if r.nesterov else ''}, momentum {r.momentum:g}, weight decay {r.weight_decay:g}, "
+                  f"{schedule}; augmentation: {augmentation}",
+                  f"- Best train accuracy: {c['best_train']}%; best test accuracy: {c['best_test']}%",
+                  f"- Lowest test accuracy over the last {last_k} epochs: {c['min_last']}%; first epoch from which "
+                  f"every later one holds 99.40%: {c['first_holding']}",
+                  f"- Targets met: {c['met']}; trained on {summary['device']} ({summary.get('precision', 'fp32')}), "
+                  f"{summary['wall_seconds']:.0f} s wall for seed {r.seed}", "",
+                  "**Analysis** (generated from the measurements).", ""]
+        lines += [f"- {sentence}" for sentence in analyse(histories[name], params[name], last_k)]
+        if step.notes:
+            lines += ["", "Notes:", ""] + [f"- {note}" for note in step.notes]
+        lines += ["", f"![curves](figures/{name}-curves.png)", "",
+                  f"![misclassified](figures/{name}-misclassified.png)", "",
+                  f"![confusion](figures/{name}-confusion.png)", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"

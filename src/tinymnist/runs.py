@@ -170,7 +170,7 @@ class RunDir:
         return tensors, history
 
     def write_summary(self, params: int, history: list[dict], device: str, precision: str, wall_seconds: float,
-                      last_k: int = LAST_K) -> dict:
+                      normalization: tuple[float, float], last_k: int = LAST_K) -> dict:
         test_accs = [m["test_acc"] for m in history]
         summary = {
             "model": self.recipe().model, "params": params, "epochs": len(history),
@@ -182,6 +182,7 @@ class RunDir:
             "torch": torch.__version__, "device": device, "precision": precision, "platform": platform.platform(),
             "commit": git_commit(), "wall_seconds": wall_seconds,
             "train_seconds": sum(m["train_seconds"] for m in history),
+            "normalization": {"mean": normalization[0], "std": normalization[1]},
         }
         write_json(self / SUMMARY, summary)
         return summary
@@ -250,4 +251,4 @@ def train_run(run: RunDir, data: MNIST, options: Options,
 
     fit(recipe, data, options, end_of_epoch, on_batch, trainer)
     return run.write_summary(count_params(trainer.model), trainer.history, str(trainer.device), trainer.precision,
-                             time.perf_counter() - start)
+                             time.perf_counter() - start, (trainer.mean, trainer.std))

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinymnist.cli import main
+from tinymnist.engine import Options
+from tinymnist.errors import UsageError
+from tinymnist.inference import predict_images, preprocess
+from tinymnist.recipes import Recipe
+from tinymnist.runs import RunDir, load_weights, train_run
+
+
+@pytest.fixture(scope="module")
+def trained(real_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    """A seed_step4 run trained briefly on 6,000 real digits (about 97-98% test accuracy)."""
+    run = RunDir(tmp_path_factory.mktemp("runs") / "r")
+    run.create("seed_step4", Recipe(model="seed_step4", epochs=2, seed=0), {}, {})
+    train_run(run, real_mnist.subset(6000), Options(device="cpu"))
+    return run.path
+
+
+def test_eval_reproduces_the_recorded_accuracy(trained: Path, capsys: pytest.CaptureFixture) -> None:
+    # The run was evaluated on the full test set while training; eval reloads and recomputes it.
+    code = main(["eval", str(trained)])
+    out = capsys.readouterr().out
+    assert code == 0 and "matches the recorded final test accuracy" in out and "per class" in out
+
+
+def variants(digit: np.ndarray, tmp: Path) -> list[Path]:
+    """The same digit as a user might photograph it: large, off-centre, inverted, RGB on a light background."""
+    big = Image.fromarray(digit).resize((180, 180), Image.Resampling.BICUBIC)
+    paths = []
+    canvas = Image.new("L", (400, 300), 0)
+    canvas.paste(big, (30, 100))
+    paths.append(tmp / "large-off-centre.png")
+    canvas.save(paths[-1])
+    inverted = Image.fromarray(255 - np.asarray(canvas))
+    paths.append(tmp / "inverted.png")
+    inverted.save(paths[-1])
+    rgb = Image.new("RGB", (320, 260), (235, 230, 220))  # paper
+    mask = Image.fromarray(np.asarray(big))
+    rgb.paste(Image.new("RGB", big.size, (20, 30, 90)), (100, 40), mask)  # blue ink where the digit is
+    paths.append(tmp / "rgb-on-paper.jpg")
+    rgb.save(paths[-1], quality=92)
+    return paths
+
+
+def test_predict_matches_the_mnist_original(real_mnist, trained: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    run = RunDir(trained)
+    model = load_weights(run / "weights.safetensors", "seed_step4")
+    norm = run.summary()["normalization"]
+    originals = real_mnist.test_images[:200].numpy()
+    probs = predict_images(model, originals, norm["mean"], norm["std"])
+    confident = [i for i in range(200) if probs[i].max() > 0.99][:8]
+    assert len(confident) >= 5
+    for i in confident:
+        expected = int(probs[i].argmax())
+        for path in variants(originals[i], tmp_path):
+            seen = preprocess(path)
+            got = int(predict_images(model, seen[None], norm["mean"], norm["std"]).argmax())
+            assert got == expected, f"test image {i} as {path.name}: {got} instead of {expected}"
+
+
+def test_predict_cli_json_and_show_input(real_mnist, trained: Path, tmp_path: Path,  # noqa: ANN001
+                                         capsys: pytest.CaptureFixture) -> None:
+    paths = variants(real_mnist.test_images[0].numpy(), tmp_path)
+    shown = tmp_path / "seen.png"
+    assert main(["predict", str(trained), *map(str, paths), "--json", "--show-input", str(shown)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in results] == [str(p) for p in paths]
+    assert all(len(r["top3"]) == 3 and r["top3"][0]["probability"] >= r["top3"][1]["probability"] for r in results)
+    assert shown.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_preprocess_output_is_mnist_like(tmp_path: Path) -> None:
+    img = np.full((120, 90), 250, np.uint8)
+    img[20:100, 40:52] = 10  # a dark vertical stroke on white: a "1"
+    Image.fromarray(img).save(tmp_path / "one.png")
+    seen = preprocess(tmp_path / "one.png")
+    assert seen.shape == (28, 28) and seen.dtype == np.uint8
+    rows, cols = np.nonzero(seen > 64)
+    assert rows.max() - rows.min() + 1 in (19, 20, 21)  # the larger side scaled to 20 px
+    cy = (np.arange(28) @ seen.sum(1)) / seen.sum()
+    assert abs(cy - 13.5) < 1.0  # centred on the centre of mass
+    assert seen[0].max() == 0 and seen[:, 0].max() == 0  # light background inverted to black
+
+
+@pytest.mark.parametrize("content,message", [
+    ("blank", "looks blank"), ("corrupt", "cannot be read"), ("missing", "does not exist")])
+def test_bad_images(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "x.png"
+    if content == "blank":
+        Image.new("RGB", (64, 64), (200, 200, 200)).save(path)
+    elif content == "corrupt":
+        path.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(UsageError, match=message):
+        preprocess(path)
+
+
+def test_onnx_parity(real_mnist, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    pytest.importorskip("onnxscript", reason="the [onnx] extra is not installed")
+    out = tmp_path / "model.onnx"
+    code = main(["export", str(trained), "--onnx", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and out.is_file() and "identical predictions" in text
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for n in (1, 7):  # the batch dimension is dynamic
+        assert session.run(None, {"image": np.zeros((n, 1, 28, 28), np.float32)})[0].shape == (n, 10)
