@@ -75,3 +75,11 @@ def test_nan_loss_stops_with_clear_error(small_mnist) -> None:  # noqa: ANN001
     recipe = Recipe(model="seed_step1", epochs=1, batch_size=200, lr=1e6, momentum=0.99, seed=0)
     with pytest.raises(TrainingError, match=r"loss became .* at epoch 1, batch \d+"):
         fit(recipe, small_mnist, CPU)
+
+
+def test_onecycle_can_end_early_and_hold() -> None:
+    r = Recipe(model="seed_step4", epochs=15, lr=0.05, schedule="onecycle", warmup=0.2, final_lr=0.02,
+               cycle_epochs=11)
+    lrs = [r.lr_at(e, b, 10) for e in range(15) for b in range(10)]
+    assert lrs[109] == pytest.approx(0.001) and all(lr == pytest.approx(0.001) for lr in lrs[110:])
+    assert max(lrs) == pytest.approx(0.05) and lrs.index(max(lrs)) == 21

@@ -10,8 +10,8 @@ from .data import MNIST
 from .engine import Options
 from .errors import UsageError
 from .recipes import Recipe
-from .runs import RunDir, train_run, write_json
-from .targets import LAST_K, holds
+from .runs import RunDir, read_json, train_run, write_json
+from .targets import LAST_K, first_epoch_holding, holds
 
 SUMMARY = "consistency.json"
 
@@ -62,3 +62,25 @@ def summarize(step: str, seeds: list[int], histories: list[list[dict]], params: 
         "final_mean": statistics.fmean(finals), "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
         "min_last_k": min(s["min"] for s in per_seed),
     }
+
+
+def results_markdown(root: Path, order: list[str]) -> str:
+    """docs/results.md: one row per ``root/STEP/consistency.json``, in ``order`` (journeys, then extras)."""
+    found = {p.parent.name: read_json(p) for p in root.glob(f"*/{SUMMARY}")}
+    if not found:
+        raise UsageError(f"no consistency results under {root}; run `tinymnist consistency STEP --out {root}` first.")
+    names = [n for n in order if n in found] + sorted(set(found) - set(order))
+    lines = ["| Step / recipe | Params | Seeds passing | Final test acc (mean ± std) | Min test acc, last K epochs "
+             "(all seeds) | First epoch holding 99.40%, per seed | Command |", "|---|---|---|---|---|---|---|"]
+    for name in names:
+        r = found[name]
+        seeds = [s["seed"] for s in r["seeds"]]
+        firsts = []
+        for seed in seeds:
+            first = first_epoch_holding([m["test_acc"] for m in RunDir(root / name / f"seed-{seed}").metrics()])
+            firsts.append(str(first) if first else "none")
+        command = f"tinymnist consistency {name} --seed-list {','.join(map(str, seeds))}"
+        lines.append(f"| `{name}` | {r['params']:,} | {r['seeds_passing']} of {r['seeds_run']} | "
+                     f"{r['final_mean']:.2f} ± {r['final_std']:.2f} | {r['min_last_k']:.2f} (K = {r['last_k']}) | "
+                     f"{', '.join(firsts)} | `{command}` |")
+    return "\n".join(lines)
