@@ -290,7 +290,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             say(epoch_row(m, published[m["epoch"] - 1] if m["epoch"] <= len(published) else None))
     if run.finished():
         summary = run.summary()
-        say("", f"{summary['device']}, {summary.get('precision', 'fp32')}, torch {summary['torch']}, "
+        precision = summary.get("precision") or record.get("options", {}).get("precision", "unknown precision")
+        say("", f"{summary['device']}, {precision}, torch {summary['torch']}, "
                 f"{summary['wall_seconds']:.0f} s wall", *verdict_lines(summary))
     return EXIT_OK
 

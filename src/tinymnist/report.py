@@ -60,10 +60,12 @@ def analyse(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> l
     if passing == len(tails):
         consistency = (f"Consistent: test accuracy holds {TARGET_ACC:.2f}% in each of the last {last_k} epochs{of} "
                        f"(lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points).")
-    else:
+    elif len(tails) > 1:
         consistency = (f"Not consistent: test accuracy holds {TARGET_ACC:.2f}% in each of the last {last_k} "
-                       f"epochs{of or ' in none of the runs'} (lowest {low:.2f}%, largest epoch-to-epoch swing "
-                       f"{swing:.2f} points).")
+                       f"epochs{of} (lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points).")
+    else:
+        consistency = (f"Not consistent: test accuracy falls below {TARGET_ACC:.2f}% in the last {last_k} epochs "
+                       f"(lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points).")
     if params < BONUS_PARAMS:
         size = f"Size: {params:,} parameters, under both the 10,000 limit and the 8,000 bonus."
     elif params < MAX_PARAMS:
