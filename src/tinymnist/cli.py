@@ -177,12 +177,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if run.finished():
             raise UsageError(f"{run.path} is already finished; see {run.path / 'summary.json'}.")
         record = run.record()
-        step, data = record["step"], load_data(args, record["options"].get("subset"))
-        options = Options(**{k: v for k, v in record["options"].items() if k != "subset"})
+        step, subset = record.get("step", ""), record.get("options", {}).get("subset")
+        data = load_data(args, subset)
+        known = Options.__dataclass_fields__
+        options = Options(**{k: v for k, v in record.get("options", {}).items() if k in known})
     else:
         if not args.step:
             raise UsageError("name a step to train (see `tinymnist steps`), or --resume RUN_DIR.")
-        step = args.step
+        step, subset = args.step, args.subset
         recipe = get_recipe(step).with_overrides(**recipe_overrides(args))
         data = load_data(args, args.subset)
         recipe.check(train_size=len(data.train_labels))
@@ -193,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    {**options.__dict__, "subset": args.subset})
     recipe = run.recipe()
     original = all_steps().get(step)
-    published = original.published if original and original.recipe == recipe and not args.subset else ()
+    published = original.published if original and original.recipe == recipe and not subset else ()
     try:
         summary = train_and_show(run, data, options, published)
     except KeyboardInterrupt:
@@ -369,7 +371,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = []
     for path, p in zip(args.images, probs, strict=True):
         values, classes = p.topk(3)
-        results.append({"image": path, "top3": [{"digit": int(c), "probability": round(float(v), 4)}
+        results.append({"image": path, "top3": [{"digit": int(c), "probability": round(float(v), 6)}
                                                 for v, c in zip(values, classes, strict=True)]})
     if args.json:
         say(json.dumps(results, indent=2))

@@ -133,22 +133,3 @@ def valid_3k8() -> nn.Module:
     """3,784 params: 8 channels everywhere but one 16-channel layer at 8x8."""
     return valid_net(8, 8, 8, 8, 16, 8)
 
-
-def gap_net(*groups: tuple[int, ...]) -> nn.Module:
-    """Groups of 3x3 padding-1 Conv-BN-ReLU layers with a 2x2 max-pool between groups (28 -> 14 -> 7), global
-    average pooling and a 1x1 head; ``groups`` gives each group's channel widths."""
-    layers: list[nn.Module] = []
-    cin = 1
-    for i, widths in enumerate(groups):
-        if i:
-            layers.append(nn.MaxPool2d(2))
-        for cout in widths:
-            layers.append(conv(cin, cout, 3, padding=1, bn_momentum=BN_MOMENTUM))
-            cin = cout
-    return Net(*layers, nn.AdaptiveAvgPool2d(1), conv(cin, 10, 1, "c"))
-
-
-@register_model
-def gap_3k7() -> nn.Module:
-    """3,720 params: one 8-channel conv at 28x28, three at 14x14, three at 7x7 (padding 1 keeps the maps)."""
-    return gap_net((8,), (8, 8, 8), (8, 8, 8))

@@ -23,7 +23,7 @@ def digit_grid(images: torch.Tensor, captions: list[str] | list[int], path: Path
     """A grid of uint8 (N, 28, 28) digits, each captioned."""
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.3 + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(columns * 1.1, 5.0), rows * 1.3 + 0.6), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
