@@ -14,6 +14,7 @@ GFLOP/s these cores reach on a large matrix multiply, measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -122,7 +123,7 @@ def measure(args: argparse.Namespace) -> dict:
         runs["baseline"]["train"].append(tr)
         runs["baseline"]["eval"].append(ev)
         for p, options in configs.items():
-            trainer = Trainer(recipe.with_overrides(epochs=1), data, options)
+            trainer = Trainer(dataclasses.replace(recipe, epochs=1, cycle_epochs=None), data, options)
             m = trainer.run_epoch()
             runs[p]["train"].append(m["train_seconds"])
             runs[p]["eval"].append(m["eval_seconds"])

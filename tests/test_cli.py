@@ -55,6 +55,13 @@ def bad_inputs(data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "out not writable": (["train", "seed_step4", "--out", str(tmp / "a-file" / "x"), *d], "cannot write"),
         "resume nothing": (["train", "--resume", str(tmp / "nothing")], "not a run directory"),
         "no step": (["train"], "name a step"),
+        "epochs shorter than the LR cycle": (["train", "valid_step4", "--epochs", "5", *d], "--epochs 11 or more"),
+        "bad seed list": (["consistency", "seed_step4", "--seed-list", "1,x", *d], "whole numbers"),
+        "repeated seed": (["consistency", "seed_step4", "--seed-list", "1,1", *d], "each once"),
+        "K above epochs": (["consistency", "seed_step4", "--epochs", "3", "--last-k", "5", *d], "more than the"),
+        "unknown journey": (["report", "sead"], "Did you mean 'seed'"),
+        "unknown model": (["summary", "valid_7k"], "Did you mean 'valid_7k4'"),
+        "eval of no run": (["eval", str(tmp / "nothing")], "not a run directory"),
     }
 
 

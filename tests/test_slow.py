@@ -14,7 +14,7 @@ from tinymnist.runs import RunDir, train_run
 
 @pytest.mark.slow
 def test_valid_step4_meets_every_target(real_mnist, tmp_path: Path) -> None:  # noqa: ANN001
-    # Seed 2 holds 99.52-99.55% in its last five epochs on the reference machine (docs/results.md): a margin of
+    # Seed 2 holds 99.52-99.56% in its last five epochs on the reference machine (docs/results.md): a margin of
     # about ten test images above the target, for a machine whose CPU computes slightly differently.
     recipe = get_recipe("valid_step4").with_overrides(seed=2)
     run = RunDir(tmp_path / "valid_step4")

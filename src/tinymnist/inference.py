@@ -3,6 +3,8 @@ to ONNX and check the export against onnxruntime."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -102,11 +104,20 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
     """ONNX with a dynamic batch dimension (input 'image' (N, 1, 28, 28), output 'log_probs' (N, 10))."""
     model.eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
+    # The exporter logs warnings that concern other models (torchvision operators, deprecations): not ours to show.
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
     try:
-        torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(path), input_names=["image"],
-                          output_names=["log_probs"], dynamic_shapes=({0: batch},), dynamo=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(path), input_names=["image"],
+                              output_names=["log_probs"], dynamic_shapes=({0: batch},), dynamo=True,
+                              verbose=False)
     except OSError as e:
         raise UsageError(f"cannot write {path} ({e.strerror}).") from None
+    finally:
+        onnx_log.setLevel(level)
 
 
 def onnx_parity(model: torch.nn.Module, path: Path, images: torch.Tensor, mean: float, std: float) -> dict:

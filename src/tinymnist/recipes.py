@@ -67,7 +67,8 @@ class Recipe:
         if not 0 <= self.warmup < 1:
             raise UsageError(f"warmup must be a fraction in [0, 1) (got {self.warmup}).")
         if self.cycle_epochs is not None and not 1 <= self.cycle_epochs <= self.epochs:
-            raise UsageError(f"cycle epochs must be between 1 and the {self.epochs} epochs (got {self.cycle_epochs}).")
+            raise UsageError(f"this recipe's LR cycle spans {self.cycle_epochs} epochs, more than the {self.epochs} "
+                             f"asked for; use --epochs {self.cycle_epochs} or more.")
         if self.step_size < 1:
             raise UsageError(f"step size must be at least 1 epoch (got {self.step_size}).")
 
