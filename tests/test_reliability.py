@@ -23,8 +23,8 @@ from tinymnist.data import read_idx
 from tinymnist.errors import CheckpointError, DataError
 from tinymnist.runs import RunDir, load_weights, write_atomic
 
-TRAIN = ["train", "seed_step3", "--subset", "4000", "--epochs", "4", "--batch-size", "32", "--device", "cpu",
-         "--threads", "2"]
+# One thread: the same arithmetic in every process, and no contention with the test runner's own threads.
+TRAIN = ["train", "seed_step3", "--subset", "2000", "--epochs", "4", "--device", "cpu", "--threads", "1"]
 
 
 def cli(*args: str, data: Path) -> subprocess.Popen:
@@ -152,10 +152,12 @@ def test_write_atomic_never_leaves_a_torn_file(tmp_path: Path, monkeypatch: pyte
 
 
 def test_nothing_unpickles() -> None:
+    import re
+
+    unpickling = re.compile(r"^\s*(import pickle|from pickle)|pickle\.loads?\(|torch\.load\(|weights_only=False", re.M)
     src = Path(__file__).parents[1] / "src" / "tinymnist"
     for path in src.rglob("*.py"):
-        text = path.read_text()
-        assert "torch.load(" not in text and "pickle" not in text.replace("never pickled", ""), path
+        assert not unpickling.search(path.read_text()), path
 
 
 # --- the IDX parser under random bytes: DataError or a valid array, nothing else ----------------
