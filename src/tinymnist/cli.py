@@ -264,7 +264,8 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     result = run_seeds_shown(args.step, recipe, seeds, Path(args.out), data, options, args.last_k)
     if result is None:
         return EXIT_INTERRUPTED
-    say("", f"{args.step}: {result['params']:,} params, {recipe.epochs} epochs, {len(seeds)} seeds",
+    say("", f"{args.step}: {result['params']:,} params, {recipe.epochs} epochs, {len(seeds)} "
+            f"seed{'s' if len(seeds) != 1 else ''}",
         *consistency_lines(result), f"written to {Path(args.out) / args.step / 'consistency.json'}")
     passed = result["seeds_passing"] == result["seeds_run"]
     return EXIT_TARGETS if args.require_targets and not passed else EXIT_OK
