@@ -23,8 +23,13 @@ from tinymnist.data import read_idx
 from tinymnist.errors import CheckpointError, DataError
 from tinymnist.runs import RunDir, load_weights, write_atomic
 
+
 # One thread: the same arithmetic in every process, and no contention with the test runner's own threads.
-TRAIN = ["train", "seed_step3", "--subset", "2000", "--epochs", "4", "--device", "cpu", "--threads", "1"]
+def train_args(epochs: int) -> list[str]:
+    return ["train", "seed_step3", "--subset", "2000", "--epochs", str(epochs), "--device", "cpu", "--threads", "1"]
+
+
+TRAIN = train_args(4)
 
 
 def cli(*args: str, data: Path) -> subprocess.Popen:
@@ -70,7 +75,7 @@ def test_sigkill_mid_epoch_then_resume_is_identical(full_synthetic_dir: Path, tm
 
 def test_ctrl_c_leaves_a_resumable_run(full_synthetic_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "seed_step3-seed121"
-    proc = cli(*TRAIN, "--out", str(tmp_path), data=full_synthetic_dir)
+    proc = cli(*train_args(12), "--out", str(tmp_path), data=full_synthetic_dir)
     wait_for_epochs(run, 1, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -80,7 +85,7 @@ def test_ctrl_c_leaves_a_resumable_run(full_synthetic_dir: Path, tmp_path: Path)
     assert f"tinymnist train --resume {run}" in out
     resumed = cli("train", "--resume", str(run), data=full_synthetic_dir)
     assert resumed.wait(300) == 0
-    assert [m["epoch"] for m in RunDir(run).metrics()] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in RunDir(run).metrics()] == list(range(1, 13))
 
 
 @pytest.fixture
