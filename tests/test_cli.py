@@ -99,6 +99,16 @@ def test_consistency_over_seeds(capsys: pytest.CaptureFixture, full_synthetic_di
     code, out, _ = run_cli(capsys, *args)
     assert code == 0 and out.count("epoch train loss") == 2 and result == json.loads(
         (tmp_path / "seed_step4" / "consistency.json").read_text())
+    # A report over other seeds reuses the runs but leaves consistency.json to `tinymnist consistency`.
+    from tinymnist.consistency import run_seeds
+    from tinymnist.data import load_mnist
+    from tinymnist.engine import Options
+    from tinymnist.recipes import get_recipe
+
+    data = load_mnist(full_synthetic_dir).subset(400)
+    recipe = get_recipe("seed_step4").with_overrides(epochs=2)
+    run_seeds("seed_step4", recipe, [3], tmp_path, data, Options(device="cpu"), last_k=2, record=False)
+    assert result == json.loads((tmp_path / "seed_step4" / "consistency.json").read_text())
     code, _, err = run_cli(capsys, *args[:-2], "--out", str(tmp_path), "--last-k", "5")
     assert code == 2 and "more than the recipe's 2 epochs" in err
 

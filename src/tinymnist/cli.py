@@ -232,7 +232,7 @@ def consistency_lines(result: dict) -> list[str]:
 
 
 def run_seeds_shown(step: str, recipe, seeds: list[int], root: Path, data, options: Options,  # noqa: ANN001
-                    last_k: int = LAST_K) -> dict | None:
+                    last_k: int = LAST_K, record: bool = True) -> dict | None:
     """``consistency.run_seeds`` with a header per seed, a row per epoch and progress bars; None when interrupted."""
     from .consistency import run_seeds
 
@@ -247,7 +247,7 @@ def run_seeds_shown(step: str, recipe, seeds: list[int], root: Path, data, optio
         say(epoch_row(m))
 
     try:
-        return run_seeds(step, recipe, seeds, root, data, options, on_run, on_epoch, progress.batch, last_k)
+        return run_seeds(step, recipe, seeds, root, data, options, on_run, on_epoch, progress.batch, last_k, record)
     except KeyboardInterrupt:
         progress.close()
         say("", "interrupted; finished seeds are kept and the current one resumes: run the same command again.")
@@ -325,7 +325,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     runs = {}
     for step in steps:
         seeds = parse_seeds(args, step.recipe.seed)
-        if run_seeds_shown(step.name, step.recipe, seeds, root, data, options) is None:
+        # consistency.json belongs to `tinymnist consistency`: a report over other seeds must not replace it
+        if run_seeds_shown(step.name, step.recipe, seeds, root, data, options, record=False) is None:
             return EXIT_INTERRUPTED
         runs[step.name] = [RunDir(root / step.name / f"seed-{s}") for s in seeds]
     command = "tinymnist report " + " ".join(args.argv)

@@ -34,8 +34,8 @@ def seed_runs(step: str, recipe: Recipe, seeds: list[int], out: Path) -> list[Ru
 def run_seeds(step: str, recipe: Recipe, seeds: list[int], out: Path, data: MNIST, options: Options,
               on_run: Callable[[int, RunDir], None] | None = None,
               on_epoch: Callable[[dict], None] | None = None,
-              on_batch: Callable[[int, int], None] | None = None, last_k: int = LAST_K) -> dict:
-    """Train (or reuse) one run per seed and write ``out/step/consistency.json``."""
+              on_batch: Callable[[int, int], None] | None = None, last_k: int = LAST_K, record: bool = True) -> dict:
+    """Train (or reuse) one run per seed and, when ``record``, write ``out/step/consistency.json``."""
     if last_k > recipe.epochs:
         raise UsageError(f"K = {last_k} last epochs is more than the recipe's {recipe.epochs} epochs.")
     summaries = []
@@ -45,7 +45,8 @@ def run_seeds(step: str, recipe: Recipe, seeds: list[int], out: Path, data: MNIS
         summaries.append(train_run(run, data, options, on_epoch, on_batch))
     result = summarize(step, seeds, [RunDir(out / step / f"seed-{s}").metrics() for s in seeds],
                        summaries[0]["params"], last_k)
-    write_json(out / step / SUMMARY, result)
+    if record:
+        write_json(out / step / SUMMARY, result)
     return result
 
 

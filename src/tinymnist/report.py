@@ -191,8 +191,10 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
                    f"{name}: the {len(wrong)} most confident mistakes (true→predicted, confidence)")
         confusion(data.test_labels, predicted, figures / f"{name}-confusion.png", f"{name}: confusion matrix")
         c = step_rows(histories[name], params[name], last_k)
+        cycle_end = f"by epoch {r.cycle_epochs}, then held" if r.cycle_epochs else "at the end"
         schedule = {"constant": "constant LR", "step": f"StepLR({r.step_size}, gamma {r.gamma}) per epoch",
-                    "onecycle": f"one-cycle (warm-up {r.warmup:.0%}, ends at {r.final_lr:g} x peak)"}[r.schedule]
+                    "onecycle": f"one-cycle (warm-up {r.warmup:.0%} of the cycle, down to {r.final_lr:g} x peak "
+                                f"{cycle_end})"}[r.schedule]
         augmentation = (f"rotate ±{r.rotate:g}°, shift ±{r.shift:g}, scale ±{r.scale:g}"
                         if r.rotate or r.shift or r.scale else "none")
         lines += [f"## Step {i}: `{name}`", "", f"**Target.** {step.target}", "", "**Results.**", "",
