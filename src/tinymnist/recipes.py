@@ -105,16 +105,19 @@ def _seed_step(n: int, target: str, notes: tuple[str, ...], published: str, **se
 # with the per-epoch test accuracies the notebooks printed (step 2's notebook ran 20 epochs; its first 15).
 SEED = (
     _seed_step(1, "Set up the code: a plain CNN that trains, with a 6x6 kernel reading the last map.",
-               ("High parameter count; the big last kernel can be replaced by global average pooling.",),
+               ("The original's own analysis: high parameter count; the big last kernel can be replaced by "
+                "global average pooling.",),
                "97.09 98.02 98.43 98.20 98.68 98.64 98.61 98.99 98.92 98.77 98.94 98.88 98.55 98.77 98.92"),
     _seed_step(2, "Cut parameters with global average pooling and a 1x1 output convolution.",
-               ("No overfitting, but still above the 10,000-parameter limit.",),
+               ("The original's own analysis: no overfitting, but still above the 10,000-parameter limit.",),
                "89.98 95.44 97.15 97.68 97.29 98.40 98.06 98.21 98.56 98.52 98.57 97.52 98.56 98.54 98.71"),
     _seed_step(3, "Add BatchNorm and cut the last block to 16 channels to go under 10,000 parameters.",
-               ("Test accuracy swings from epoch to epoch; an LR schedule should steady it.",),
+               ("The original's own analysis: test accuracy swings from epoch to epoch; an LR schedule should "
+                "steady it.",),
                "97.60 98.88 98.66 99.14 99.26 99.10 99.21 99.24 99.22 99.44 99.15 99.34 99.24 99.44 99.36"),
     _seed_step(4, "Add StepLR(10, gamma 0.01), stepped per epoch, to hold accuracy after epoch 10.",
-               ("The original reported 99.41-99.46% from epoch 10 on, from one run on one seed.",),
+               ("The original's own analysis: it reported 99.41-99.46% from epoch 10 on, from one run on one "
+                "seed.",),
                "98.18 98.71 99.07 99.10 99.08 99.15 99.22 99.23 99.31 99.41 99.46 99.43 99.45 99.43 99.44",
                schedule="step", step_size=10, gamma=0.01),
 )
