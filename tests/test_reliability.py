@@ -103,6 +103,11 @@ def test_torn_last_metrics_line_is_skipped_and_a_corrupt_one_reported(finished_r
     lines = path.read_text().splitlines()
     path.write_text(lines[0] + "\n" + lines[1][:17])
     assert [m["epoch"] for m in RunDir(finished_run).metrics()] == [1]
+    # The next checkpoint (as on resume) rewrites the file whole from the history: no torn line survives.
+    run = RunDir(finished_run)
+    tensors, history = run.load_checkpoint("seed_step4")
+    run.save_checkpoint("seed_step4", tensors, history)
+    assert path.read_text().splitlines() == lines
     path.write_text("{not json\n" + lines[1] + "\n")
     with pytest.raises(CheckpointError, match="line 1 is corrupt"):
         RunDir(finished_run).metrics()

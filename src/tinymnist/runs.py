@@ -154,8 +154,13 @@ class RunDir:
         write_atomic(self / WEIGHTS, st_save(weights, metadata={"model": model_name, "epoch": str(len(history))}))
         write_atomic(self / STATE, st_save(tensors, metadata={"model": model_name, "epoch": str(len(history))}))
         write_json(self / STATE_JSON, {"epoch": len(history), "history": history})
-        # metrics.jsonl follows the checkpoint: rewritten whole when it lags or runs ahead (a crash between).
-        if len(self.metrics()) != len(history):
+        # metrics.jsonl follows the checkpoint: one line appended per epoch; rewritten whole from the history
+        # when a crash left it torn, behind or ahead.
+        raw = (self / METRICS).read_bytes() if (self / METRICS).exists() else b""
+        intact = not raw or raw.endswith(b"\n")
+        if intact and len(self.metrics()) == len(history) - 1:
+            self.append_metrics(history[-1])
+        elif not intact or len(self.metrics()) != len(history):
             write_atomic(self / METRICS, "".join(json.dumps(m) + "\n" for m in history).encode())
 
     def load_checkpoint(self, model_name: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
