@@ -173,10 +173,14 @@ class MNIST:
                      self.test_labels[:test], self.source)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 28, 28) or float [0, 1] (N, 1, 28, 28) -> normalized float (N, 1, 28, 28)."""
-        if images.dtype == torch.uint8:
-            images = images.unsqueeze(1).float().div_(255)
-        return (images - self.mean) / self.std
+        return normalize(images, self.mean, self.std)
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, 28, 28) or float [0, 1] (N, 1, 28, 28) -> normalized float (N, 1, 28, 28)."""
+    if images.dtype == torch.uint8:
+        images = images.unsqueeze(1).float().div_(255)
+    return (images - mean) / std
 
 
 def load_mnist(directory: str | os.PathLike | None = None, allow_download: bool = True,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import MNIST, augment
+from .data import MNIST, augment, normalize
 from .errors import TrainingError, UsageError
 from .models import create_model
 from .recipes import Recipe
@@ -83,7 +83,7 @@ class Trainer:
         """``normalization`` (mean, std) defaults to the training images' own; a reloaded run passes the one it
         recorded."""
         recipe.check(train_size=len(data.train_labels))
-        self.recipe, self.options = recipe, options
+        self.recipe = recipe
         self.device = pick_device(options.device)
         if options.threads and self.device.type == "cpu":
             torch.set_num_threads(options.threads)
@@ -111,12 +111,10 @@ class Trainer:
         return -(-len(self.train_labels) // self.recipe.batch_size)
 
     def _inputs(self, images: torch.Tensor, augmented: bool = False) -> torch.Tensor:
-        x = images.unsqueeze(1).float().div_(255)
         if augmented:
             r = self.recipe
-            x = augment(x, self.augment_gen, r.rotate, r.shift, r.scale)
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=self.memory_format)
+            images = augment(images.unsqueeze(1).float().div_(255), self.augment_gen, r.rotate, r.shift, r.scale)
+        return normalize(images, self.mean, self.std).contiguous(memory_format=self.memory_format)
 
     def _autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,

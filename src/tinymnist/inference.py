@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import MNIST
+from .data import MNIST, normalize
 from .engine import Options, Trainer, log_probs
 from .errors import UsageError
 from .runs import WEIGHTS, RunDir, load_weights
@@ -95,7 +95,7 @@ def preprocess(path: Path) -> np.ndarray:
 def predict_images(model: torch.nn.Module, images: np.ndarray, mean: float, std: float) -> torch.Tensor:
     """Probabilities (N, 10) for uint8 images (N, 28, 28)."""
     x = torch.from_numpy(images)
-    return log_probs(model, x, lambda b: (b.unsqueeze(1).float() / 255 - mean) / std).exp()
+    return log_probs(model, x, lambda b: normalize(b, mean, std)).exp()
 
 
 # --- ONNX ------------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def onnx_parity(model: torch.nn.Module, path: Path, images: torch.Tensor, mean: 
     """Compare the exported model with PyTorch on ``images`` (uint8 (N, 28, 28)) through onnxruntime."""
     import onnxruntime
 
-    x = ((images.unsqueeze(1).float() / 255 - mean) / std).contiguous()
+    x = normalize(images, mean, std).contiguous()
     with torch.inference_mode():
         expected = model.eval()(x)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
