@@ -1,6 +1,7 @@
 """Training-speed benchmark: tinymnist's pipeline against a conventional per-image DataLoader baseline.
 
     python bench/bench_train.py --step seed_step4 --json bench/results/cpu-seed_step4.json
+    python bench/bench_train.py --step valid_step4 --parallel 4 --json bench/results/cpu-parallel-valid_step4.json
     python bench/bench_train.py --doc docs/performance.md bench/results/*.json   # regenerate the doc
 
 For each configuration it measures training images/s, seconds per epoch (train and eval separately, medians
@@ -29,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinymnist.consistency import run_seeds
 from tinymnist.data import load_mnist
 from tinymnist.engine import Options, Trainer, fit
 from tinymnist.models import count_params, create_model
@@ -151,6 +153,47 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
+def measure_parallel(args: argparse.Namespace) -> dict:
+    """Wall time of ``--parallel`` seeds of ``--epochs-parallel`` epochs each, trained as `tinymnist consistency`
+    does: one at a time with every core's thread, then --jobs 2, 3, ... up to the cores, one thread per job
+    (repeated --repeats times, interleaved; medians)."""
+    import tempfile
+
+    data = load_mnist(args.data_dir, allow_download=False)
+    recipe = dataclasses.replace(get_recipe(args.step), epochs=args.epochs_parallel, cycle_epochs=None)
+    seeds = list(range(1, args.parallel + 1))
+    cores = args.threads
+    settings = [(1, cores)] + [(jobs, max(1, cores // jobs)) for jobs in range(2, cores + 1)]
+    walls: dict[str, list[float]] = {f"{jobs} x {threads} thread{'s' * (threads > 1)}": []
+                                     for jobs, threads in settings}
+    for _ in range(args.repeats):
+        for (jobs, threads), key in zip(settings, walls, strict=True):
+            with tempfile.TemporaryDirectory() as out:
+                start = time.perf_counter()
+                run_seeds(args.step, recipe, seeds, Path(out), data,
+                          Options(device=args.device, threads=threads), last_k=1, record=False, jobs=jobs)
+                walls[key].append(time.perf_counter() - start)
+    base = median(next(iter(walls.values())))
+    return {"kind": "parallel", "step": args.step, "seeds": len(seeds), "epochs": args.epochs_parallel,
+            "device": args.device, "threads": cores, "torch": torch.__version__, "cpu": _cpu_name(),
+            "command": "python " + " ".join(sys.argv), "repeats": args.repeats,
+            "settings": {k: {"wall_seconds": median(v), "samples": v, "throughput_vs_one_job": base / median(v),
+                             "seed_epochs_per_minute": 60 * len(seeds) * args.epochs_parallel / median(v)}
+                         for k, v in walls.items()}}
+
+
+def render_parallel(r: dict) -> list[str]:
+    lines = [f"## Seeds at once: {r['seeds']} seeds of {r['step']}, {r['epochs']} epochs each, on {r['device']}", "",
+             f"- machine: {r['cpu']}, torch {r['torch']}", f"- command: `{r['command']}`", "",
+             "How `tinymnist consistency --jobs N` uses the cores: N processes, one seed each, cores/N threads each.",
+             "", "| jobs x threads | wall (median) | seed-epochs per minute | throughput vs one job |",
+             "|---|---|---|---|"]
+    for name, c in r["settings"].items():
+        lines.append(f"| {name} | {c['wall_seconds']:.0f} s ({', '.join(f'{w:.0f}' for w in c['samples'])}) | "
+                     f"{c['seed_epochs_per_minute']:.1f} | {c['throughput_vs_one_job']:.2f}x |")
+    return [*lines, ""]
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -195,6 +238,9 @@ def render(results: list[dict]) -> str:
              "GPU: not timed; no GPU was available to this work. The GPU path (data, shuffling and augmentation on",
              "the device, bf16 autocast) runs the same code as the CPU path.", ""]
     for r in results:
+        if r.get("kind") == "parallel":
+            lines += render_parallel(r)
+            continue
         cfgs = r["configs"]
         floor = r["epoch_flops"] / (r["peak_gflops"] * 1e9)
         lines += [f"## {r['step']} ({r['params']:,} params, batch {r['batch_size']}) on {r['device']}", "",
@@ -233,6 +279,9 @@ def main() -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3, help="one-epoch measurements per configuration")
     parser.add_argument("--full", type=int, default=0, help="also time the full recipe this many times")
+    parser.add_argument("--parallel", type=int, default=0,
+                        help="instead: time this many seeds trained one at a time and N at a time")
+    parser.add_argument("--epochs-parallel", type=int, default=2, help="epochs per seed with --parallel")
     parser.add_argument("--data-dir")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--doc", help="render these JSON files (positional) into this markdown file and exit")
@@ -242,7 +291,7 @@ def main() -> int:
         results = [json.loads(Path(p).read_text()) for p in args.inputs]
         Path(args.doc).write_text(render(results))
         return 0
-    result = measure(args)
+    result = measure_parallel(args) if args.parallel else measure(args)
     text = json.dumps(result, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -232,7 +232,7 @@ def consistency_lines(result: dict) -> list[str]:
 
 
 def run_seeds_shown(step: str, recipe, seeds: list[int], root: Path, data, options: Options,  # noqa: ANN001
-                    last_k: int = LAST_K, record: bool = True) -> dict | None:
+                    last_k: int = LAST_K, record: bool = True, jobs: int = 1) -> dict | None:
     """``consistency.run_seeds`` with a header per seed, a row per epoch and progress bars; None when interrupted."""
     from .consistency import run_seeds
 
@@ -242,12 +242,21 @@ def run_seeds_shown(step: str, recipe, seeds: list[int], root: Path, data, optio
         reused = " (finished: reused)" if run.finished() else ""
         say("", f"{step}, seed {seed}: {run.path}{reused}", HEADER)
 
+    shown = []
+
     def on_epoch(m: dict) -> None:
         progress.close()
-        say(epoch_row(m))
-
+        if "seed" not in m:
+            say(epoch_row(m))
+            return
+        if not shown:
+            shown.append(True)
+            say(f"{step}: seeds {', '.join(map(str, seeds))}, {jobs} at a time; a row per epoch as each ends",
+                f"{'seed':>6} " + HEADER)
+        say(f"{m['seed']:>6} {epoch_row(m)}")
     try:
-        return run_seeds(step, recipe, seeds, root, data, options, on_run, on_epoch, progress.batch, last_k, record)
+        return run_seeds(step, recipe, seeds, root, data, options, on_run, on_epoch, progress.batch, last_k, record,
+                         jobs)
     except KeyboardInterrupt:
         progress.close()
         say("", "interrupted; finished seeds are kept and the current one resumes: run the same command again.")
@@ -261,7 +270,7 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     recipe.check(train_size=len(data.train_labels))
     options = run_options(args)
     pick_device(options.device)
-    result = run_seeds_shown(args.step, recipe, seeds, Path(args.out), data, options, args.last_k)
+    result = run_seeds_shown(args.step, recipe, seeds, Path(args.out), data, options, args.last_k, jobs=args.jobs)
     if result is None:
         return EXIT_INTERRUPTED
     say("", f"{args.step}: {result['params']:,} params, {recipe.epochs} epochs, {len(seeds)} "
@@ -474,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-list", help="comma-separated seeds, instead of --seeds")
     p.add_argument("--last-k", type=positive_int, default=LAST_K, help="epochs that must each hold 99.40%%")
     p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="seeds trained at once, each in its own process with cores/jobs threads (default 1; "
+                        "2 on a 2-core CPU trains 1.5x more images per second)")
     add_run_args(p)
     p.set_defaults(func=cmd_consistency)
 
