@@ -8,7 +8,7 @@ from tinymnist.models import count_params, create_model, list_models
 
 # The documented parameter count of every registered model (README, `tinymnist models`).
 DOCUMENTED_PARAMS = {"seed_step1": 21_562, "seed_step2": 10_362, "seed_step3": 8_066, "seed_step4": 8_066,
-                     "valid_8k7": 8_672, "valid_7k4": 7_432, "valid_3k8": 3_784}
+                     "valid_8k7": 8_672, "valid_7k4": 7_432, "valid_3k8": 3_784, "sep_3k8": 3_768}
 
 
 def test_every_model_is_documented() -> None:
@@ -44,3 +44,14 @@ def test_seed_layer_orders() -> None:
 def test_unknown_model_suggests() -> None:
     with pytest.raises(UsageError, match="Did you mean 'seed_step4'"):
         create_model("seed_stpe4")
+
+
+def test_separable_layer_counts_its_weights() -> None:
+    from tinymnist.models import separable
+
+    block = separable(16, 24)
+    depthwise, pointwise = block[0], block[1]
+    assert depthwise.groups == 16 and depthwise.weight.shape == (16, 1, 3, 3)
+    assert pointwise.weight.shape == (24, 16, 1, 1)
+    assert count_params(block) == 9 * 16 + 16 * 24 + 2 * 24  # depthwise + pointwise + BN
+    assert block(torch.randn(2, 16, 12, 12)).shape == (2, 24, 10, 10)

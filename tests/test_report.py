@@ -33,6 +33,12 @@ def test_layer_table_works_for_every_model(name: str) -> None:
     assert flops_per_image(model) > 0
 
 
+def test_layer_table_names_depthwise_convolutions() -> None:
+    rows = [r for r in layer_table(create_model("sep_3k8")) if r.name.split()[0] in ("conv", "depthwise")]
+    assert [r.name for r in rows[2:4]] == ["depthwise 3x3 16->16", "conv 1x1 16->24"]
+    assert [r.params for r in rows[2:4]] == [144, 384] and [r.rf for r in rows[2:4]] == [10, 10]
+
+
 def history(test: list[float], train: list[float]) -> list[dict]:
     return [{"epoch": i + 1, "train_loss": 0.1, "test_loss": 0.1, "train_acc": a, "test_acc": b, "lr": 0.01,
              "train_seconds": 1.0, "seconds": 1.0} for i, (a, b) in enumerate(zip(train, test, strict=True))]

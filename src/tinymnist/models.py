@@ -128,6 +128,24 @@ def valid_7k4() -> nn.Module:
     return valid_net(8, 16, 8, 16, 16, 16)
 
 
+def separable(cin: int, cout: int) -> nn.Sequential:
+    """A depthwise 3x3 convolution (one 3x3 filter per input channel) and a pointwise 1x1 mixing the channels,
+    then BN-ReLU: 9*cin + cin*cout weights where a full 3x3 convolution has 9*cin*cout."""
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False),
+                         nn.BatchNorm2d(cout, momentum=BN_MOMENTUM), nn.ReLU())
+
+
+@register_model
+def sep_3k8() -> nn.Module:
+    """3,768 params: valid_net's first two layers and max-pool, then three depthwise-separable layers
+    (16 -> 24 -> 24 -> 24 channels, 12 -> 10 -> 8 -> 6) where valid_3k8 has plain 3x3 convolutions of 8-16
+    channels: for the same parameters the last layers are 24 wide, and global average pooling hands the head
+    24 features instead of 8."""
+    return Net(conv(1, 8, 3, bn_momentum=BN_MOMENTUM), conv(8, 16, 3, bn_momentum=BN_MOMENTUM), nn.MaxPool2d(2),
+               separable(16, 24), separable(24, 24), separable(24, 24), nn.AdaptiveAvgPool2d(1),
+               conv(24, 10, 1, "c"))
+
+
 @register_model
 def valid_3k8() -> nn.Module:
     """3,784 params: 8 channels everywhere but one 16-channel layer at 8x8."""

@@ -27,7 +27,8 @@ def _describe(m: nn.Module) -> str:
     if isinstance(m, nn.Conv2d):
         k = _pair(m.kernel_size)
         pad = f", pad {_pair(m.padding)}" if _pair(m.padding) else ""
-        return f"conv {k}x{k} {m.in_channels}->{m.out_channels}{pad}"
+        kind = "depthwise" if m.groups == m.in_channels > 1 else "conv"
+        return f"{kind} {k}x{k} {m.in_channels}->{m.out_channels}{pad}"
     if isinstance(m, nn.MaxPool2d):
         return f"maxpool {_pair(m.kernel_size)}"
     if isinstance(m, nn.AvgPool2d):
