@@ -334,7 +334,7 @@ def main() -> int:
     parser.add_argument("inputs", nargs="*")
     args = parser.parse_args()
     if args.doc:
-        results = [json.loads(Path(p).read_text()) for p in args.inputs]
+        results = [json.loads(Path(p).read_text()) for p in sorted(args.inputs)]
         Path(args.doc).write_text(render(results))
         return 0
     result = measure_profile(args) if args.profile else measure_parallel(args) if args.parallel else measure(args)

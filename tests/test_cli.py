@@ -142,5 +142,6 @@ def test_parallel_seeds_match_sequential_runs(capsys: pytest.CaptureFixture, ful
     assert json.loads((tmp_path / "one" / "valid_step2" / "consistency.json").read_text()) == \
         json.loads((tmp_path / "two" / "valid_step2" / "consistency.json").read_text())
     # An error in a worker process reaches the user as the same one-line error.
-    code, _, err = run_cli(capsys, "consistency", *common, "--jobs", "2", "--lr", "1e12", "--out", str(tmp_path / "nan"))
+    code, _, err = run_cli(capsys, "consistency", *common, "--jobs", "2", "--lr", "1e12",
+                           "--out", str(tmp_path / "nan"))
     assert code == 2 and "the loss became nan" in err and "Traceback" not in err

@@ -8,7 +8,7 @@ from tinymnist.models import count_params, create_model, list_models
 
 # The documented parameter count of every registered model (README, `tinymnist models`).
 DOCUMENTED_PARAMS = {"seed_step1": 21_562, "seed_step2": 10_362, "seed_step3": 8_066, "seed_step4": 8_066,
-                     "valid_8k7": 8_672, "valid_7k4": 7_432, "valid_3k8": 3_784, "sep_3k8": 3_768}
+                     "valid_8k7": 8_672, "valid_7k4": 7_432, "valid_3k8": 3_784, "sep_3k8": 3_768, "sep_2k8": 2_816}
 
 
 def test_every_model_is_documented() -> None:

@@ -1,0 +1,21 @@
+"""The generated documents say exactly what their generators write from the committed records."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_performance_doc_is_rendered_from_the_benchmark_json() -> None:
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = [json.loads(p.read_text()) for p in sorted((ROOT / "bench" / "results").glob("*.json"))]
+    assert results, "bench/results/ holds no benchmark JSON"
+    expected = (ROOT / "docs" / "performance.md").read_text()
+    assert bench.render(results) == expected, (
+        "docs/performance.md differs from the benchmark JSON; regenerate it with "
+        "`python bench/bench_train.py --doc docs/performance.md bench/results/*.json`")
