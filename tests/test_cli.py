@@ -141,6 +141,10 @@ def test_parallel_seeds_match_sequential_runs(capsys: pytest.CaptureFixture, ful
         assert json.loads((two / "recipe.json").read_text())["options"]["threads"] == 1
     assert json.loads((tmp_path / "one" / "valid_step2" / "consistency.json").read_text()) == \
         json.loads((tmp_path / "two" / "valid_step2" / "consistency.json").read_text())
+    # docs/results.md-style table: the row names the arithmetic, and its command reproduces it.
+    assert run_cli(capsys, "results", "--runs", str(tmp_path / "two"), "--out", str(tmp_path / "r.md"))[0] == 0
+    row = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| `valid_step2`"))
+    assert "1 thread |" in row and "--seed-list 5,6,7 --precision" in row and row.endswith("--threads 1` |")
     # An error in a worker process reaches the user as the same one-line error.
     code, _, err = run_cli(capsys, "consistency", *common, "--jobs", "2", "--lr", "1e12",
                            "--out", str(tmp_path / "nan"))

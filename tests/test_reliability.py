@@ -199,3 +199,24 @@ def test_idx_parser_fuzz(tmp_path_factory: pytest.TempPathFactory, raw: bytes, k
         assert array.shape[1:] == (28, 28)
     else:
         assert array.ndim == 1 and (array.size == 0 or array.max() <= 9)
+
+
+def test_ctrl_c_stops_parallel_seeds_and_the_same_command_resumes_them(full_synthetic_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    args = ["consistency", "seed_step3", "--seed-list", "1,2", "--jobs", "2", "--subset", "2000", "--epochs", "8",
+            "--last-k", "2", "--device", "cpu", "--out", str(tmp_path)]
+    proc = cli(*args, data=full_synthetic_dir)
+    seed1 = tmp_path / "seed_step3" / "seed-1"
+    wait_for_epochs(seed1, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+    assert "run the same command again" in out
+    done = {s: len(RunDir(tmp_path / "seed_step3" / f"seed-{s}").metrics()) for s in (1, 2)}
+    time.sleep(1.5)  # the worker processes were stopped with the parent: nothing trains on
+    assert done == {s: len(RunDir(tmp_path / "seed_step3" / f"seed-{s}").metrics()) for s in (1, 2)}
+    assert all(n < 8 for n in done.values())
+    again = cli(*args, data=full_synthetic_dir)
+    assert again.wait(300) == 0, again.communicate()
+    for s in (1, 2):
+        assert [m["epoch"] for m in RunDir(tmp_path / "seed_step3" / f"seed-{s}").metrics()] == list(range(1, 9))

@@ -75,9 +75,9 @@ def train_parallel(runs: dict[int, RunDir], data: MNIST, options: Options, jobs:
                    on_epoch: Callable[[dict], None] | None = None) -> None:
     """Train the runs of several seeds, ``jobs`` at a time, each in a fresh process that reloads the data from
     ``data.source`` (the same files, so the same images). Each process trains with ``options`` (set its threads:
-    on 2 cores, 2 jobs of 1 thread train 1.5x more images per second than one job of 2 threads,
-    docs/performance.md). On Ctrl-C the processes are stopped; their finished epochs are checkpointed and resume
-    on the next call. Results stay per process, so a seed's numbers depend only on its seed and ``options``."""
+    on 2 cores, 2 jobs of 1 thread have 1.33x the throughput of one job of 2 threads, docs/performance.md).
+    On Ctrl-C the processes are stopped; their finished epochs are checkpointed and resume on the next call.
+    Results stay per process, so a seed's numbers depend only on its seed and ``options``."""
     if data.source is None:
         raise UsageError("parallel seeds need data loaded from files (their directory is reloaded in each process).")
     sizes = (len(data.train_labels), len(data.test_labels))
@@ -140,6 +140,25 @@ def summarize(step: str, seeds: list[int], histories: list[list[dict]], params: 
     }
 
 
+def _arithmetic(run: RunDir) -> tuple[str, int | None]:
+    """(precision, CPU threads) a run trained with; threads None when the record predates recording them and
+    the run was left to torch's default (one per core)."""
+    summary, options = run.summary(), run.record().get("options", {})
+    return summary.get("precision", "?"), summary.get("threads") or options.get("threads")
+
+
+def _describe_arithmetic(how: dict[int, tuple[str, int | None]]) -> str:
+    groups: dict[tuple[str, int | None], list[int]] = {}
+    for seed, key in how.items():
+        groups.setdefault(key, []).append(seed)
+    parts = [f"{precision}, {f'{threads} thread' + 's' * (threads > 1) if threads else 'default threads'}"
+             for precision, threads in groups]
+    if len(parts) == 1:
+        return parts[0]
+    return "; ".join(f"{part} (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
+                     for part, seeds in zip(parts, groups.values(), strict=True))
+
+
 def results_markdown(root: Path, order: list[str]) -> str:
     """docs/results.md: one row per ``root/STEP/consistency.json``, in ``order`` (journeys, then extras)."""
     found = {p.parent.name: read_json(p) for p in root.glob(f"*/{SUMMARY}")}
@@ -147,16 +166,20 @@ def results_markdown(root: Path, order: list[str]) -> str:
         raise UsageError(f"no consistency results under {root}; run `tinymnist consistency STEP --out {root}` first.")
     names = [n for n in order if n in found] + sorted(set(found) - set(order))
     lines = ["| Step / recipe | Params | Seeds passing | Final test acc (mean ± std) | Min test acc, last K epochs "
-             "(all seeds) | First epoch holding 99.40%, per seed | Command |", "|---|---|---|---|---|---|---|"]
+             "(all seeds) | First epoch holding 99.40%, per seed | Trained with | Command |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in names:
         r = found[name]
         seeds = [s["seed"] for s in r["seeds"]]
-        firsts = []
-        for seed in seeds:
-            first = first_epoch_holding([m["test_acc"] for m in RunDir(root / name / f"seed-{seed}").metrics()])
-            firsts.append(str(first) if first else "none")
+        runs = [RunDir(root / name / f"seed-{seed}") for seed in seeds]
+        firsts = [first_epoch_holding([m["test_acc"] for m in run.metrics()]) for run in runs]
+        how = {seed: _arithmetic(run) for seed, run in zip(seeds, runs, strict=True)}
         command = f"tinymnist consistency {name} --seed-list {','.join(map(str, seeds))}"
+        if len(set(how.values())) == 1:  # one precision and thread count: the command reproduces every seed
+            precision, threads = next(iter(how.values()))
+            command += f" --precision {precision}" + (f" --threads {threads}" if threads else "")
         lines.append(f"| `{name}` | {r['params']:,} | {r['seeds_passing']} of {r['seeds_run']} | "
                      f"{r['final_mean']:.2f} ± {r['final_std']:.2f} | {r['min_last_k']:.2f} (K = {r['last_k']}) | "
-                     f"{', '.join(firsts)} | `{command}` |")
+                     f"{', '.join(str(f) if f else 'none' for f in firsts)} | {_describe_arithmetic(how)} | "
+                     f"`{command}` |")
     return "\n".join(lines)

@@ -185,6 +185,7 @@ class RunDir:
             "first_epoch_holding": first_epoch_holding(test_accs),
             "verdict": judge(params, test_accs, last_k).to_dict(),
             "torch": torch.__version__, "device": device, "precision": precision, "platform": platform.platform(),
+            "threads": torch.get_num_threads() if device == "cpu" else None,
             "commit": git_commit(), "wall_seconds": wall_seconds,
             "train_seconds": sum(m["train_seconds"] for m in history),
             "normalization": {"mean": normalization[0], "std": normalization[1]},
