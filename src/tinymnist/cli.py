@@ -259,7 +259,8 @@ def run_seeds_shown(step: str, recipe, seeds: list[int], root: Path, data, optio
                          jobs)
     except KeyboardInterrupt:
         progress.close()
-        say("", "interrupted; finished seeds are kept and the current one resumes: run the same command again.")
+        say("", "interrupted; finished seeds are kept and unfinished ones resume from their last completed epoch: "
+                "run the same command again.")
         return None
 
 
@@ -487,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="seeds trained at once, each in its own process with cores/jobs threads (default 1; "
-                        "2 on a 2-core CPU trains 1.5x more images per second)")
+                        "2 on a 2-core CPU gives 1.33x the throughput, docs/performance.md)")
     add_run_args(p)
     p.set_defaults(func=cmd_consistency)
 
