@@ -100,6 +100,11 @@ def seed_step4() -> nn.Module:
 BN_MOMENTUM = 0.01  # running statistics over ~100 batches: steadier evaluation for narrow layers
 
 
+def cbr(cin: int, cout: int, k: int) -> nn.Sequential:
+    """Conv-BN-ReLU as every layer of tinymnist's own designs has it (BatchNorm momentum BN_MOMENTUM)."""
+    return conv(cin, cout, k, bn_momentum=BN_MOMENTUM)
+
+
 def valid_net(c1: int, c2: int, squeeze: int, c3: int, c4: int, c5: int) -> nn.Module:
     """The original's padding-0 ('valid') shape: 28 -> 26 -> 24, max-pool to 12, a 1x1 squeeze, 10 -> 8 -> 6,
     global average pooling and a 1x1 head, with Conv-BN-ReLU everywhere. The maps shrink at every layer, so
@@ -107,12 +112,9 @@ def valid_net(c1: int, c2: int, squeeze: int, c3: int, c4: int, c5: int) -> nn.M
     12 channels train markedly slower per parameter). BatchNorm's running statistics average over about 100
     batches (momentum 0.01, not 0.1): with 8-16 channels and augmented batches of 64, an average over 10
     batches made the test accuracy jitter by several images from one epoch to the next."""
-    def block(cin: int, cout: int, k: int) -> nn.Sequential:
-        return conv(cin, cout, k, bn_momentum=BN_MOMENTUM)
-
     return Net(
-        block(1, c1, 3), block(c1, c2, 3), nn.MaxPool2d(2), block(c2, squeeze, 1),
-        block(squeeze, c3, 3), block(c3, c4, 3), block(c4, c5, 3), nn.AdaptiveAvgPool2d(1), conv(c5, 10, 1, "c"),
+        cbr(1, c1, 3), cbr(c1, c2, 3), nn.MaxPool2d(2), cbr(c2, squeeze, 1),
+        cbr(squeeze, c3, 3), cbr(c3, c4, 3), cbr(c4, c5, 3), nn.AdaptiveAvgPool2d(1), conv(c5, 10, 1, "c"),
     )
 
 
@@ -141,7 +143,7 @@ def sep_3k8() -> nn.Module:
     (16 -> 24 -> 24 -> 24 channels, 12 -> 10 -> 8 -> 6) where valid_3k8 has plain 3x3 convolutions of 8-16
     channels: for the same parameters the last layers are 24 wide, and global average pooling hands the head
     24 features instead of 8."""
-    return Net(conv(1, 8, 3, bn_momentum=BN_MOMENTUM), conv(8, 16, 3, bn_momentum=BN_MOMENTUM), nn.MaxPool2d(2),
+    return Net(cbr(1, 8, 3), cbr(8, 16, 3), nn.MaxPool2d(2),
                separable(16, 24), separable(24, 24), separable(24, 24), nn.AdaptiveAvgPool2d(1),
                conv(24, 10, 1, "c"))
 
@@ -150,7 +152,7 @@ def sep_3k8() -> nn.Module:
 def sep_2k8() -> nn.Module:
     """2,816 params: sep_3k8 with its second layer depthwise-separable too (8 -> 16 channels for 232 weights
     instead of 1,184)."""
-    return Net(conv(1, 8, 3, bn_momentum=BN_MOMENTUM), separable(8, 16), nn.MaxPool2d(2),
+    return Net(cbr(1, 8, 3), separable(8, 16), nn.MaxPool2d(2),
                separable(16, 24), separable(24, 24), separable(24, 24), nn.AdaptiveAvgPool2d(1),
                conv(24, 10, 1, "c"))
 
