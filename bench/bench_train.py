@@ -1,8 +1,8 @@
 """Training-speed benchmark: tinymnist's pipeline against a conventional per-image DataLoader baseline.
 
-    python bench/bench_train.py --step seed_step4 --json bench/results/cpu-seed_step4.json
-    python bench/bench_train.py --step valid_step4 --parallel 4 --json bench/results/cpu-parallel-valid_step4.json
-    python bench/bench_train.py --step valid_step4 --profile --json bench/results/cpu-profile-valid_step4.json
+    python bench/bench_train.py --step original_step4 --json bench/results/cpu-original_step4.json
+    python bench/bench_train.py --step compact_step4 --parallel 4 --json bench/results/cpu-parallel-compact_step4.json
+    python bench/bench_train.py --step compact_step4 --profile --json bench/results/cpu-profile-compact_step4.json
     python bench/bench_train.py --doc docs/performance.md bench/results/*.json   # regenerate the doc
 
 For each configuration it measures training images/s, seconds per epoch (train and eval separately, medians
@@ -31,11 +31,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from tinymnist.consistency import run_seeds
 from tinymnist.data import load_mnist
-from tinymnist.engine import Options, Trainer, fit
+from tinymnist.engine import Trainer, fit
 from tinymnist.models import count_params, create_model
-from tinymnist.recipes import get_recipe
+from tinymnist.recipes import Options, get_step
+from tinymnist.runner import run_seeds
 
 
 class PerImageMNIST(Dataset):
@@ -100,7 +100,7 @@ def peak_gflops(seconds: float = 3.0) -> float:
 
 def bench_recipe(args: argparse.Namespace):  # noqa: ANN201
     """The step's recipe with --batch-size / --lr applied (the same overrides as `tinymnist train`)."""
-    return get_recipe(args.step).with_overrides(batch_size=args.batch_size, lr=args.lr)
+    return get_step(args.step).recipe.with_overrides(batch_size=args.batch_size, lr=args.lr)
 
 
 def overridden(r: dict) -> str:
@@ -184,7 +184,7 @@ def measure_parallel(args: argparse.Namespace) -> dict:
             with tempfile.TemporaryDirectory() as out:
                 start = time.perf_counter()
                 run_seeds(args.step, recipe, seeds, Path(out), data,
-                          Options(device=args.device, threads=threads), last_k=1, record=False, jobs=jobs)
+                          Options(device=args.device, threads=threads), last_k=1, jobs=jobs)
                 walls[key].append(time.perf_counter() - start)
     base = median(next(iter(walls.values())))
     return {"kind": "parallel", "step": args.step, "seeds": len(seeds), "epochs": args.epochs_parallel,
@@ -258,7 +258,7 @@ def _cpu_name() -> str:
 
 
 # The project's speed targets: full-recipe wall seconds on 2 CPU cores, and the speed-up over the baseline.
-TARGETS = {"seed_step4": {"wall": 120, "ratio": 2.5}, "valid_step4": {"wall": 90}}
+TARGETS = {"original_step4": {"wall": 120, "ratio": 2.5}, "compact_step4": {"wall": 90}}
 
 
 def verdicts(r: dict) -> list[str]:
@@ -332,7 +332,7 @@ def render(results: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--step", default="seed_step4")
+    parser.add_argument("--step", default="original_step4")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.add_argument("--lr", type=float, help="override the recipe's (peak) learning rate")
     parser.add_argument("--device", default="cpu")

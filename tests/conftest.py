@@ -12,6 +12,11 @@ import pytest
 import torch
 
 from tinymnist.data import MNIST, load_mnist
+from tinymnist.recipes import Options, Recipe
+from tinymnist.records import NewRun, RunRecord, run_dir
+from tinymnist.runner import create_run, train_run
+
+CPU = Options(device="cpu")
 
 
 def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
@@ -60,15 +65,34 @@ def real_mnist() -> MNIST:
 
 
 @pytest.fixture(scope="session")
-def small_mnist(tmp_path_factory: pytest.TempPathFactory) -> MNIST:
-    """2,000 training and 1,000 test images: the real MNIST when available, else synthetic."""
-    where = os.environ.get("TINYMNIST_DATA")
-    if where:
-        return load_mnist(where, allow_download=False).subset(2000, 1000)
-    directory = write_mnist(tmp_path_factory.mktemp("mnist-small"), 2000, 1000)
-    return load_mnist(directory, allow_download=False, expect_counts=None)
+def mnist_dir(full_synthetic_dir: Path) -> Path:
+    """The directory a CLI test passes as --data-dir: the real MNIST when available, else synthetic files of
+    the same sizes."""
+    return Path(os.environ.get("TINYMNIST_DATA") or full_synthetic_dir)
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist_dir: Path) -> MNIST:
+    """The first 2,000 training and 1,000 test images of ``mnist_dir``."""
+    return load_mnist(mnist_dir, allow_download=False).subset(2000, 1000)
 
 
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)
+
+
+def start_run(root: Path, step: str, recipe: Recipe, data: MNIST, options: Options = CPU) -> RunRecord:
+    """A new run of ``recipe`` under ``root``, created as the CLI creates one (not trained yet)."""
+    run = RunRecord(run_dir(root, step, recipe.seed))
+    create_run(run, NewRun(step, recipe, options), data)
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_mnist: MNIST, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An original_step4 run trained in the test session for 2 epochs on the small data (real or synthetic)."""
+    run = start_run(tmp_path_factory.mktemp("runs"), "original_step4",
+                    Recipe(model="original_step4", epochs=2, seed=0), small_mnist)
+    train_run(run, small_mnist)
+    return run.path

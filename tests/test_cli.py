@@ -15,9 +15,10 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 
 def test_models_and_steps(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = run_cli(capsys, "models")
-    assert code == 0 and "seed_step4" in out and "8,066" in out and "21,562" in out
+    assert code == 0 and "original_step4" in out and "8,066" in out and "21,562" in out
     code, out, _ = run_cli(capsys, "steps")
-    assert code == 0 and "journey seed:" in out and "4. seed_step4" in out
+    assert code == 0 and "journey original:" in out and "4. original_step4" in out and "tuned on seeds 121" in out
+    assert "journey compact:" in out and "frontier_sep_3k8" in out
 
 
 def test_data_command(capsys: pytest.CaptureFixture, full_synthetic_dir: Path, tmp_path: Path) -> None:
@@ -28,11 +29,11 @@ def test_data_command(capsys: pytest.CaptureFixture, full_synthetic_dir: Path, t
 
 
 def test_train_short_run(capsys: pytest.CaptureFixture, full_synthetic_dir: Path, tmp_path: Path) -> None:
-    args = ["train", "seed_step4", "--data-dir", str(full_synthetic_dir), "--subset", "600", "--epochs", "2",
+    args = ["train", "original_step4", "--data-dir", str(full_synthetic_dir), "--subset", "600", "--epochs", "2",
             "--out", str(tmp_path), "--device", "cpu"]
     code, out, _ = run_cli(capsys, *args)
     assert code == 0 and "targets NOT met" in out and "test acc" in out
-    assert (tmp_path / "seed_step4-seed121" / "summary.json").is_file()
+    assert (tmp_path / "original_step4" / "seed-121" / "summary.json").is_file()
     code, _, _ = run_cli(capsys, *args, "--require-targets", "--seed", "5")
     assert code == 1
 
@@ -42,25 +43,27 @@ def bad_inputs(data: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "a-file").write_text("")
     return {
         "unknown command": (["frobnicate"], "invalid choice"),
-        "unknown step": (["train", "seed_stepp4", *d], "Did you mean 'seed_step4'"),
-        "zero epochs": (["train", "seed_step4", "--epochs", "0", *d], "at least 1"),
-        "negative epochs": (["train", "seed_step4", "--epochs", "-3", *d], "at least 1"),
-        "zero lr": (["train", "seed_step4", "--lr", "0", *d], "greater than 0"),
-        "negative lr": (["train", "seed_step4", "--lr", "-0.1", *d], "greater than 0"),
-        "lr not a number": (["train", "seed_step4", "--lr", "fast", *d], "not a number"),
-        "zero batch": (["train", "seed_step4", "--batch-size", "0", *d], "at least 1"),
-        "batch above training set": (["train", "seed_step4", "--batch-size", "601", *d], "larger than the training"),
-        "unknown device": (["train", "seed_step4", "--device", "tpu9", "--data-dir", str(data)], "device"),
+        "unknown step": (["train", "original_stepp4", *d], "Did you mean 'original_step4'"),
+        "zero epochs": (["train", "original_step4", "--epochs", "0", *d], "at least 1"),
+        "negative epochs": (["train", "original_step4", "--epochs", "-3", *d], "at least 1"),
+        "zero lr": (["train", "original_step4", "--lr", "0", *d], "greater than 0"),
+        "negative lr": (["train", "original_step4", "--lr", "-0.1", *d], "greater than 0"),
+        "lr not a number": (["train", "original_step4", "--lr", "fast", *d], "not a number"),
+        "zero batch": (["train", "original_step4", "--batch-size", "0", *d], "at least 1"),
+        "batch above training set": (["train", "original_step4", "--batch-size", "601", *d],
+                                     "larger than the training"),
+        "unknown device": (["train", "original_step4", "--device", "tpu9", "--data-dir", str(data)], "device"),
         "missing data": (["data", "--data-dir", str(tmp / "empty"), "--no-download"], "missing"),
-        "out not writable": (["train", "seed_step4", "--out", str(tmp / "a-file" / "x"), *d], "cannot write"),
+        "out not writable": (["train", "original_step4", "--out", str(tmp / "a-file" / "x"), *d], "cannot write"),
         "resume nothing": (["train", "--resume", str(tmp / "nothing")], "not a run directory"),
         "no step": (["train"], "name a step"),
-        "epochs shorter than the LR cycle": (["train", "valid_step4", "--epochs", "5", *d], "--epochs 11 or more"),
-        "bad seed list": (["consistency", "seed_step4", "--seed-list", "1,x", *d], "whole numbers"),
-        "repeated seed": (["consistency", "seed_step4", "--seed-list", "1,1", *d], "each once"),
-        "K above epochs": (["consistency", "seed_step4", "--epochs", "3", "--last-k", "5", *d], "more than the"),
-        "unknown journey": (["report", "sead"], "Did you mean 'seed'"),
-        "unknown model": (["summary", "valid_7k"], "Did you mean 'valid_7k4'"),
+        "epochs shorter than the LR cycle": (["train", "compact_step4", "--epochs", "5", *d], "--epochs 11 or more"),
+        "bad seed list": (["consistency", "original_step4", "--seed-list", "1,x", *d], "whole numbers"),
+        "repeated seed": (["consistency", "original_step4", "--seed-list", "1,1", *d], "each once"),
+        "K above epochs": (["consistency", "original_step4", "--epochs", "3", "--last-k", "5", *d], "more than the"),
+        "unknown journey": (["report", "orignal"], "Did you mean 'original'"),
+        "unknown model": (["layers", "compact_7k"], "Did you mean 'compact_7k4'"),
+        "unknown precision": (["train", "original_step4", "--precision", "fp8", *d], "invalid choice"),
         "eval of no run": (["eval", str(tmp / "nothing")], "not a run directory"),
     }
 
@@ -78,7 +81,7 @@ def test_every_bad_input_exits_2_with_one_sentence(capsys: pytest.CaptureFixture
 
 def test_out_dir_holding_a_different_run(capsys: pytest.CaptureFixture, full_synthetic_dir: Path,
                                          tmp_path: Path) -> None:
-    base = ["train", "seed_step4", "--data-dir", str(full_synthetic_dir), "--subset", "300", "--device", "cpu",
+    base = ["train", "original_step4", "--data-dir", str(full_synthetic_dir), "--subset", "300", "--device", "cpu",
             "--out", str(tmp_path)]
     assert run_cli(capsys, *base, "--epochs", "1")[0] == 0
     code, _, err = run_cli(capsys, *base, "--epochs", "2")
@@ -86,37 +89,43 @@ def test_out_dir_holding_a_different_run(capsys: pytest.CaptureFixture, full_syn
 
 
 def test_consistency_over_seeds(capsys: pytest.CaptureFixture, full_synthetic_dir: Path, tmp_path: Path) -> None:
-    import json
-
-    args = ["consistency", "seed_step4", "--seed-list", "3,4", "--subset", "400", "--epochs", "2", "--last-k", "2",
-            "--device", "cpu", "--data-dir", str(full_synthetic_dir), "--out", str(tmp_path)]
-    assert run_cli(capsys, *args)[0] == 0
-    result = json.loads((tmp_path / "seed_step4" / "consistency.json").read_text())
-    assert [s["seed"] for s in result["seeds"]] == [3, 4] and result["seeds_run"] == 2
-    assert all(len(s["last_2"]) == 2 and s["min"] == min(s["last_2"]) for s in result["seeds"])
-    assert result["min_last_k"] == min(s["min"] for s in result["seeds"])
-    # A second call reuses the finished runs instead of training again.
+    args = ["consistency", "original_step4", "--seed-list", "3,4", "--subset", "400", "--epochs", "2", "--last-k",
+            "2", "--device", "cpu", "--data-dir", str(full_synthetic_dir), "--runs", str(tmp_path)]
     code, out, _ = run_cli(capsys, *args)
-    assert code == 0 and out.count("epoch train loss") == 2 and result == json.loads(
-        (tmp_path / "seed_step4" / "consistency.json").read_text())
-    # A report over other seeds reuses the runs but leaves consistency.json to `tinymnist consistency`.
-    from tinymnist.consistency import run_seeds
-    from tinymnist.data import load_mnist
-    from tinymnist.engine import Options
-    from tinymnist.recipes import get_recipe
-
-    data = load_mnist(full_synthetic_dir).subset(400)
-    recipe = get_recipe("seed_step4").with_overrides(epochs=2)
-    run_seeds("seed_step4", recipe, [3], tmp_path, data, Options(device="cpu"), last_k=2, record=False)
-    assert result == json.loads((tmp_path / "seed_step4" / "consistency.json").read_text())
-    code, _, err = run_cli(capsys, *args[:-2], "--out", str(tmp_path), "--last-k", "5")
+    assert code == 0 and out.count("epoch train loss") == 2
+    assert "seeds passing (>= 99.40% in each of the last 2 epochs): " in out and "95% interval" in out
+    assert all((tmp_path / "original_step4" / f"seed-{s}" / "summary.json").is_file() for s in (3, 4))
+    table = out[out.index("test acc, last 2 epochs"):]
+    # A second call reuses the finished runs instead of training again, and prints the same table.
+    code, again, _ = run_cli(capsys, *args)
+    assert code == 0 and "(finished: reused)" in again and again[again.index("test acc, last 2 epochs"):] == table
+    code, _, err = run_cli(capsys, *args[:-2], "--runs", str(tmp_path), "--last-k", "5")
     assert code == 2 and "more than the recipe's 2 epochs" in err
 
 
-def test_summary_command(capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = run_cli(capsys, "summary", "seed_step4")
+def test_consistency_defaults_to_fresh_seeds_and_marks_tuning_seeds(capsys: pytest.CaptureFixture,
+                                                                  full_synthetic_dir: Path, tmp_path: Path) -> None:
+    common = ["--subset", "300", "--epochs", "1", "--last-k", "1", "--device", "cpu", "--data-dir",
+              str(full_synthetic_dir), "--runs", str(tmp_path)]
+    code, out, _ = run_cli(capsys, "consistency", "compact_step2", "--seeds", "2", *common)
+    assert code == 0 and sorted(p.name for p in (tmp_path / "compact_step2").iterdir()) == ["seed-1001", "seed-1002"]
+    assert "tuning seed" not in out
+    code, out, _ = run_cli(capsys, "consistency", "compact_step2", "--seed-list", "2,1003", *common)
+    assert code == 0 and "(tuning seed)" in out and "seeds 2 were used to tune this recipe" in out
+
+
+def test_old_names_work_with_one_note(capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run_cli(capsys, "summary", "valid_7k4")
+    assert code == 0 and "total: 7,432 params" in out
+    assert err.splitlines() == ["tinymnist: note: the command 'summary' is now called 'layers'; the old name still "
+                                "works.", "tinymnist: note: model 'valid_7k4' is now called 'compact_7k4'; the old "
+                                "name still works."]
+
+
+def test_layers_command(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_cli(capsys, "layers", "original_step4")
     assert code == 0 and "total: 8,066 params" in out and "final receptive field 28x28" in out
-    assert run_cli(capsys, "summary", "nope")[0] == 2
+    assert run_cli(capsys, "layers", "nope")[0] == 2
 
 
 def test_parallel_seeds_match_sequential_runs(capsys: pytest.CaptureFixture, full_synthetic_dir: Path,
@@ -125,27 +134,43 @@ def test_parallel_seeds_match_sequential_runs(capsys: pytest.CaptureFixture, ful
     --threads 1, a row per epoch tagged with its seed, and the threads recorded in each run."""
     import json
 
-    common = ["valid_step2", "--seed-list", "5,6,7", "--subset", "300", "--epochs", "2", "--last-k", "2",
+    common = ["compact_step2", "--seed-list", "5,6,7", "--subset", "300", "--epochs", "2", "--last-k", "2",
               "--device", "cpu", "--data-dir", str(full_synthetic_dir)]
-    assert run_cli(capsys, "consistency", *common, "--threads", "1", "--out", str(tmp_path / "one"))[0] == 0
+    code, sequential, _ = run_cli(capsys, "consistency", *common, "--threads", "1", "--out", str(tmp_path / "one"))
+    assert code == 0
     code, out, _ = run_cli(capsys, "consistency", *common, "--jobs", "2", "--out", str(tmp_path / "two"))
     assert code == 0 and "2 at a time" in out
     assert sorted(line.split()[0] for line in out.splitlines() if line.endswith(tuple("0123456789"))
                   and len(line.split()) == 8) == ["5", "5", "6", "6", "7", "7"]
     for seed in (5, 6, 7):
-        one, two = (tmp_path / d / "valid_step2" / f"seed-{seed}" for d in ("one", "two"))
+        one, two = (tmp_path / d / "compact_step2" / f"seed-{seed}" for d in ("one", "two"))
         strip = [{k: v for k, v in m.items() if "seconds" not in k} for m in
                  (json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines())]
         assert strip == [{k: v for k, v in m.items() if "seconds" not in k} for m in
                          (json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines())]
         assert json.loads((two / "recipe.json").read_text())["options"]["threads"] == 1
-    assert json.loads((tmp_path / "one" / "valid_step2" / "consistency.json").read_text()) == \
-        json.loads((tmp_path / "two" / "valid_step2" / "consistency.json").read_text())
+    assert sequential[sequential.index("test acc, last 2"):] == out[out.index("test acc, last 2"):]
     # docs/results.md-style table: the row names the arithmetic, and its command reproduces it.
     assert run_cli(capsys, "results", "--runs", str(tmp_path / "two"), "--out", str(tmp_path / "r.md"))[0] == 0
-    row = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| `valid_step2`"))
-    assert "1 thread |" in row and "--seed-list 5,6,7 --precision" in row and row.endswith("--threads 1` |")
+    rows = [line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| `compact_step2")]
+    assert [row.split(" | ")[2] for row in rows] == ["5 (tuning)", "6-7 (fresh)"]
+    assert "1 thread |" in rows[1] and "--seed-list 6,7 --epochs 2 --subset 300 --precision" in rows[1]
+    assert rows[1].endswith("--threads 1` |")
     # An error in a worker process reaches the user as the same one-line error.
     code, _, err = run_cli(capsys, "consistency", *common, "--jobs", "2", "--lr", "1e12",
                            "--out", str(tmp_path / "nan"))
     assert code == 2 and "the loss became nan" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["models"], ["steps"], ["layers", "compact_7k4"]])
+def test_a_closed_output_pipe_ends_quietly(argv: list[str]) -> None:
+    """`tinymnist models | head -2`: the reader goes away before the output ends. Here it goes away before the
+    first line (the read end is closed at once, while the child still imports torch), so every run hits it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "tinymnist", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141 and err == ""

@@ -6,25 +6,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinymnist.engine import Options, Trainer, fit
+from conftest import CPU, start_run
+from tinymnist.engine import Trainer, fit
 from tinymnist.errors import TrainingError
-from tinymnist.recipes import Recipe, get_recipe
-from tinymnist.runs import RunDir, load_weights, train_run
-
-CPU = Options(device="cpu")
+from tinymnist.recipes import Recipe, get_step
+from tinymnist.records import load_weights
+from tinymnist.runner import train_run
 
 
 def test_overfits_one_small_batch(small_mnist) -> None:  # noqa: ANN001
     one_batch = small_mnist.subset(32, 32)
     # Train and test on the same 32 images: a working engine drives them to (near) zero loss.
     one_batch.test_images, one_batch.test_labels = one_batch.train_images, one_batch.train_labels
-    recipe = Recipe(model="seed_step3", epochs=100, batch_size=32, lr=0.1, seed=0)
+    recipe = Recipe(model="original_step3", epochs=100, batch_size=32, lr=0.1, seed=0)
     history = fit(recipe, one_batch, CPU)
     assert history[-1]["train_loss"] < 0.05 and history[-1]["test_acc"] == 100.0
 
 
 def test_same_seed_same_history(small_mnist) -> None:  # noqa: ANN001
-    recipe = Recipe(model="seed_step4", epochs=2, batch_size=128, seed=3, rotate=8, shift=0.1, scale=0.1)
+    recipe = Recipe(model="original_step4", epochs=2, batch_size=128, seed=3, rotate=8, shift=0.1, scale=0.1)
     strip = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
     a, b = fit(recipe, small_mnist, CPU), fit(recipe, small_mnist, CPU)
     assert strip(a) == strip(b)
@@ -33,13 +33,13 @@ def test_same_seed_same_history(small_mnist) -> None:  # noqa: ANN001
 
 
 def test_step_schedule_as_the_original() -> None:
-    r = get_recipe("seed_step4")
+    r = get_step("original_step4").recipe
     lrs = [r.lr_at(epoch, 0, 938) for epoch in range(15)]
     assert lrs[:10] == [0.01] * 10 and all(lr == pytest.approx(1e-4) for lr in lrs[10:])
 
 
 def test_onecycle_rises_then_falls_to_final() -> None:
-    r = Recipe(model="seed_step4", epochs=10, lr=0.1, schedule="onecycle", warmup=0.2, final_lr=0.01)
+    r = Recipe(model="original_step4", epochs=10, lr=0.1, schedule="onecycle", warmup=0.2, final_lr=0.01)
     lrs = [r.lr_at(e, b, 100) for e in range(10) for b in range(100)]
     peak = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(0.1) and peak == 199
@@ -49,36 +49,37 @@ def test_onecycle_rises_then_falls_to_final() -> None:
 
 
 def test_short_run_writes_complete_readable_run_directory(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
-    recipe = Recipe(model="seed_step4", epochs=2, batch_size=64, seed=1)
-    run = RunDir(tmp_path / "run")
-    run.create("seed_step4", recipe, {"epochs": 2}, {"device": "cpu"})
+    recipe = Recipe(model="original_step4", epochs=2, batch_size=64, seed=1)
+    run = start_run(tmp_path, "original_step4", recipe, small_mnist)
     seen = []
-    summary = train_run(run, small_mnist, CPU, on_epoch=seen.append)
+    summary = train_run(run, small_mnist, on_epoch=seen.append)
     assert [m["epoch"] for m in seen] == [1, 2]
     names = {p.name for p in run.path.iterdir()}
     assert names == {"recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json",
-                     "summary.json"}
-    assert run.recipe() == recipe and json.loads((run / "recipe.json").read_text())["overrides"] == {"epochs": 2}
+                     "summary.json", ".lock"}
+    header = json.loads((run / "recipe.json").read_text())
+    assert run.recipe() == recipe and header["data"] == {"train_images": 2000, "test_images": 1000}  # of 60k/10k
+    assert header["options"]["device"] == "cpu" and header["step"] == "original_step4"
     assert [m["epoch"] for m in run.metrics()] == [1, 2]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"):
         assert key in run.metrics()[0]
     assert summary["params"] == 8066 and summary["epochs"] == 2 and summary["torch"] == torch.__version__
     assert summary["last_test_acc"] == run.metrics()[-1]["test_acc"]
     assert summary["verdict"]["met"] is False  # two epochs cannot show five consistent ones
-    model = load_weights(run / "weights.safetensors", "seed_step4")
+    model = load_weights(run / "weights.safetensors", "original_step4")
     trainer = Trainer(recipe, small_mnist, CPU)
     trainer.model.load_state_dict(model.state_dict())
     assert trainer.evaluate()["test_acc"] == summary["last_test_acc"]
 
 
 def test_nan_loss_stops_with_clear_error(small_mnist) -> None:  # noqa: ANN001
-    recipe = Recipe(model="seed_step1", epochs=1, batch_size=200, lr=1e6, momentum=0.99, seed=0)
+    recipe = Recipe(model="original_step1", epochs=1, batch_size=200, lr=1e6, momentum=0.99, seed=0)
     with pytest.raises(TrainingError, match=r"loss became .* at epoch 1, batch \d+"):
         fit(recipe, small_mnist, CPU)
 
 
 def test_onecycle_can_end_early_and_hold() -> None:
-    r = Recipe(model="seed_step4", epochs=15, lr=0.05, schedule="onecycle", warmup=0.2, final_lr=0.02,
+    r = Recipe(model="original_step4", epochs=15, lr=0.05, schedule="onecycle", warmup=0.2, final_lr=0.02,
                cycle_epochs=11)
     lrs = [r.lr_at(e, b, 10) for e in range(15) for b in range(10)]
     assert lrs[109] == pytest.approx(0.001) and all(lr == pytest.approx(0.001) for lr in lrs[110:])

@@ -7,28 +7,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import start_run
 from tinymnist.cli import main
-from tinymnist.engine import Options
 from tinymnist.errors import UsageError
-from tinymnist.inference import predict_images, preprocess
+from tinymnist.inference import MAX_IMAGE_PIXELS, predict_images, preprocess
 from tinymnist.recipes import Recipe
-from tinymnist.runs import RunDir, load_weights, train_run
+from tinymnist.records import RunRecord, load_model
+from tinymnist.runner import train_run
 
 
 @pytest.fixture(scope="module")
 def trained(real_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
-    """A seed_step4 run trained briefly on 6,000 real digits (about 97-98% test accuracy)."""
-    run = RunDir(tmp_path_factory.mktemp("runs") / "r")
-    run.create("seed_step4", Recipe(model="seed_step4", epochs=2, seed=0), {}, {})
-    train_run(run, real_mnist.subset(6000), Options(device="cpu"))
+    """An original_step4 run trained briefly on 6,000 real digits (about 97-98% test accuracy)."""
+    data = real_mnist.subset(6000)
+    run = start_run(tmp_path_factory.mktemp("runs"), "original_step4", Recipe(model="original_step4", epochs=2,
+                                                                               seed=0), data)
+    train_run(run, data)
     return run.path
 
 
-def test_eval_reproduces_the_recorded_accuracy(trained: Path, capsys: pytest.CaptureFixture) -> None:
-    # The run was evaluated on the full test set while training; eval reloads and recomputes it.
-    code = main(["eval", str(trained)])
+def test_eval_reproduces_the_recorded_accuracy(trained_run: Path, mnist_dir: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    # The run was evaluated on its 1,000 test images while training; eval reloads it and recomputes them.
+    code = main(["eval", str(trained_run), "--data-dir", str(mnist_dir)])
     out = capsys.readouterr().out
     assert code == 0 and "matches the recorded final test accuracy" in out and "per class" in out
+    recorded = RunRecord(trained_run).summary()["last_test_acc"]
+    assert f"test accuracy {recorded:.2f}%" in out
 
 
 def variants(digit: np.ndarray, tmp: Path) -> list[Path]:
@@ -51,26 +56,24 @@ def variants(digit: np.ndarray, tmp: Path) -> list[Path]:
 
 
 def test_predict_matches_the_mnist_original(real_mnist, trained: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    run = RunDir(trained)
-    model = load_weights(run / "weights.safetensors", "seed_step4")
-    norm = run.summary()["normalization"]
+    loaded = load_model(RunRecord(trained))
     originals = real_mnist.test_images[:200].numpy()
-    probs = predict_images(model, originals, norm["mean"], norm["std"])
+    probs = predict_images(loaded, originals)
     confident = [i for i in range(200) if probs[i].max() > 0.99][:8]
     assert len(confident) >= 5
     for i in confident:
         expected = int(probs[i].argmax())
         for path in variants(originals[i], tmp_path):
             seen = preprocess(path)
-            got = int(predict_images(model, seen[None], norm["mean"], norm["std"]).argmax())
+            got = int(predict_images(loaded, seen[None]).argmax())
             assert got == expected, f"test image {i} as {path.name}: {got} instead of {expected}"
 
 
-def test_predict_cli_json_and_show_input(real_mnist, trained: Path, tmp_path: Path,  # noqa: ANN001
+def test_predict_cli_json_and_show_input(small_mnist, trained_run: Path, tmp_path: Path,  # noqa: ANN001
                                          capsys: pytest.CaptureFixture) -> None:
-    paths = variants(real_mnist.test_images[0].numpy(), tmp_path)
+    paths = variants(small_mnist.test_images[0].numpy(), tmp_path)
     shown = tmp_path / "seen.png"
-    assert main(["predict", str(trained), *map(str, paths), "--json", "--show-input", str(shown)]) == 0
+    assert main(["predict", str(trained_run), *map(str, paths), "--json", "--show-input", str(shown)]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in results] == [str(p) for p in paths]
     assert all(len(r["top3"]) == 3 and r["top3"][0]["probability"] >= r["top3"][1]["probability"] for r in results)
@@ -90,23 +93,46 @@ def test_preprocess_output_is_mnist_like(tmp_path: Path) -> None:
     assert seen[0].max() == 0 and seen[:, 0].max() == 0  # light background inverted to black
 
 
+def bomb(path: Path, side: int) -> Path:
+    """A 1-bit PNG of side x side pixels, all black: megapixels in a file of kilobytes (a decompression bomb)."""
+    Image.new("1", (side, side), 0).save(path, optimize=True)
+    return path
+
+
 @pytest.mark.parametrize("content,message", [
-    ("blank", "looks blank"), ("corrupt", "cannot be read"), ("missing", "does not exist")])
+    ("blank", "looks blank"), ("corrupt", "cannot be read"), ("missing", "does not exist"),
+    ("truncated", "cannot be read"), ("bomb", "megapixel limit"), ("over the cap", "megapixel limit")])
 def test_bad_images(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "x.png"
     if content == "blank":
         Image.new("RGB", (64, 64), (200, 200, 200)).save(path)
     elif content == "corrupt":
         path.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    elif content == "truncated":
+        Image.new("L", (64, 64), 128).save(path)
+        path.write_bytes(path.read_bytes()[:60])
+    elif content == "bomb":
+        bomb(path, 30_000)  # 900 megapixels: PIL itself refuses this one, with an exception of its own
+    elif content == "over the cap":
+        bomb(path, 8_000)  # 64 megapixels: under PIL's own threshold, over tinymnist's
     with pytest.raises(UsageError, match=message):
         preprocess(path)
 
 
-def test_onnx_parity(real_mnist, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+def test_predict_cli_refuses_a_decompression_bomb(trained_run: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    path = bomb(tmp_path / "huge.png", 30_000)
+    assert path.stat().st_size < 2_000_000 and MAX_IMAGE_PIXELS < 30_000 ** 2
+    code = main(["predict", str(trained_run), str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and "huge.png" in err
+
+
+def test_onnx_parity(trained_run: Path, mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     pytest.importorskip("onnxscript", reason="the [onnx] extra is not installed")
     out = tmp_path / "model.onnx"
-    code = main(["export", str(trained), "--onnx", str(out)])
+    code = main(["export", str(trained_run), "--onnx", str(out), "--data-dir", str(mnist_dir)])
     text = capsys.readouterr().out
     assert code == 0 and out.is_file() and "identical predictions" in text
     import onnxruntime

@@ -7,8 +7,9 @@ from tinymnist.errors import UsageError
 from tinymnist.models import count_params, create_model, list_models
 
 # The documented parameter count of every registered model (README, `tinymnist models`).
-DOCUMENTED_PARAMS = {"seed_step1": 21_562, "seed_step2": 10_362, "seed_step3": 8_066, "seed_step4": 8_066,
-                     "valid_8k7": 8_672, "valid_7k4": 7_432, "valid_3k8": 3_784, "sep_3k8": 3_768, "sep_2k8": 2_816}
+DOCUMENTED_PARAMS = {"original_step1": 21_562, "original_step2": 10_362, "original_step3": 8_066,
+                     "original_step4": 8_066, "compact_8k7": 8_672, "compact_7k4": 7_432, "compact_3k8": 3_784,
+                     "sep_3k8": 3_768, "sep_2k8": 2_816}
 
 
 def test_every_model_is_documented() -> None:
@@ -32,9 +33,9 @@ def test_model_builds_maps_and_learns(name: str) -> None:
 def test_seed_layer_orders() -> None:
     def kinds(block: torch.nn.Module) -> list[str]:
         return [type(m).__name__ for m in block]
-    assert kinds(create_model("seed_step3")[0]) == ["Conv2d", "BatchNorm2d", "ReLU"]
-    assert kinds(create_model("seed_step4")[0]) == ["Conv2d", "ReLU", "BatchNorm2d"]
-    for name in ("seed_step1", "seed_step2", "seed_step3", "seed_step4"):
+    assert kinds(create_model("original_step3")[0]) == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert kinds(create_model("original_step4")[0]) == ["Conv2d", "ReLU", "BatchNorm2d"]
+    for name in ("original_step1", "original_step2", "original_step3", "original_step4"):
         for m in create_model(name).modules():
             if isinstance(m, torch.nn.Conv2d):
                 assert m.bias is None and m.padding == (0, 0)
@@ -42,8 +43,8 @@ def test_seed_layer_orders() -> None:
 
 
 def test_unknown_model_suggests() -> None:
-    with pytest.raises(UsageError, match="Did you mean 'seed_step4'"):
-        create_model("seed_stpe4")
+    with pytest.raises(UsageError, match="Did you mean 'original_step4'"):
+        create_model("original_stpe4")
 
 
 def test_separable_layer_counts_its_weights() -> None:
@@ -55,3 +56,13 @@ def test_separable_layer_counts_its_weights() -> None:
     assert pointwise.weight.shape == (24, 16, 1, 1)
     assert count_params(block) == 9 * 16 + 16 * 24 + 2 * 24  # depthwise + pointwise + BN
     assert block(torch.randn(2, 16, 12, 12)).shape == (2, 24, 10, 10)
+
+
+def test_old_model_names_still_build_with_a_note() -> None:
+    from tinymnist.errors import NameNote
+    from tinymnist.models import RENAMED
+
+    for old, new in RENAMED.items():
+        with pytest.warns(NameNote, match=f"'{old}' is now called '{new}'"):
+            model = create_model(old)
+        assert count_params(model) == DOCUMENTED_PARAMS[new]

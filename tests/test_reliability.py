@@ -21,12 +21,12 @@ from conftest import idx_bytes, synthetic_digits
 from tinymnist.cli import main
 from tinymnist.data import read_idx
 from tinymnist.errors import CheckpointError, DataError
-from tinymnist.runs import RunDir, load_weights, write_atomic
+from tinymnist.records import RunRecord, load_weights, write_atomic
 
 
 # One thread: the same arithmetic in every process, and no contention with the test runner's own threads.
 def train_args(epochs: int) -> list[str]:
-    return ["train", "seed_step3", "--subset", "2000", "--epochs", str(epochs), "--device", "cpu", "--threads", "1"]
+    return ["train", "original_step3", "--subset", "2000", "--epochs", str(epochs), "--device", "cpu", "--threads", "1"]
 
 
 TRAIN = train_args(4)
@@ -42,7 +42,7 @@ def cli(*args: str, data: Path) -> subprocess.Popen:
 
 
 def records(run: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    metrics = [{k: v for k, v in m.items() if "seconds" not in k} for m in RunDir(run).metrics()]
+    metrics = [{k: v for k, v in m.items() if "seconds" not in k} for m in RunRecord(run).metrics()]
     return metrics, load_file(run / "weights.safetensors")
 
 
@@ -60,24 +60,24 @@ def test_sigkill_mid_epoch_then_resume_is_identical(full_synthetic_dir: Path, tm
     whole = cli(*TRAIN, "--out", str(tmp_path / "whole"), data=full_synthetic_dir)
     assert whole.wait(300) == 0, whole.communicate()
     killed_dir = tmp_path / "killed"
-    run = killed_dir / "seed_step3-seed121"
+    run = killed_dir / "original_step3/seed-121"
     proc = cli(*TRAIN, "--out", str(killed_dir), data=full_synthetic_dir)
     wait_for_epochs(run, 1, proc)
     time.sleep(random.uniform(0.05, 0.6))  # somewhere inside epoch 2 or 3
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(RunDir(run).metrics())
+    done = len(RunRecord(run).metrics())
     assert 1 <= done < 4, "the kill must land before the run ends"
     resumed = cli("train", "--resume", str(run), data=full_synthetic_dir)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    a, b = records(tmp_path / "whole" / "seed_step3-seed121"), records(run)
+    a, b = records(tmp_path / "whole" / "original_step3/seed-121"), records(run)
     assert a[0] == b[0]  # identical per-epoch metrics
     assert a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])  # identical weights
 
 
 def test_ctrl_c_leaves_a_resumable_run(full_synthetic_dir: Path, tmp_path: Path) -> None:
-    run = tmp_path / "seed_step3-seed121"
+    run = tmp_path / "original_step3/seed-121"
     proc = cli(*train_args(12), "--out", str(tmp_path), data=full_synthetic_dir)
     wait_for_epochs(run, 1, proc)
     proc.send_signal(signal.SIGINT)
@@ -86,31 +86,31 @@ def test_ctrl_c_leaves_a_resumable_run(full_synthetic_dir: Path, tmp_path: Path)
     assert f"tinymnist train --resume {run}" in out
     resumed = cli("train", "--resume", str(run), data=full_synthetic_dir)
     assert resumed.wait(300) == 0
-    assert [m["epoch"] for m in RunDir(run).metrics()] == list(range(1, 13))
+    assert [m["epoch"] for m in RunRecord(run).metrics()] == list(range(1, 13))
 
 
 @pytest.fixture
 def finished_run(full_synthetic_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> Path:
-    args = ["train", "seed_step4", "--subset", "500", "--epochs", "2", "--device", "cpu", "--out",
+    args = ["train", "original_step4", "--subset", "500", "--epochs", "2", "--device", "cpu", "--out",
             str(tmp_path / "r"), "--data-dir", str(full_synthetic_dir)]
     assert main(args) == 0
     capsys.readouterr()
-    return tmp_path / "r" / "seed_step4-seed121"
+    return tmp_path / "r" / "original_step4/seed-121"
 
 
 def test_torn_last_metrics_line_is_skipped_and_a_corrupt_one_reported(finished_run: Path) -> None:
     path = finished_run / "metrics.jsonl"
     lines = path.read_text().splitlines()
     path.write_text(lines[0] + "\n" + lines[1][:17])
-    assert [m["epoch"] for m in RunDir(finished_run).metrics()] == [1]
+    assert [m["epoch"] for m in RunRecord(finished_run).metrics()] == [1]
     # The next checkpoint (as on resume) rewrites the file whole from the history: no torn line survives.
-    run = RunDir(finished_run)
-    tensors, history = run.load_checkpoint("seed_step4")
-    run.save_checkpoint("seed_step4", tensors, history)
+    run = RunRecord(finished_run)
+    tensors, history = run.load_checkpoint("original_step4")
+    run.save_checkpoint("original_step4", tensors, history)
     assert path.read_text().splitlines() == lines
     path.write_text("{not json\n" + lines[1] + "\n")
     with pytest.raises(CheckpointError, match="line 1 is corrupt"):
-        RunDir(finished_run).metrics()
+        RunRecord(finished_run).metrics()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
@@ -119,24 +119,24 @@ def test_damaged_weights_give_checkpoint_error(finished_run: Path, damage: str) 
     raw = path.read_bytes()
     path.write_bytes({"truncated": raw[: len(raw) // 2], "garbage": os.urandom(300), "empty": b""}[damage])
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
-        load_weights(path, "seed_step4")
+        load_weights(path, "original_step4")
 
 
 def test_wrong_model_and_wrong_shapes(finished_run: Path, tmp_path: Path) -> None:
     path = finished_run / "weights.safetensors"
-    with pytest.raises(CheckpointError, match="holds weights of model 'seed_step4', not 'seed_step3'"):
-        load_weights(path, "seed_step3")
+    with pytest.raises(CheckpointError, match="holds weights of model 'original_step4', not 'original_step3'"):
+        load_weights(path, "original_step3")
     tensors = load_file(path)
     first = next(iter(tensors))
     tensors[first] = torch.zeros(3, 3)
     bad = tmp_path / "bad.safetensors"
-    save_file(tensors, bad, metadata={"model": "seed_step4"})
+    save_file(tensors, bad, metadata={"model": "original_step4"})
     with pytest.raises(CheckpointError, match="expects"):
-        load_weights(bad, "seed_step4")
+        load_weights(bad, "original_step4")
     del tensors[first]
-    save_file(tensors, bad, metadata={"model": "seed_step4"})
+    save_file(tensors, bad, metadata={"model": "original_step4"})
     with pytest.raises(CheckpointError, match="missing"):
-        load_weights(bad, "seed_step4")
+        load_weights(bad, "original_step4")
 
 
 def test_resume_with_corrupt_checkpoint_exits_2(finished_run: Path, full_synthetic_dir: Path,
@@ -203,20 +203,20 @@ def test_idx_parser_fuzz(tmp_path_factory: pytest.TempPathFactory, raw: bytes, k
 
 def test_ctrl_c_stops_parallel_seeds_and_the_same_command_resumes_them(full_synthetic_dir: Path,
                                                                        tmp_path: Path) -> None:
-    args = ["consistency", "seed_step3", "--seed-list", "1,2", "--jobs", "2", "--subset", "2000", "--epochs", "8",
+    args = ["consistency", "original_step3", "--seed-list", "1,2", "--jobs", "2", "--subset", "2000", "--epochs", "8",
             "--last-k", "2", "--device", "cpu", "--out", str(tmp_path)]
     proc = cli(*args, data=full_synthetic_dir)
-    seed1 = tmp_path / "seed_step3" / "seed-1"
+    seed1 = tmp_path / "original_step3" / "seed-1"
     wait_for_epochs(seed1, 1, proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
     assert "run the same command again" in out
-    done = {s: len(RunDir(tmp_path / "seed_step3" / f"seed-{s}").metrics()) for s in (1, 2)}
+    done = {s: len(RunRecord(tmp_path / "original_step3" / f"seed-{s}").metrics()) for s in (1, 2)}
     time.sleep(1.5)  # the worker processes were stopped with the parent: nothing trains on
-    assert done == {s: len(RunDir(tmp_path / "seed_step3" / f"seed-{s}").metrics()) for s in (1, 2)}
+    assert done == {s: len(RunRecord(tmp_path / "original_step3" / f"seed-{s}").metrics()) for s in (1, 2)}
     assert all(n < 8 for n in done.values())
     again = cli(*args, data=full_synthetic_dir)
     assert again.wait(300) == 0, again.communicate()
     for s in (1, 2):
-        assert [m["epoch"] for m in RunDir(tmp_path / "seed_step3" / f"seed-{s}").metrics()] == list(range(1, 9))
+        assert [m["epoch"] for m in RunRecord(tmp_path / "original_step3" / f"seed-{s}").metrics()] == list(range(1, 9))

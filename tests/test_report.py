@@ -5,19 +5,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinymnist.models import create_model, list_models
+from conftest import start_run
+from tinymnist.layers import flops_per_image, layer_table
+from tinymnist.models import count_params, create_model, list_models
 from tinymnist.recipes import Recipe, Step
-from tinymnist.report import analyse, write_report
-from tinymnist.runs import RunDir
-from tinymnist.summary import flops_per_image, layer_table
+from tinymnist.records import RunRecord
+from tinymnist.render import analyse
+from tinymnist.report import write_report
+from tinymnist.targets import judge
 
 
-def test_seed_step4_receptive_fields_by_hand() -> None:
+def test_original_step4_receptive_fields_by_hand() -> None:
     # RF_out = RF_in + (k - 1) * jump_in; jump_out = jump_in * stride. Input: RF 1, jump 1.
     # conv3: 1 + 2*1 = 3 | conv3: 3 + 2*1 = 5 | maxpool2: 5 + 1*1 = 6, jump 2 | conv1x1: 6
     # conv3: 6 + 2*2 = 10 | conv3: 10 + 2*2 = 14 | conv3: 14 + 2*2 = 18 | avgpool6: 18 + 5*2 = 28, jump 12
     # conv1x1 head: 28. (BatchNorm and ReLU change nothing.)
-    rows = [r for r in layer_table(create_model("seed_step4")) if r.name.split()[0] in ("conv", "maxpool", "avgpool")]
+    rows = [r for r in layer_table(create_model("original_step4"))
+            if r.name.split()[0] in ("conv", "maxpool", "avgpool")]
     assert [r.rf for r in rows] == [3, 5, 6, 6, 10, 14, 18, 28, 28]
     assert [r.jump for r in rows] == [1, 1, 2, 2, 2, 2, 2, 12, 12]
     assert [r.shape for r in rows][:3] == [(10, 26, 26), (16, 24, 24), (16, 12, 12)]
@@ -46,35 +50,50 @@ def history(test: list[float], train: list[float]) -> list[dict]:
 
 def test_analysis_names_over_and_underfitting_and_consistency() -> None:
     steady = [98.0] * 10 + [99.45, 99.41, 99.50, 99.47, 99.44]
-    over = analyse([history(steady, [99.9] * 15)], 7_000)
+    over = analyse([history(steady, [100.0] * 15)], 7_000)
     assert over[0].startswith("Overfitting") and over[1].startswith("Consistent") and "bonus" in over[2]
-    under = analyse([history(steady, [99.2] * 15)], 9_000)
+    under = analyse([history(steady, [98.9] * 15)], 9_000)
     assert under[0].startswith("Underfitting") and "66" not in under[2] and "1,001 too many" in under[2]
     swinging = [98.0] * 10 + [99.45, 99.10, 99.50, 99.20, 99.44]
     fine = analyse([history(swinging, [99.5] * 15)], 12_000)
-    assert fine[0].startswith("No overfitting") and fine[1].startswith("Not consistent")
+    assert fine[0].startswith("Neither over- nor underfitting") and fine[1].startswith("Not consistent")
     assert "swing 0.40" in fine[1] and "2,001 over" in fine[2]
 
 
-def fake_run(root: Path, step: str, model: str, seed: int, test: list[float]) -> RunDir:
-    recipe = Recipe(model=model, epochs=len(test), seed=seed)
-    run = RunDir(root / step / f"seed-{seed}")
-    run.create(step, recipe, {}, {})
+def test_a_gap_shown_the_same_is_judged_the_same() -> None:
+    """Two steps whose train-test gap shows as 0.30 points got opposite words; now the shown (rounded) gap is
+    judged, against a margin of 0.50 points."""
+    test = [99.0] * 15
+    words = {analyse([history(test, [99.0 + gap] * 15)], 7_000)[0].split(":")[0]
+             for gap in (0.2996, 0.30, 0.3004)}
+    assert words == {"Neither over- nor underfitting"}
+    assert "+0.30 points" in analyse([history(test, [99.3004] * 15)], 7_000)[0]
+    assert analyse([history(test, [99.4996] * 15)], 7_000)[0].startswith("Overfitting")  # shown as 0.50
+    assert analyse([history(test, [99.4949] * 15)], 7_000)[0].startswith("Neither")  # shown as 0.49
+
+
+def fake_run(root: Path, step: str, model: str, seed: int, test: list[float], data) -> RunRecord:  # noqa: ANN001
+    """A finished run record with untrained weights and a made-up history."""
+    run = start_run(root, step, Recipe(model=model, epochs=len(test), seed=seed), data)
     torch.manual_seed(seed)
-    weights = {f"model.{k}": v for k, v in create_model(model).state_dict().items()}
+    module = create_model(model)
     hist = history(test, [t + 0.1 for t in test])
-    run.save_checkpoint(model, weights, hist)
-    run.write_summary(sum(p.numel() for p in create_model(model).parameters()), hist, "cpu", "fp32", 1.0, (0.13, 0.31))
+    run.save_checkpoint(model, {f"model.{k}": v for k, v in module.state_dict().items()}, hist)
+    run.finish(params=count_params(module), history=hist, verdict=judge(count_params(module), test).to_dict(),
+               first_epoch_holding=None, last_k=5, device="cpu", precision="fp32", wall_seconds=1.0,
+               normalization=(0.13, 0.31))
     return run
 
 
 def test_report_on_fake_runs_has_every_section_and_figure(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
     steps = tuple(Step(f"s{i}", f"target {i}", Recipe(model=m, epochs=6), (f"note {i}",))
-                  for i, m in enumerate(["seed_step1", "seed_step2", "seed_step3", "seed_step4"], 1))
-    runs = {s.name: [fake_run(tmp_path / "runs", s.name, s.recipe.model, seed, [97.0 + seed * 0.1 + e * 0.3
-                                                                                 for e in range(6)])
+                  for i, m in enumerate(["original_step1", "original_step2", "original_step3", "original_step4"], 1))
+    accs = {1: [97.1 + e * 0.3 for e in range(6)], 2: [97.2 + e * 0.3 for e in range(6)], 1001: [99.5] * 6}
+    runs = {s.name: [fake_run(tmp_path / "runs", s.name, s.recipe.model, seed, accs[seed], small_mnist)
                      for seed in (1, 2)] for s in steps}
-    path = write_report("fake", steps, runs, small_mnist, tmp_path / "out", "tinymnist report fake")
+    fresh = {steps[-1].name: [fake_run(tmp_path / "runs", steps[-1].name, steps[-1].recipe.model, 1001, accs[1001],
+                                       small_mnist)]}
+    path = write_report("fake", steps, runs, small_mnist, tmp_path / "out", "tinymnist report fake", fresh=fresh)
     text = path.read_text()
     for i, s in enumerate(steps, 1):
         assert f"## Step {i}: `{s.name}`" in text and f"target {i}" in text and f"note {i}" in text
@@ -84,3 +103,4 @@ def test_report_on_fake_runs_has_every_section_and_figure(small_mnist, tmp_path:
     assert "**Target.**" in text and "**Results.**" in text and "**Analysis**" in text
     assert "± " in text and "0 of 2 seeds" in text  # two seeds: mean ± std, and seeds meeting the targets
     assert (tmp_path / "out" / "figures" / "test-accuracy.png").is_file()
+    assert text.count("**Confirmation on fresh seeds** (seeds 1001") == 1 and "1 of 1 (95% interval 2-100%)" in text

@@ -1,24 +1,28 @@
-"""Command line: argparse subcommands, each a few lines calling the library. ``main(argv)`` returns the exit
-code: 0 ok, 1 targets missed (when asked to require them), 2 bad input, 130 interrupted."""
+"""Command line: argparse subcommands, each a few lines that parse, call the library and print. ``main(argv)``
+returns the exit code: 0 ok, 1 targets missed (when asked to require them), 2 bad input, 3 a check failed
+(eval differs from the record, ONNX parity), 130 interrupted, 141 output pipe closed (as `| head` does)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from .data import load_mnist
-from .engine import Options, pick_device
-from .errors import TinyMnistError, UsageError
+from .data import MNIST, load_mnist
+from .errors import NameNote, TinyMnistError, UsageError
 from .models import count_params, create_model, list_models
-from .recipes import JOURNEYS, all_steps, get_recipe
-from .runs import RunDir, train_run
-from .targets import LAST_K
+from .recipes import JOURNEYS, RECIPES, Options, all_steps, get_journey, get_step
+from .records import NewRun, RunRecord, run_dir
+from .render import HEADER, epoch_row, epoch_table, over_seeds_lines, results_markdown, verdict_lines
+from .runner import check_options, create_run, run_seeds, train_run
+from .targets import LAST_K, TARGET, fresh_seeds
 
-EXIT_OK, EXIT_TARGETS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_TARGETS, EXIT_USAGE, EXIT_CHECK, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 130, 141
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,8 +54,6 @@ def say(*lines: str) -> None:
     print(*lines, sep="\n", flush=True)
 
 
-# --- progress and tables ---------------------------------------------------------------------------
-
 class Progress:
     """A tqdm bar per epoch on a terminal; nothing between the per-epoch rows otherwise."""
 
@@ -74,24 +76,91 @@ class Progress:
             self.bar = None
 
 
-HEADER = f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'lr':>9} {'seconds':>7}"
+# --- shared pieces -------------------------------------------------------------------------------------
+
+def load_data(args: argparse.Namespace, subset: int | None = None) -> MNIST:
+    data = load_mnist(args.data_dir, not args.no_download)
+    return data.subset(subset) if subset else data
 
 
-def epoch_row(m: dict, published: float | None = None) -> str:
-    row = (f"{m['epoch']:>5} {m['train_loss']:>10.4f} {m['train_acc']:>8.2f}% {m['test_loss']:>9.4f} "
-           f"{m['test_acc']:>7.2f}% {m['lr']:>9.2e} {m['seconds']:>7.1f}")
-    return row + (f" {published:>8.2f}%" if published is not None else "")
+def run_options(args: argparse.Namespace) -> Options:
+    options = Options(device=args.device, channels_last=not args.no_channels_last, precision=args.precision,
+                      threads=args.threads)
+    check_options(options)  # a bad --device or --precision fails before anything is written
+    return options
 
 
-def verdict_lines(summary: dict) -> list[str]:
-    lines = [f"{'met ' if t['met'] else 'MISS'}  {t['name']}: {t['measured']}" for t in summary["verdict"]["targets"]]
-    first = summary["first_epoch_holding"]
-    lines.append(f"first epoch from which every later epoch holds 99.40%: {first if first else 'none'}")
-    lines.append("all targets met" if summary["verdict"]["met"] else "targets NOT met")
-    return lines
+def recipe_overrides(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in {"epochs": getattr(args, "epochs", None), "lr": getattr(args, "lr", None),
+                              "batch_size": getattr(args, "batch_size", None),
+                              "seed": getattr(args, "seed", None)}.items() if v is not None}
 
 
-# --- subcommands ---------------------------------------------------------------------------------
+def parse_seeds(args: argparse.Namespace, default: list[int]) -> list[int]:
+    if args.seed_list:
+        try:
+            seeds = [int(s) for s in args.seed_list.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seed-list {args.seed_list!r} must be whole numbers separated by commas.") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise UsageError(f"--seed-list {args.seed_list!r} must name at least one seed, each once.")
+        return seeds
+    return default
+
+
+def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = ()) -> dict:
+    progress = Progress()
+    say(f"run directory: {run.path}", HEADER + (f" {'original':>9}" if published else ""))
+
+    def on_epoch(m: dict) -> None:
+        progress.close()
+        e = m["epoch"]
+        say(epoch_row(m, published[e - 1] if published and e <= len(published) else None))
+
+    try:
+        return train_run(run, data, on_epoch, progress.batch)
+    finally:
+        progress.close()
+
+
+def seeds_shown(step: str, recipe, seeds: list[int], root: Path, data: MNIST, options: Options,  # noqa: ANN001
+                last_k: int = LAST_K, jobs: int = 1, overrides: dict | None = None) -> dict | None:
+    """``run_seeds`` with a header per seed, a row per epoch and progress bars; None when interrupted."""
+    progress = Progress()
+
+    def on_run(seed: int, run: RunRecord) -> None:
+        say("", f"{step}, seed {seed}: {run.path}{' (finished: reused)' if run.finished() else ''}", HEADER)
+
+    shown = []
+
+    def on_epoch(m: dict) -> None:
+        progress.close()
+        if "seed" not in m:
+            say(epoch_row(m))
+            return
+        if not shown:
+            shown.append(True)
+            say(f"{step}: seeds {', '.join(map(str, seeds))}, {jobs} at a time; a row per epoch as each ends",
+                f"{'seed':>6} " + HEADER)
+        say(f"{m['seed']:>6} {epoch_row(m)}")
+    try:
+        return run_seeds(step, recipe, seeds, root, data, options, on_run, on_epoch, progress.batch, last_k, jobs,
+                         overrides)
+    except KeyboardInterrupt:
+        progress.close()
+        say("", "interrupted; finished seeds are kept and unfinished ones resume from their last completed epoch: "
+                "run the same command again.")
+        return None
+
+
+def published_for(step_name: str, run: RunRecord) -> tuple[float, ...]:
+    """The original's per-epoch figures, when ``run`` is exactly the original's recipe on the whole data."""
+    step = all_steps().get(step_name)
+    full = run.data_sizes() == (None, None)
+    return step.published if step and step.recipe == run.recipe() and full else ()
+
+
+# --- subcommands ---------------------------------------------------------------------------------------
 
 def cmd_data(args: argparse.Namespace) -> int:
     from .report import digit_grid  # matplotlib only when a figure is asked for
@@ -124,80 +193,38 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_steps(args: argparse.Namespace) -> int:
+    def line(i: str, step) -> str:  # noqa: ANN001
+        params = count_params(create_model(step.recipe.model))
+        tuned = ", ".join(map(str, step.tuned_seeds)) or "none"
+        return f"  {i}{step.name} ({params:,} params, {step.recipe.epochs} epochs; tuned on seeds {tuned}): " \
+               f"{step.target}"
+
     for journey, steps in JOURNEYS.items():
-        say(f"journey {journey}:")
-        for i, step in enumerate(steps, 1):
-            params = count_params(create_model(step.recipe.model))
-            say(f"  {i}. {step.name} ({params:,} params, {step.recipe.epochs} epochs): {step.target}")
-    from .recipes import EXTRA
-    if EXTRA:
-        say("other recipes:")
-        for name, recipe in EXTRA.items():
-            say(f"  {name} ({count_params(create_model(recipe.model)):,} params, {recipe.epochs} epochs)")
+        say(f"journey {journey}:", *(line(f"{i}. ", step) for i, step in enumerate(steps, 1)))
+    say("other recipes:", *(line("", step) for step in RECIPES))
     return EXIT_OK
-
-
-def run_options(args: argparse.Namespace) -> Options:
-    return Options(device=args.device, channels_last=not args.no_channels_last, precision=args.precision,
-                   threads=args.threads)
-
-
-def recipe_overrides(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                              "seed": getattr(args, "seed", None)}.items() if v is not None}
-
-
-def load_data(args: argparse.Namespace, subset: int | None = None):  # noqa: ANN201
-    data = load_mnist(args.data_dir, not args.no_download)
-    return data.subset(subset) if subset else data
-
-
-def train_and_show(run: RunDir, data, options: Options, published: tuple[float, ...] = ()) -> dict:  # noqa: ANN001
-    progress = Progress()
-    header = HEADER + (f" {'original':>9}" if published else "")
-    say(f"run directory: {run.path}", header)
-
-    def on_epoch(m: dict) -> None:
-        progress.close()
-        e = m["epoch"]
-        say(epoch_row(m, published[e - 1] if published and e <= len(published) else None))
-
-    try:
-        return train_run(run, data, options, on_epoch, progress.batch)
-    finally:
-        progress.close()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
-        run = RunDir(args.resume)
+        run = RunRecord(args.resume)
         if not run.exists():
             raise UsageError(f"{run.path} is not a run directory (no recipe.json); give the directory a train "
                              f"command wrote.")
         if run.finished():
             raise UsageError(f"{run.path} is already finished; see {run.path / 'summary.json'}.")
-        record = run.record()
-        step, subset = record.get("step", ""), record.get("options", {}).get("subset")
-        data = load_data(args, subset)
-        known = Options.__dataclass_fields__
-        options = Options(**{k: v for k, v in record.get("options", {}).items() if k in known})
+        data = load_data(args)
     else:
         if not args.step:
             raise UsageError("name a step to train (see `tinymnist steps`), or --resume RUN_DIR.")
-        step, subset = args.step, args.subset
-        recipe = get_recipe(step).with_overrides(**recipe_overrides(args))
+        step = get_step(args.step)
+        recipe = step.recipe.with_overrides(**recipe_overrides(args))
         data = load_data(args, args.subset)
-        recipe.check(train_size=len(data.train_labels))
         options = run_options(args)
-        pick_device(options.device)  # a bad --device fails before anything is written
-        run = RunDir(Path(args.out) / f"{step}-seed{recipe.seed}")
-        run.create(step, recipe, recipe_overrides(args),
-                   {**options.__dict__, "subset": args.subset})
-    recipe = run.recipe()
-    original = all_steps().get(step)
-    published = original.published if original and original.recipe == recipe and not subset else ()
+        run = RunRecord(run_dir(args.runs, step.name, recipe.seed))
+        create_run(run, NewRun(step.name, recipe, options, recipe_overrides(args)), data)
     try:
-        summary = train_and_show(run, data, options, published)
+        summary = train_shown(run, data, published_for(run.step(), run))
     except KeyboardInterrupt:
         say("", f"interrupted; {run.path} holds every completed epoch. Resume with: "
                 f"tinymnist train --resume {run.path}")
@@ -206,112 +233,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_TARGETS if args.require_targets and not summary["verdict"]["met"] else EXIT_OK
 
 
-def parse_seeds(args: argparse.Namespace, first: int) -> list[int]:
-    if args.seed_list:
-        try:
-            seeds = [int(s) for s in args.seed_list.split(",") if s.strip()]
-        except ValueError:
-            raise UsageError(f"--seed-list {args.seed_list!r} must be whole numbers separated by commas.") from None
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise UsageError(f"--seed-list {args.seed_list!r} must name at least one seed, each once.")
-        return seeds
-    return [first + i for i in range(args.seeds)]
-
-
-def consistency_lines(result: dict) -> list[str]:
-    k = result["last_k"]
-    lines = [f"{'seed':>6}  {f'test acc, last {k} epochs':<44} {'min':>6}  passed"]
-    for s in result["seeds"]:
-        accs = " ".join(f"{a:.2f}" for a in s[f"last_{k}"])
-        lines.append(f"{s['seed']:>6}  {accs:<44} {s['min']:>6.2f}  {'yes' if s['passed'] else 'NO'}")
-    lines += [f"seeds passing (>= 99.40% in each of the last {k} epochs): {result['seeds_passing']} of "
-              f"{result['seeds_run']}",
-              f"final test accuracy: {result['final_mean']:.2f} +- {result['final_std']:.2f}% (mean +- std)",
-              f"minimum over every last-{k} epoch of every seed: {result['min_last_k']:.2f}%"]
-    return lines
-
-
-def run_seeds_shown(step: str, recipe, seeds: list[int], root: Path, data, options: Options,  # noqa: ANN001
-                    last_k: int = LAST_K, record: bool = True, jobs: int = 1) -> dict | None:
-    """``consistency.run_seeds`` with a header per seed, a row per epoch and progress bars; None when interrupted."""
-    from .consistency import run_seeds
-
-    progress = Progress()
-
-    def on_run(seed: int, run: RunDir) -> None:
-        reused = " (finished: reused)" if run.finished() else ""
-        say("", f"{step}, seed {seed}: {run.path}{reused}", HEADER)
-
-    shown = []
-
-    def on_epoch(m: dict) -> None:
-        progress.close()
-        if "seed" not in m:
-            say(epoch_row(m))
-            return
-        if not shown:
-            shown.append(True)
-            say(f"{step}: seeds {', '.join(map(str, seeds))}, {jobs} at a time; a row per epoch as each ends",
-                f"{'seed':>6} " + HEADER)
-        say(f"{m['seed']:>6} {epoch_row(m)}")
-    try:
-        return run_seeds(step, recipe, seeds, root, data, options, on_run, on_epoch, progress.batch, last_k, record,
-                         jobs)
-    except KeyboardInterrupt:
-        progress.close()
-        say("", "interrupted; finished seeds are kept and unfinished ones resume from their last completed epoch: "
-                "run the same command again.")
-        return None
-
-
 def cmd_consistency(args: argparse.Namespace) -> int:
-    recipe = get_recipe(args.step).with_overrides(**recipe_overrides(args))
-    seeds = parse_seeds(args, recipe.seed)
+    step = get_step(args.step)
+    recipe = step.recipe.with_overrides(**recipe_overrides(args))
+    seeds = parse_seeds(args, fresh_seeds(args.seeds, step.tuned_seeds))
     data = load_data(args, args.subset)
     recipe.check(train_size=len(data.train_labels))
-    options = run_options(args)
-    pick_device(options.device)
-    result = run_seeds_shown(args.step, recipe, seeds, Path(args.out), data, options, args.last_k, jobs=args.jobs)
-    if result is None:
+    figures = seeds_shown(step.name, recipe, seeds, Path(args.runs), data, run_options(args), args.last_k, args.jobs,
+                          recipe_overrides(args))
+    if figures is None:
         return EXIT_INTERRUPTED
-    say("", f"{args.step}: {result['params']:,} params, {recipe.epochs} epochs, {len(seeds)} "
-            f"seed{'s' if len(seeds) != 1 else ''}",
-        *consistency_lines(result), f"written to {Path(args.out) / args.step / 'consistency.json'}")
-    passed = result["seeds_passing"] == result["seeds_run"]
+    say("", f"{step.name}: {figures['params']:,} params, {recipe.epochs} epochs, {len(seeds)} "
+            f"seed{'s' if len(seeds) != 1 else ''}", *over_seeds_lines(figures, step.tuned_seeds))
+    passed = figures["seeds_passing"] == figures["seeds_run"]
     return EXIT_TARGETS if args.require_targets and not passed else EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = RunDir(args.run)
+    run = RunRecord(args.run)
     if not run.exists():
         raise UsageError(f"{run.path} is not a run directory (no recipe.json).")
-    record = run.record()
-    original = all_steps().get(record["step"])
-    published = original.published if original and original.recipe == run.recipe() else ()
-    metrics = run.metrics()
-    if args.markdown:
-        head = "| epoch | train loss | train acc | test loss | test acc | lr | seconds |"
-        say(head + (" original test acc |" if published else ""),
-            "|---" * (7 + bool(published)) + "|")
-        for m in metrics:
-            orig = f" {published[m['epoch'] - 1]:.2f} |" if m["epoch"] <= len(published) else ""
-            say(f"| {m['epoch']} | {m['train_loss']:.4f} | {m['train_acc']:.2f} | {m['test_loss']:.4f} | "
-                f"{m['test_acc']:.2f} | {m['lr']:.2e} | {m['seconds']:.1f} |" + orig)
-    else:
-        say(HEADER + (f" {'original':>9}" if published else ""))
-        for m in metrics:
-            say(epoch_row(m, published[m["epoch"] - 1] if m["epoch"] <= len(published) else None))
+    say(*epoch_table(run.metrics(), published_for(run.step(), run), args.markdown))
     if run.finished():
         summary = run.summary()
-        precision = summary.get("precision") or record.get("options", {}).get("precision", "unknown precision")
-        say("", f"{summary['device']}, {precision}, torch {summary['torch']}, "
+        say("", f"{summary['device']}, {summary.get('precision', 'fp32')}, torch {summary['torch']}, "
                 f"{summary['wall_seconds']:.0f} s wall", *verdict_lines(summary))
     return EXIT_OK
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
-    from .summary import flops_per_image, layer_table
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .layers import flops_per_image, layer_table
 
+    if args.command == "summary":
+        warnings.warn(NameNote("the command 'summary' is now called 'layers'; the old name still works."),
+                      stacklevel=1)
     model = create_model(args.model)
     rows = layer_table(model)
     say(f"{'layer':<26} {'output':>12} {'params':>7} {'RF':>4} {'jump':>5}")
@@ -324,33 +279,40 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .recipes import get_journey
     from .report import write_report
 
     steps = get_journey(args.journey)
     data = load_data(args)
     options = run_options(args)
-    pick_device(options.device)
     root = Path(args.runs)
-    runs = {}
+    runs, fresh = {}, {}
     for step in steps:
-        seeds = parse_seeds(args, step.recipe.seed)
-        # consistency.json belongs to `tinymnist consistency`: a report over other seeds must not replace it
-        if run_seeds_shown(step.name, step.recipe, seeds, root, data, options, record=False) is None:
+        seeds = parse_seeds(args, [step.recipe.seed + i for i in range(args.seeds)])
+        if seeds_shown(step.name, step.recipe, seeds, root, data, options) is None:
             return EXIT_INTERRUPTED
-        runs[step.name] = [RunDir(root / step.name / f"seed-{s}") for s in seeds]
+        runs[step.name] = [RunRecord(run_dir(root, step.name, s)) for s in seeds]
+        others = [RunRecord(p.parent) for p in sorted(run_dir(root, step.name, 0).parent.glob("seed-*/summary.json"))]
+        fresh[step.name] = sorted((r for r in others if r.recipe() == step.recipe.with_overrides(seed=r.recipe().seed)
+                                   and r.recipe().seed not in step.tuned_seeds + tuple(seeds)),
+                                  key=lambda r: r.recipe().seed)
     command = "tinymnist report " + " ".join(args.argv)
-    path = write_report(args.journey, steps, runs, data, Path(args.out), command)
+    path = write_report(args.journey, steps, runs, data, Path(args.out), command, fresh=fresh)
     say("", f"wrote {path} and its figures")
     return EXIT_OK
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .inference import evaluate_run, open_run
+def cmd_results(args: argparse.Namespace) -> int:
+    text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {args.out}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    say(text)
+    return EXIT_OK
 
-    run = open_run(args.run)
-    if not run.finished():
-        raise UsageError(f"{run.path} is not finished; finish it with: tinymnist train --resume {run.path}")
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .inference import evaluate_run
+
+    run = RunRecord(args.run).require(finished=True)  # before reading MNIST: a wrong path is the likelier mistake
     result = evaluate_run(run, load_data(args), args.device)
     say(f"test loss {result['test_loss']:.4f}, test accuracy {result['test_acc']:.2f}%",
         "per class: " + "  ".join(f"{d}:{a:.2f}" for d, a in enumerate(result["per_class"])))
@@ -359,86 +321,63 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return EXIT_OK
     say(f"DIFFERS from the recorded final test accuracy ({result['recorded']:.2f}%): another device or "
         f"library version computes slightly differently")
-    return EXIT_TARGETS
+    return EXIT_CHECK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
 
-    from .inference import load_run_model, normalization, open_run, predict_images, preprocess
+    from .inference import predict_images, preprocess
+    from .records import load_model
 
-    run = open_run(args.run)
-    mean, std = normalization(run)
-    model = load_run_model(run)
+    loaded = load_model(RunRecord(args.run))
     images = np.stack([preprocess(Path(p)) for p in args.images])
-    probs = predict_images(model, images, mean, std)
-    if args.show_input:
-        from .report import digit_grid
-
-        top = probs.argmax(1).tolist()
-        digit_grid(torch.from_numpy(images), [f"{Path(p).name}: {c}" for p, c in zip(args.images, top, strict=True)],
-                   Path(args.show_input), "what the model saw (28x28, as MNIST)", columns=min(len(images), 6))
+    probs = predict_images(loaded, images)
     results = []
     for path, p in zip(args.images, probs, strict=True):
         values, classes = p.topk(3)
         results.append({"image": path, "top3": [{"digit": int(c), "probability": round(float(v), 6)}
                                                 for v, c in zip(values, classes, strict=True)]})
+    if args.show_input:
+        from .report import digit_grid
+
+        captions = [f"{Path(r['image']).name}: {r['top3'][0]['digit']}" for r in results]
+        digit_grid(images, captions, Path(args.show_input), "what the model saw (28x28, as MNIST)",
+                   columns=min(len(images), 6))
     if args.json:
         say(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            say(f"{r['image']}: " + "  ".join(f"{t['digit']} ({100 * t['probability']:.1f}%)" for t in r["top3"]))
-    if args.show_input and not args.json:
+        return EXIT_OK
+    for r in results:
+        say(f"{r['image']}: " + "  ".join(f"{t['digit']} ({100 * t['probability']:.1f}%)" for t in r["top3"]))
+    if args.show_input:
         say(f"wrote {args.show_input}")
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .inference import export_onnx, load_run_model, normalization, onnx_parity, open_run
-
     try:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
-        raise UsageError("ONNX export needs the [onnx] extra: pip install -e \".[onnx]\"") from None
-    run = open_run(args.run)
-    mean, std = normalization(run)
-    model = load_run_model(run)
+        raise UsageError("ONNX export needs the [onnx] extra: pip install \"tinymnist[onnx]\"") from None
+    from .inference import export_onnx, onnx_parity
+    from .records import load_model
+
+    loaded = load_model(RunRecord(args.run))
     out = Path(args.onnx)
-    export_onnx(model, out)
+    export_onnx(loaded.model, out)
     data = load_data(args)
-    parity = onnx_parity(model, out, data.test_images[:1000], mean, std)
-    say(f"wrote {out} (input 'image' (N, 1, 28, 28) normalized with mean {mean:.4f} std {std:.4f}; "
+    parity = onnx_parity(loaded, out, data.test_images[:1000], data.test_labels[:1000])
+    say(f"wrote {out} (input 'image' (N, 1, 28, 28) normalized with mean {loaded.mean:.4f} std {loaded.std:.4f}; "
         f"output 'log_probs' (N, 10))",
         f"parity on {parity['images']} test images against onnxruntime: "
         f"{'identical' if parity['same_predictions'] else 'DIFFERENT'} predictions, "
         f"max |log-prob difference| {parity['max_abs_diff']:.2e}")
     ok = parity["same_predictions"] and parity["max_abs_diff"] < 1e-4
-    return EXIT_OK if ok else EXIT_TARGETS
+    return EXIT_OK if ok else EXIT_CHECK
 
 
-def cmd_results(args: argparse.Namespace) -> int:
-    from .consistency import results_markdown
-    from .recipes import EXTRA
-
-    order = [s.name for steps in JOURNEYS.values() for s in steps] + list(EXTRA)
-    table = results_markdown(Path(args.runs), order)
-    text = "\n".join([
-        "# Results over seeds", "",
-        f"Generated by `tinymnist results --runs {args.runs} --out {args.out}` from the consistency runs; each row "
-        "is reproduced by its command (add `--out DIR`). A seed passes when its test accuracy is >= 99.40% in each "
-        "of the last K epochs. \"Trained with\" is the precision and the CPU threads of the runs (default: one per "
-        "core); the same numbers come back only with both, on the same kind of CPU: another thread count sums in "
-        "another order, and the run becomes another draw from the same recipe.", "", table, ""])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    say(text)
-    return EXIT_OK
-
-
-# --- the parser ----------------------------------------------------------------------------------
+# --- the parser --------------------------------------------------------------------------------------------
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="directory with the four MNIST files (default: $TINYMNIST_DATA, else "
@@ -446,18 +385,26 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
 
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
-    p.add_argument("--lr", type=positive_float, help="override the recipe's (peak) learning rate")
-    p.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
+def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    """How runs are executed and where they go; with ``overrides``, the recipe settings a command may change."""
+    if overrides:
+        p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
+        p.add_argument("--lr", type=positive_float, help="override the recipe's (peak) learning rate")
+        p.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
+        p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto (default): bf16 autocast where the hardware has native bf16, else fp32")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: one per core)")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors (slower on CPU)")
-    p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
-    p.add_argument("--out", default="runs", help="parent directory of run directories (default: runs)")
+    p.add_argument("--runs", *(["--out"] if overrides else []), default="runs", metavar="DIR",
+                   help="where runs live: DIR/STEP/seed-N (default: runs)")
     add_data_args(p)
+
+
+def add_seed_args(p: argparse.ArgumentParser, default: int, what: str) -> None:
+    p.add_argument("--seeds", type=positive_int, default=default, help=what)
+    p.add_argument("--seed-list", help="comma-separated seeds, instead of --seeds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -470,21 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     sub.add_parser("models", help="list registered models with their parameter counts").set_defaults(func=cmd_models)
-    sub.add_parser("steps", help="list journeys, their steps and targets").set_defaults(func=cmd_steps)
+    sub.add_parser("steps", help="list journeys, their steps, targets and tuning seeds").set_defaults(func=cmd_steps)
 
     p = sub.add_parser("train", help="train one step (or recipe) and judge it against the targets")
     p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`)")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
-    p.add_argument("--resume", help="continue the interrupted run in this directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in this directory")
     p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
     add_run_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("consistency", help="train a recipe over several seeds and judge its consistency")
     p.add_argument("step", help="a step or recipe name (see `tinymnist steps`)")
-    p.add_argument("--seeds", type=positive_int, default=5, help="run seeds s, s+1, ... from the recipe's seed")
-    p.add_argument("--seed-list", help="comma-separated seeds, instead of --seeds")
-    p.add_argument("--last-k", type=positive_int, default=LAST_K, help="epochs that must each hold 99.40%%")
+    add_seed_args(p, 5, "run N fresh seeds: 1001 upwards, skipping the seeds the recipe was tuned on (default 5)")
+    p.add_argument("--last-k", type=positive_int, default=LAST_K, help=f"epochs that must each hold {TARGET}%%")
     p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="seeds trained at once, each in its own process with cores/jobs threads (default 1; "
@@ -492,26 +438,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p)
     p.set_defaults(func=cmd_consistency)
 
-    p = sub.add_parser("results", help="docs/results.md from consistency runs")
-    p.add_argument("--runs", default="runs", help="the --out directory of `tinymnist consistency`")
+    p = sub.add_parser("results", help="docs/results.md from run records")
+    p.add_argument("--runs", default="evidence/runs", help="where the runs are (default: evidence/runs)")
     p.add_argument("--out", default="docs/results.md", help="markdown file to write")
     p.set_defaults(func=cmd_results)
 
-    p = sub.add_parser("summary", help="per-layer table: output shape, params, receptive field, jump")
+    p = sub.add_parser("layers", aliases=["summary"], help="per-layer table: output shape, params, receptive field")
     p.add_argument("model", help="a model name (see `tinymnist models`)")
-    p.set_defaults(func=cmd_summary)
+    p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("report", help="run (or reuse) a journey's four steps and write report.md with figures")
     p.add_argument("journey", help="a journey name (see `tinymnist steps`)")
-    p.add_argument("--seeds", type=positive_int, default=1, help="seeds per step, from each recipe's seed")
-    p.add_argument("--seed-list", help="comma-separated seeds, instead of --seeds")
-    p.add_argument("--runs", default="runs", help="where the runs are (reused when finished) or go")
+    add_seed_args(p, 1, "seeds per step, from each recipe's own seed upwards (default 1)")
     p.add_argument("--out", default="report", help="directory for report.md and figures/")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--threads", type=positive_int, help="CPU threads")
-    p.add_argument("--no-channels-last", action="store_true", help=argparse.SUPPRESS)
-    add_data_args(p)
+    add_run_args(p, overrides=False)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="reload a run's weights and recompute its test accuracy, per class too")
@@ -541,15 +481,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        argv = sys.argv[1:] if argv is None else argv
-        args = build_parser().parse_args(argv)
-        args.argv = argv[1:]
-        return args.func(args)
-    except TinyMnistError as e:
-        print(f"tinymnist: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("tinymnist: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    argv = sys.argv[1:] if argv is None else argv
+    with warnings.catch_warnings():  # restores the filters and showwarning on the way out
+        show, noted = warnings.showwarning, set()
 
+        def note(message, category, *rest):  # noqa: ANN001, ANN002, ANN202 - warnings.showwarning's signature
+            if not issubclass(category, NameNote):
+                show(message, category, *rest)
+            elif str(message) not in noted:  # an old name, accepted: one line, once
+                noted.add(str(message))
+                print(f"tinymnist: note: {message}", file=sys.stderr)
+
+        warnings.simplefilter("always", NameNote)
+        warnings.showwarning = note
+        try:
+            args = build_parser().parse_args(argv)
+            args.argv = argv[1:]
+            return args.func(args)
+        except TinyMnistError as e:
+            print(f"tinymnist: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("tinymnist: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # the reader went away (`| head`): say nothing more, and keep Python from complaining at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_PIPE

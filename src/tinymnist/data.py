@@ -160,8 +160,11 @@ class MNIST:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     source: Path | None = None
+    full_sizes: tuple[int, int] | None = None  # (train, test) images in the files this came from
 
     def __post_init__(self) -> None:
+        if self.full_sizes is None:
+            self.full_sizes = (len(self.train_labels), len(self.test_labels))
         pixels = self.train_images.double() / 255
         self.mean = float(pixels.mean())
         self.std = float(pixels.std())
@@ -170,7 +173,7 @@ class MNIST:
         """The first ``train`` training and ``test`` test images (for quick runs and tests)."""
         test = len(self.test_labels) if test is None else test
         return MNIST(self.train_images[:train], self.train_labels[:train], self.test_images[:test],
-                     self.test_labels[:test], self.source)
+                     self.test_labels[:test], self.source, self.full_sizes)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.mean, self.std)

@@ -20,7 +20,7 @@ from torch import nn
 from .data import MNIST, augment, normalize
 from .errors import TrainingError, UsageError
 from .models import create_model
-from .recipes import Recipe
+from .recipes import Options, Recipe
 
 EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/performance.md)
 
@@ -65,16 +65,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-@dataclass(frozen=True)
-class Options:
-    """How to run a recipe (not what to learn). Only ``precision`` changes the arithmetic."""
-
-    device: str = "auto"
-    channels_last: bool = True  # pays on CPU (oneDNN) and on tensor-core GPUs
-    precision: str = "auto"  # auto | fp32 | bf16 (autocast: convolutions in bf16, BN, loss and weights in fp32)
-    threads: int | None = None  # CPU threads; None = torch's default (one per core)
-
-
 class Trainer:
     """One training run: model, optimizer, random generators and the history so far."""
 
@@ -89,7 +79,6 @@ class Trainer:
             torch.set_num_threads(options.threads)
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         self.precision = resolve_precision(options.precision, self.device)
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[self.precision]
         torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
         self.model = create_model(recipe.model).to(self.device, memory_format=self.memory_format)
         self.optimizer = _make_optimizer(recipe, self.model)
@@ -117,8 +106,7 @@ class Trainer:
         return normalize(images, self.mean, self.std).contiguous(memory_format=self.memory_format)
 
     def _autocast(self) -> AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                              enabled=self.autocast_dtype is not None)
+        return autocast(self.device, self.precision)
 
     def train_epoch(self, on_batch: Callable[[int, int], None] | None = None) -> dict:
         """Train one epoch; returns train loss, train accuracy (in train mode, as it goes), lr and seconds."""
@@ -159,17 +147,11 @@ class Trainer:
         return {"train_loss": float((losses * sizes).sum() / n), "train_acc": 100 * int(correct) / n,
                 "lr": lr, "train_seconds": time.perf_counter() - start}
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (N, 10) for uint8 images (N, 28, 28) already on the device."""
-        return log_probs(self.model, images, self._inputs, self._autocast)
-
     def evaluate(self) -> dict:
         """Test loss and accuracy over the whole test set."""
         start = time.perf_counter()
-        out = self.predict(self.test_images)
-        loss = float(nn.functional.nll_loss(out, self.test_labels, reduction="sum")) / len(self.test_labels)
-        acc = 100 * int((out.argmax(1) == self.test_labels).sum()) / len(self.test_labels)
-        return {"test_loss": loss, "test_acc": acc, "eval_seconds": time.perf_counter() - start}
+        result = evaluate(self.model, self.test_images, self.test_labels, self._inputs, self._autocast)
+        return {"test_loss": result.loss, "test_acc": result.acc, "eval_seconds": time.perf_counter() - start}
 
     def run_epoch(self, on_batch: Callable[[int, int], None] | None = None) -> dict:
         train = self.train_epoch(on_batch)
@@ -203,6 +185,39 @@ class Trainer:
         self.shuffle_gen.set_state(tensors["rng.shuffle"])
         self.augment_gen.set_state(tensors["rng.augment"])
         self.history = [dict(m) for m in history]
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """bf16 autocast (convolutions in bf16; BatchNorm, loss and weights in fp32), or nothing for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def model_inputs(mean: float, std: float, memory_format: torch.memory_format = torch.contiguous_format,
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images (N, 28, 28) -> the model's normalized input, in ``memory_format``."""
+    return lambda images: normalize(images, mean, std).contiguous(memory_format=memory_format)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float  # mean negative log-likelihood
+    acc: float  # percent
+    log_probs: torch.Tensor  # (N, 10)
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.log_probs.argmax(1)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             inputs: Callable[[torch.Tensor], torch.Tensor],
+             autocast: Callable[[], AbstractContextManager] = nullcontext) -> Evaluation:
+    """Loss and accuracy of ``model`` on uint8 ``images`` (N, 28, 28) with ``labels``: the one evaluation that
+    training, `eval`, reports and export checks share."""
+    out = log_probs(model, images, inputs, autocast)
+    loss = float(nn.functional.nll_loss(out, labels, reduction="sum")) / len(labels)
+    acc = 100 * int((out.argmax(1) == labels).sum()) / len(labels)
+    return Evaluation(loss, acc, out)
 
 
 @torch.inference_mode()

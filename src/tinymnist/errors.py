@@ -30,3 +30,15 @@ def unknown_name(kind: str, name: str, known: list[str]) -> UsageError:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return UsageError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")
+
+
+class NameNote(UserWarning):
+    """An old name was used and accepted; the CLI shows it as one note line."""
+
+
+def renamed(kind: str, old: str, new: str) -> str:
+    """Accept an old ``kind`` name: warn (as a NameNote) and return the new one."""
+    import warnings
+
+    warnings.warn(NameNote(f"{kind} {old!r} is now called {new!r}; the old name still works."), stacklevel=3)
+    return new

@@ -5,49 +5,44 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import MNIST, normalize
-from .engine import Options, Trainer, log_probs
+from .data import MNIST
+from .engine import Evaluation, autocast, evaluate, log_probs, model_inputs, pick_device, resolve_precision
 from .errors import UsageError
-from .runs import WEIGHTS, RunDir, load_weights
+from .records import LoadedModel, RunRecord, data_for, load_model
+
+MAX_IMAGE_PIXELS = 50_000_000  # a 50-megapixel photo of a digit is plenty; larger images are refused unread
+MAX_IMAGE_BYTES = 20 * 1024 * 1024  # likewise for the file
 
 
-def open_run(path: str | Path) -> RunDir:
-    run = RunDir(path)
-    if not run.exists():
-        raise UsageError(f"{run.path} is not a run directory (no recipe.json); give a directory `tinymnist train` "
-                         f"wrote.")
-    if not (run / WEIGHTS).is_file():
-        raise UsageError(f"{run.path} has no weights yet (no completed epoch); train or resume it first.")
-    return run
+def _feed(loaded: LoadedModel, device: str = "auto") -> tuple[torch.device, torch.nn.Module, Callable, Callable]:
+    """The run's model on ``device`` with the input layout, normalization and precision it was trained with."""
+    dev = pick_device(device)
+    precision = resolve_precision(loaded.precision, dev)
+    fmt = torch.channels_last if loaded.channels_last else torch.contiguous_format
+    model = loaded.model.to(dev, memory_format=fmt)
+    return dev, model, model_inputs(loaded.mean, loaded.std, fmt), lambda: autocast(dev, precision)
 
 
-def normalization(run: RunDir) -> tuple[float, float]:
-    """The training mean and std the run was trained with (recorded in summary.json)."""
-    summary = run.summary() if run.finished() else {}
-    norm = summary.get("normalization")
-    if not norm:
-        raise UsageError(f"{run.path} records no normalization (unfinished run); finish it with --resume first.")
-    return norm["mean"], norm["std"]
+def evaluate_loaded(loaded: LoadedModel, images: torch.Tensor, labels: torch.Tensor,
+                    device: str = "auto") -> Evaluation:
+    """engine.evaluate on a run's model, fed as it was trained: the recorded test accuracy comes back."""
+    dev, model, inputs, cast = _feed(loaded, device)
+    return evaluate(model, images.to(dev), labels.to(dev), inputs, cast)
 
 
-def evaluate_run(run: RunDir, data: MNIST, device: str = "auto") -> dict:
-    """Reload the weights and recompute test loss, accuracy and per-class accuracy with the run's precision."""
-    summary = run.summary()
-    recipe = run.recipe()
-    options = Options(device=device, precision=summary.get("precision", "fp32"))
-    trainer = Trainer(recipe, data, options, normalization(run))
-    trainer.model.load_state_dict(load_weights(run / WEIGHTS, recipe.model).state_dict())
-    result = trainer.evaluate()
-    predicted = trainer.predict(trainer.test_images).argmax(1).cpu()
-    labels = data.test_labels
-    result["per_class"] = [100 * float((predicted[labels == c] == c).float().mean()) for c in range(10)]
-    result["recorded"] = summary["last_test_acc"]
-    return result
+def evaluate_run(run: RunRecord, data: MNIST, device: str = "auto") -> dict:
+    """Reload a finished run and recompute its test loss, accuracy and per-class accuracy."""
+    data = data_for(run.require(finished=True), data)
+    result = evaluate_loaded(load_model(run), data.test_images, data.test_labels, device)
+    predicted, labels = result.predicted.cpu(), data.test_labels
+    return {"test_loss": result.loss, "test_acc": result.acc, "recorded": run.summary()["last_test_acc"],
+            "per_class": [100 * float((predicted[labels == c] == c).float().mean()) for c in range(10)]}
 
 
 # --- real images -----------------------------------------------------------------------------------------
@@ -58,7 +53,19 @@ def preprocess(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist.") from None
+    if size > MAX_IMAGE_BYTES:
+        raise UsageError(f"{path} is {size / 2**20:.0f} MB, over the {MAX_IMAGE_BYTES // 2**20} MB limit for an "
+                         f"image of a digit; crop or shrink it.")
+    try:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap below is stricter
+            width, height = img.size  # read from the header: nothing is decompressed yet
+            if width * height > MAX_IMAGE_PIXELS:
+                raise UsageError(f"{path} is {width:,} x {height:,} pixels, over the {MAX_IMAGE_PIXELS // 10**6} "
+                                 f"megapixel limit for an image of a digit; crop or shrink it.")
             img.load()
             if img.mode in ("RGBA", "LA", "P"):
                 img = img.convert("RGBA")
@@ -67,7 +74,10 @@ def preprocess(path: Path) -> np.ndarray:
             gray = np.asarray(img.convert("L"), dtype=np.float32)
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist.") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except Image.DecompressionBombError:
+        raise UsageError(f"{path} declares an image over the {MAX_IMAGE_PIXELS // 10**6} megapixel limit; crop "
+                         f"or shrink it.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UsageError(f"{path} cannot be read as an image ({e}); give a PNG or JPEG.") from None
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
@@ -92,10 +102,10 @@ def preprocess(path: Path) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def predict_images(model: torch.nn.Module, images: np.ndarray, mean: float, std: float) -> torch.Tensor:
-    """Probabilities (N, 10) for uint8 images (N, 28, 28)."""
-    x = torch.from_numpy(images)
-    return log_probs(model, x, lambda b: normalize(b, mean, std)).exp()
+def predict_images(loaded: LoadedModel, images: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """Probabilities (N, 10) for uint8 images (N, 28, 28), fed as the run was trained."""
+    dev, model, inputs, cast = _feed(loaded, device)
+    return log_probs(model, torch.from_numpy(images).to(dev), inputs, cast).exp().cpu()
 
 
 # --- ONNX ------------------------------------------------------------------------------------------------
@@ -120,18 +130,15 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
         onnx_log.setLevel(level)
 
 
-def onnx_parity(model: torch.nn.Module, path: Path, images: torch.Tensor, mean: float, std: float) -> dict:
-    """Compare the exported model with PyTorch on ``images`` (uint8 (N, 28, 28)) through onnxruntime."""
+def onnx_parity(loaded: LoadedModel, path: Path, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Compare the exported model with PyTorch (fp32, as exported) on ``images`` (uint8 (N, 28, 28)) through
+    onnxruntime."""
     import onnxruntime
 
-    x = normalize(images, mean, std).contiguous()
-    with torch.inference_mode():
-        expected = model.eval()(x)
+    inputs = model_inputs(loaded.mean, loaded.std)
+    expected = evaluate(loaded.model.to(memory_format=torch.contiguous_format), images, labels, inputs).log_probs
+    x = inputs(images)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
     return {"images": len(images), "same_predictions": bool((got.argmax(1) == expected.argmax(1)).all()),
             "max_abs_diff": float((got - expected).abs().max())}
-
-
-def load_run_model(run: RunDir) -> torch.nn.Module:
-    return load_weights(run / WEIGHTS, run.recipe().model)

@@ -11,9 +11,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import unknown_name
+from .errors import renamed, unknown_name
 
 _REGISTRY: dict[str, Callable[[], nn.Module]] = {}
+# Names this registry had before: run records store them, and people typed them.
+RENAMED = {**{f"seed_step{n}": f"original_step{n}" for n in range(1, 5)},
+           "valid_8k7": "compact_8k7", "valid_7k4": "compact_7k4", "valid_3k8": "compact_3k8"}
 
 
 def register_model(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -26,11 +29,18 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
-def create_model(name: str) -> nn.Module:
-    """Build the registered model ``name``; unknown names raise UsageError with the closest match."""
+def model_name(name: str) -> str:
+    """The registered name for ``name``: itself, or the new name of an old one (with a NameNote warning)."""
+    if name in RENAMED:
+        return renamed("model", name, RENAMED[name])
     if name not in _REGISTRY:
         raise unknown_name("model", name, list_models())
-    return _REGISTRY[name]()
+    return name
+
+
+def create_model(name: str) -> nn.Module:
+    """Build the registered model ``name``; unknown names raise UsageError with the closest match."""
+    return _REGISTRY[model_name(name)]()
 
 
 def count_params(model: nn.Module) -> int:
@@ -57,7 +67,7 @@ class Net(nn.Sequential):
 
 
 @register_model
-def seed_step1() -> nn.Module:
+def original_step1() -> nn.Module:
     """Set-up: 21,562 params; a 6x6 kernel reads the last 6x6 map to the 10 outputs."""
     return Net(
         conv(1, 10, 3, "cr"), conv(10, 16, 3, "cr"), nn.MaxPool2d(2), conv(16, 10, 1, "cr"),
@@ -66,7 +76,7 @@ def seed_step1() -> nn.Module:
 
 
 @register_model
-def seed_step2() -> nn.Module:
+def original_step2() -> nn.Module:
     """GAP: 10,362 params; the 6x6 kernel replaced by global average pooling and a 1x1 head."""
     return Net(
         conv(1, 10, 3, "cr"), conv(10, 16, 3, "cr"), nn.MaxPool2d(2), conv(16, 10, 1, "cr"),
@@ -75,7 +85,7 @@ def seed_step2() -> nn.Module:
     )
 
 
-def _seed_bn(order: str) -> nn.Module:
+def _original_bn(order: str) -> nn.Module:
     return Net(
         conv(1, 10, 3, order), conv(10, 16, 3, order), nn.MaxPool2d(2), conv(16, 10, 1, order),
         conv(10, 16, 3, order), conv(16, 16, 3, order), conv(16, 16, 3, order),
@@ -84,15 +94,15 @@ def _seed_bn(order: str) -> nn.Module:
 
 
 @register_model
-def seed_step3() -> nn.Module:
+def original_step3() -> nn.Module:
     """BatchNorm (Conv-BN-ReLU), last block cut to 16 channels: 8,066 params."""
-    return _seed_bn("cbr")
+    return _original_bn("cbr")
 
 
 @register_model
-def seed_step4() -> nn.Module:
+def original_step4() -> nn.Module:
     """Same layers as step 3 ordered Conv-ReLU-BN, as the original notebook had them: 8,066 params."""
-    return _seed_bn("crb")
+    return _original_bn("crb")
 
 
 # --- tinymnist's own designs ------------------------------------------------------------------------------
@@ -105,7 +115,7 @@ def cbr(cin: int, cout: int, k: int) -> nn.Sequential:
     return conv(cin, cout, k, bn_momentum=BN_MOMENTUM)
 
 
-def valid_net(c1: int, c2: int, squeeze: int, c3: int, c4: int, c5: int) -> nn.Module:
+def compact_net(c1: int, c2: int, squeeze: int, c3: int, c4: int, c5: int) -> nn.Module:
     """The original's padding-0 ('valid') shape: 28 -> 26 -> 24, max-pool to 12, a 1x1 squeeze, 10 -> 8 -> 6,
     global average pooling and a 1x1 head, with Conv-BN-ReLU everywhere. The maps shrink at every layer, so
     it is cheap on a CPU; channel counts are multiples of 8, which oneDNN's CPU kernels vectorize best (10 or
@@ -119,15 +129,15 @@ def valid_net(c1: int, c2: int, squeeze: int, c3: int, c4: int, c5: int) -> nn.M
 
 
 @register_model
-def valid_8k7() -> nn.Module:
+def compact_8k7() -> nn.Module:
     """8,672 params: 16-channel layers, an 8-channel squeeze."""
-    return valid_net(16, 16, 8, 16, 16, 16)
+    return compact_net(16, 16, 8, 16, 16, 16)
 
 
 @register_model
-def valid_7k4() -> nn.Module:
-    """7,432 params: valid_8k7 with 8 channels in its first layer."""
-    return valid_net(8, 16, 8, 16, 16, 16)
+def compact_7k4() -> nn.Module:
+    """7,432 params: compact_8k7 with 8 channels in its first layer."""
+    return compact_net(8, 16, 8, 16, 16, 16)
 
 
 def separable(cin: int, cout: int) -> nn.Sequential:
@@ -139,8 +149,8 @@ def separable(cin: int, cout: int) -> nn.Sequential:
 
 @register_model
 def sep_3k8() -> nn.Module:
-    """3,768 params: valid_net's first two layers and max-pool, then three depthwise-separable layers
-    (16 -> 24 -> 24 -> 24 channels, 12 -> 10 -> 8 -> 6) where valid_3k8 has plain 3x3 convolutions of 8-16
+    """3,768 params: compact_net's first two layers and max-pool, then three depthwise-separable layers
+    (16 -> 24 -> 24 -> 24 channels, 12 -> 10 -> 8 -> 6) where compact_3k8 has plain 3x3 convolutions of 8-16
     channels: for the same parameters the last layers are 24 wide, and global average pooling hands the head
     24 features instead of 8."""
     return Net(cbr(1, 8, 3), cbr(8, 16, 3), nn.MaxPool2d(2),
@@ -158,7 +168,7 @@ def sep_2k8() -> nn.Module:
 
 
 @register_model
-def valid_3k8() -> nn.Module:
+def compact_3k8() -> nn.Module:
     """3,784 params: 8 channels everywhere but one 16-channel layer at 8x8."""
-    return valid_net(8, 8, 8, 8, 16, 8)
+    return compact_net(8, 8, 8, 8, 16, 8)
 

@@ -1,4 +1,4 @@
-"""Figures (matplotlib, Agg backend) and report.md, from run directories."""
+"""Figures (matplotlib's object API, Agg backend) and report.md, from run records."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .data import MNIST  # noqa: E402
-from .engine import log_probs  # noqa: E402
+from .inference import evaluate_loaded  # noqa: E402
 from .recipes import Step  # noqa: E402
-from .runs import WEIGHTS, RunDir, load_weights  # noqa: E402
-from .targets import BONUS_PARAMS, LAST_K, MAX_PARAMS, TARGET_ACC, first_epoch_holding, holds, judge  # noqa: E402
+from .records import RunRecord, load_model  # noqa: E402
+from .render import analyse, over_seeds_lines, pass_count, seed_list  # noqa: E402
+from .targets import LAST_K, TARGET, TARGET_ACC, first_epoch_holding, judge, over_seeds  # noqa: E402
 
 
-def digit_grid(images: torch.Tensor, captions: list[str] | list[int], path: Path, title: str,
+def digit_grid(images: torch.Tensor | np.ndarray, captions: list[str] | list[int], path: Path, title: str,
                columns: int = 10) -> None:
     """A grid of uint8 (N, 28, 28) digits, each captioned."""
     n = len(images)
@@ -27,52 +29,13 @@ def digit_grid(images: torch.Tensor, captions: list[str] | list[int], path: Path
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            ax.imshow(images[i].cpu().numpy(), cmap="gray_r", vmin=0, vmax=255)
+            ax.imshow(np.asarray(images[i]), cmap="gray_r", vmin=0, vmax=255)
             ax.set_title(str(captions[i]), fontsize=9)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-# --- analysis generated from the measurements --------------------------------------------------------
-
-OVERFIT_GAP = 0.30  # train accuracy above test by more than this many points: overfitting
-
-
-def analyse(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> list[str]:
-    """Sentences on fit (train-test gap), consistency (last-K epochs, swings) and size (the limits)."""
-    gaps = [h[-1]["train_acc"] - h[-1]["test_acc"] for h in histories]
-    gap = statistics.fmean(gaps)
-    if gap > OVERFIT_GAP:
-        fit = f"Overfitting: train accuracy ends {gap:.2f} points above test accuracy."
-    elif gap < 0:
-        fit = (f"Underfitting: test accuracy ends {-gap:.2f} points above train accuracy (measured on augmented "
-               f"batches in train mode), so the model has room to learn more.")
-    else:
-        fit = f"No overfitting: train accuracy ends {gap:.2f} points above test accuracy."
-    tails = [[m["test_acc"] for m in h[-last_k:]] for h in histories]
-    swing = max(max(abs(b - a) for a, b in zip(t, t[1:], strict=False)) if len(t) > 1 else 0.0 for t in tails)
-    passing = sum(len(t) >= last_k and all(holds(a) for a in t) for t in tails)
-    low = min(min(t) for t in tails)
-    of = f" in {passing} of {len(tails)} seeds" if len(tails) > 1 else ""
-    if passing == len(tails):
-        consistency = (f"Consistent: test accuracy holds {TARGET_ACC:.2f}% in each of the last {last_k} epochs{of} "
-                       f"(lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points).")
-    elif len(tails) > 1:
-        consistency = (f"Not consistent: test accuracy holds {TARGET_ACC:.2f}% in each of the last {last_k} "
-                       f"epochs{of} (lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points).")
-    else:
-        consistency = (f"Not consistent: test accuracy falls below {TARGET_ACC:.2f}% in the last {last_k} epochs "
-                       f"(lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points).")
-    if params < BONUS_PARAMS:
-        size = f"Size: {params:,} parameters, under both the 10,000 limit and the 8,000 bonus."
-    elif params < MAX_PARAMS:
-        size = f"Size: {params:,} parameters, under 10,000 but {params - BONUS_PARAMS + 1:,} too many for the bonus."
-    else:
-        size = f"Size: {params:,} parameters, {params - MAX_PARAMS + 1:,} over the 10,000 limit."
-    return [fit, consistency, size]
 
 
 # --- figures -------------------------------------------------------------------------------------------
@@ -85,7 +48,7 @@ def curves(history: list[dict], path: Path, title: str) -> None:
     loss_ax.set(xlabel="epoch", ylabel="loss (NLL)", title="loss", yscale="log")
     acc_ax.plot(epochs, [m["train_acc"] for m in history], "o-", label="train")
     acc_ax.plot(epochs, [m["test_acc"] for m in history], "o-", label="test")
-    acc_ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET_ACC:.2f}% target")
+    acc_ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET} target")
     low = min(min(m["test_acc"], m["train_acc"]) for m in history[len(history) // 3:])
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(max(90.0, low - 0.3), 100))
     for ax in (loss_ax, acc_ax):
@@ -99,7 +62,7 @@ def compare_curves(named: dict[str, list[dict]], path: Path, title: str) -> None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, history in named.items():
         ax.plot([m["epoch"] for m in history], [m["test_acc"] for m in history], "o-", label=name)
-    ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET_ACC:.2f}% target")
+    ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET} target")
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=title, ylim=(97.0, 100))
     ax.grid(alpha=0.3)
     ax.legend()
@@ -155,9 +118,10 @@ def step_rows(histories: list[list[dict]], params: int, last_k: int = LAST_K) ->
     }
 
 
-def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[RunDir]], data: MNIST, out: Path,
-                 command: str, last_k: int = LAST_K) -> Path:
-    """report.md and figures for a journey whose runs are finished: ``runs[step.name]`` lists one run per seed."""
+def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]], data: MNIST, out: Path,
+                 command: str, last_k: int = LAST_K, fresh: dict[str, list[RunRecord]] | None = None) -> Path:
+    """report.md and figures for a journey whose runs are finished: ``runs[step.name]`` lists one run per seed;
+    ``fresh[step.name]``, when given, the step's finished runs on seeds it was not tuned on (its confirmation)."""
     figures = out / "figures"
     seeds = len(next(iter(runs.values())))
     lines = [f"# Journey `{journey}`: {len(steps)} steps", "",
@@ -165,7 +129,7 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
              f"{'Figures are from the first seed; table' if seeds > 1 else 'Table'} figures are "
              f"{'mean ± std over ' + str(seeds) + ' seeds' if seeds > 1 else 'from one seed'}.", "",
              f"| Step | Target | Params | Best train acc | Best test acc | Min test acc, last {last_k} epochs | "
-             "First epoch holding 99.40% | Targets met |", "|---|---|---|---|---|---|---|---|"]
+             f"First epoch holding {TARGET} | Targets met |", "|---|---|---|---|---|---|---|---|"]
     histories = {s.name: [r.metrics() for r in runs[s.name]] for s in steps}
     params = {s.name: runs[s.name][0].summary()["params"] for s in steps}
     for i, step in enumerate(steps, 1):
@@ -176,11 +140,10 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
                    f"journey {journey}: test accuracy per epoch (first seed)")
     lines += ["", "![test accuracy of the four steps](figures/test-accuracy.png)", ""]
     for i, step in enumerate(steps, 1):
-        run, r = runs[step.name][0], step.recipe
-        summary = run.summary()
-        model = load_weights(run / WEIGHTS, r.model)
-        predicted_logp = log_probs(model, data.test_images, data.normalize)
-        confidence, predicted = predicted_logp.exp().max(1)
+        run = runs[step.name][0]
+        r, summary = run.recipe(), run.summary()
+        confidence, predicted = evaluate_loaded(load_model(run), data.test_images, data.test_labels,
+                                                "cpu").log_probs.exp().max(1)
         wrong = (predicted != data.test_labels).nonzero().flatten()
         wrong = wrong[confidence[wrong].argsort(descending=True)][:40]
         captions = [f"{int(data.test_labels[j])}→{int(predicted[j])} {100 * float(confidence[j]):.0f}%"
@@ -204,11 +167,18 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
                   f"{schedule}; augmentation: {augmentation}",
                   f"- Best train accuracy: {c['best_train']}%; best test accuracy: {c['best_test']}%",
                   f"- Lowest test accuracy over the last {last_k} epochs: {c['min_last']}%; first epoch from which "
-                  f"every later one holds 99.40%: {c['first_holding']}",
+                  f"every later one holds {TARGET}: {c['first_holding']}",
                   f"- Targets met: {c['met']}; trained on {summary['device']} ({summary.get('precision', 'fp32')}), "
                   f"{summary['wall_seconds']:.0f} s wall for seed {r.seed}", "",
                   "**Analysis** (generated from the measurements).", ""]
         lines += [f"- {sentence}" for sentence in analyse(histories[name], params[name], last_k)]
+        confirmed = (fresh or {}).get(name)
+        if confirmed:
+            seeds = [run.recipe().seed for run in confirmed]
+            figures = over_seeds(seeds, [run.metrics() for run in confirmed], params[name], last_k)
+            lines += ["", f"**Confirmation on fresh seeds** (seeds {seed_list(seeds)}, none used to choose this "
+                          f"recipe): passes on {pass_count(figures)}.", "", "```text",
+                      *over_seeds_lines(figures), "```"]
         if step.notes:
             lines += ["", "Notes:", ""] + [f"- {note}" for note in step.notes]
         lines += ["", f"![curves](figures/{name}-curves.png)", "",

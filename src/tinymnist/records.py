@@ -1,0 +1,402 @@
+"""The run record: one directory per run, its schema, and the one way to name it.
+
+    recipe.json          the header: step, recipe, what was overridden, run options, the data it trained on,
+                         the normalization it uses (written when the run starts)
+    metrics.jsonl        one line appended (and fsynced) as each epoch ends
+    weights.safetensors  the model's weights, with the model name in the metadata
+    state.safetensors    optimizer and random-generator state at the last completed epoch (for --resume)
+    state.json           the history up to that epoch
+    summary.json         written when the run ends: figures, verdict, provenance
+    .lock                held (advisory lock) by the one process writing the run
+
+Every file is written atomically (temporary file, fsync, rename) with the mode the umask gives any new file;
+nothing is pickled. Records written by earlier versions are read through ``_upgrade_header`` and
+``_upgrade_summary``, so no caller ever sees an old shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
+
+from . import __version__
+from .data import MNIST
+from .errors import CheckpointError, UsageError, renamed
+from .models import RENAMED as RENAMED_MODELS
+from .models import count_params, create_model, model_name
+from .recipes import RENAMED_STEPS, Options, Recipe
+
+HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK = (
+    "recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json", "summary.json",
+    ".lock")
+SCHEMA = 2  # 1: tinymnist 0.1.0 (subset inside options, normalization only in summary.json, verdict "targets")
+
+
+def run_dir(root: str | os.PathLike, step: str, seed: int) -> Path:
+    """Where the run of ``step`` with ``seed`` lives under ``root``: ROOT/STEP/seed-N. Built-in steps have
+    plain names; names from elsewhere (a user's journey, a search) carry their own first path segment."""
+    return Path(root, *step.split("/"), f"seed-{seed}")
+
+
+# --- files -------------------------------------------------------------------------------------------------
+
+def _file_mode() -> int:
+    """The mode the umask gives a new file (0o666 less the umask), as open() would."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never a torn one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _file_mode())  # mkstemp creates 0600, and rename keeps the mode
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: Path, obj: object) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist; is {path.parent} a tinymnist run directory?") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} cannot be read ({e}); the run record is corrupt.") from None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# --- the schema ----------------------------------------------------------------------------------------------
+
+def recipe_from_dict(d: dict) -> Recipe:
+    known = {f.name for f in fields(Recipe)}
+    try:
+        recipe = Recipe(**{k: v for k, v in d.items() if k in known})
+    except TypeError as e:
+        raise CheckpointError(f"the recorded recipe cannot be read ({e}).") from None
+    if recipe.model in RENAMED_MODELS:
+        return Recipe(**{**asdict(recipe), "model": model_name(recipe.model)})
+    return recipe
+
+
+def options_from_dict(d: dict) -> Options:
+    known = {f.name for f in fields(Options)}
+    return Options(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What starts a run: the step it belongs to, the recipe (seed included), how to run it, and what the user
+    overrode."""
+
+    step: str
+    recipe: Recipe
+    options: Options = Options()
+    overrides: dict | None = None
+
+
+def _upgrade_header(header: dict) -> dict:
+    """A recipe.json of any schema, in the current one."""
+    if header.get("schema", 1) >= SCHEMA:
+        return header
+    options = dict(header.get("options", {}))
+    subset = options.pop("subset", None)
+    return {**header, "schema": SCHEMA, "options": options,
+            "data": {"train_images": subset, "test_images": None},  # None: the whole split
+            "normalization": None}  # schema 1 recorded it in summary.json only
+
+
+def _upgrade_summary(summary: dict) -> dict:
+    verdict = summary.get("verdict", {})
+    if "targets" in verdict:
+        verdict = {"met": verdict["met"], "checks": verdict["targets"]}
+    model = summary.get("model")
+    return {**summary, "verdict": verdict, "model": model_name(model) if model in RENAMED_MODELS else model}
+
+
+class RunRecord:
+    """One run's directory."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self) -> bool:
+        return (self / HEADER).is_file()
+
+    def finished(self) -> bool:
+        return (self / RUN_SUMMARY).is_file()
+
+    def require(self, finished: bool = False) -> RunRecord:
+        """This run, or a UsageError saying what it lacks: a record, weights, or (``finished``) its end."""
+        if not self.exists():
+            raise UsageError(f"{self.path} is not a run directory (no {HEADER}); give a directory that "
+                             f"`tinymnist train` or `tinymnist consistency` wrote.")
+        if not (self / WEIGHTS).is_file():
+            raise UsageError(f"{self.path} has no weights yet (no completed epoch); train or resume it first.")
+        if finished and not self.finished():
+            raise UsageError(f"{self.path} is not finished; finish it with: tinymnist train --resume {self.path}")
+        return self
+
+    # --- the header --------------------------------------------------------------------------------------
+
+    def create(self, new: NewRun, data_sizes: tuple[int, int], full_sizes: tuple[int, int],
+               normalization: tuple[float, float]) -> None:
+        """Start a new run here; refuses a directory that already holds one. Call with the lock held."""
+        if self.exists():
+            same = self.recipe() == new.recipe
+            how = (f"resume it with --resume {self.path}" if same and not self.finished()
+                   else "choose another --out")
+            what = "this same recipe" if same else "a different run"
+            raise UsageError(f"{self.path} already holds {what}; {how}.")
+        train, test = data_sizes
+        write_json(self / HEADER, {
+            "schema": SCHEMA, "step": new.step, "recipe": asdict(new.recipe), "overrides": new.overrides or {},
+            "options": asdict(new.options),
+            "data": {"train_images": train if train != full_sizes[0] else None,
+                     "test_images": test if test != full_sizes[1] else None},
+            "normalization": {"mean": normalization[0], "std": normalization[1]},
+            "tinymnist": __version__})
+        write_atomic(self / METRICS, b"")
+
+    def header(self) -> dict:
+        return _upgrade_header(read_json(self / HEADER))
+
+    def step(self) -> str:
+        name = self.header().get("step", "")
+        return renamed("step", name, RENAMED_STEPS[name]) if name in RENAMED_STEPS else name
+
+    def recipe(self) -> Recipe:
+        return recipe_from_dict(self.header().get("recipe", {}))
+
+    def options(self) -> Options:
+        return options_from_dict(self.header().get("options", {}))
+
+    def data_sizes(self) -> tuple[int | None, int | None]:
+        """(training images, test images) the run used; None where it used the whole split."""
+        data = self.header()["data"]
+        return data["train_images"], data["test_images"]
+
+    def normalization(self) -> tuple[float, float] | None:
+        """The mean and std the run normalizes its inputs with; None for an unfinished run of schema 1, which
+        used its training images' own (what ``Trainer`` computes when given None)."""
+        norm = self.header().get("normalization") or (self.summary() if self.finished() else {}).get("normalization")
+        return (norm["mean"], norm["std"]) if norm else None
+
+    # --- metrics and checkpoints ---------------------------------------------------------------------------
+
+    def append_metrics(self, metrics: dict) -> None:
+        with open(self / METRICS, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def metrics(self) -> list[dict]:
+        """Every complete line of metrics.jsonl; a torn last line (a crash mid-write) is skipped."""
+        try:
+            lines = (self / METRICS).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        rows = []
+        for i, line in enumerate(lines):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if i == len(lines) - 1:
+                    break
+                raise CheckpointError(f"{self / METRICS} line {i + 1} is corrupt; the run record is damaged.") from None
+        return rows
+
+    def test_accs(self) -> list[float]:
+        return [m["test_acc"] for m in self.metrics()]
+
+    def save_checkpoint(self, model: str, tensors: dict[str, torch.Tensor], history: list[dict]) -> None:
+        """Weights and training state at the end of an epoch; state.json is written last and names the epoch."""
+        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        write_atomic(self / WEIGHTS, st_save(weights, metadata={"model": model, "epoch": str(len(history))}))
+        write_atomic(self / STATE, st_save(tensors, metadata={"model": model, "epoch": str(len(history))}))
+        write_json(self / STATE_JSON, {"epoch": len(history), "history": history})
+        # metrics.jsonl follows the checkpoint: one line appended per epoch; rewritten whole from the history
+        # when a crash left it torn, behind or ahead.
+        raw = (self / METRICS).read_bytes() if (self / METRICS).exists() else b""
+        intact = not raw or raw.endswith(b"\n")
+        if intact and len(self.metrics()) == len(history) - 1:
+            self.append_metrics(history[-1])
+        elif not intact or len(self.metrics()) != len(history):
+            write_atomic(self / METRICS, "".join(json.dumps(m) + "\n" for m in history).encode())
+
+    def load_checkpoint(self, model: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        state = read_json(self / STATE_JSON) if (self / STATE_JSON).exists() else None
+        if state is None:
+            return {}, []
+        tensors = read_safetensors(self / STATE, model)
+        history = state.get("history", [])
+        if len(history) != state.get("epoch"):
+            raise CheckpointError(f"{self / STATE_JSON} is inconsistent (epoch {state.get('epoch')}, "
+                                  f"{len(history)} history rows); the checkpoint is damaged.")
+        return tensors, history
+
+    # --- the end -------------------------------------------------------------------------------------------
+
+    def finish(self, *, params: int, history: list[dict], verdict: dict, first_epoch_holding: int | None,
+               last_k: int, device: str, precision: str, wall_seconds: float,
+               normalization: tuple[float, float]) -> dict:
+        """Write summary.json (the judged figures come from the caller: the record does not judge)."""
+        test_accs = [m["test_acc"] for m in history]
+        summary = {
+            "model": self.recipe().model, "params": params, "epochs": len(history),
+            "best_train_acc": max(m["train_acc"] for m in history), "last_train_acc": history[-1]["train_acc"],
+            "best_test_acc": max(test_accs), "last_test_acc": test_accs[-1],
+            f"min_test_acc_last_{last_k}": min(test_accs[-last_k:]),
+            "first_epoch_holding": first_epoch_holding, "verdict": verdict,
+            "torch": torch.__version__, "device": device, "precision": precision, "platform": platform.platform(),
+            "threads": torch.get_num_threads() if device == "cpu" else None,
+            "commit": git_commit(), "wall_seconds": wall_seconds,
+            "train_seconds": sum(m["train_seconds"] for m in history),
+            "normalization": {"mean": normalization[0], "std": normalization[1]},
+        }
+        write_json(self / RUN_SUMMARY, summary)
+        return summary
+
+    def summary(self) -> dict:
+        return _upgrade_summary(read_json(self / RUN_SUMMARY))
+
+    # --- one writer at a time ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's advisory lock while writing it; the system drops it when the process ends, crash
+        included. A second writer gets a UsageError naming the process that holds it."""
+        import fcntl
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self / LOCK, os.O_RDWR | os.O_CREAT, _file_mode())
+        except OSError as e:
+            raise UsageError(f"cannot write the run directory {self.path} ({e.strerror}); choose another --out.") \
+                from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise UsageError(f"{self.path} is being written by process {holder}; wait for it to finish "
+                                 f"(or stop it) before training this run again.") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} on {platform.node()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def data_for(run: RunRecord, data: MNIST) -> MNIST:
+    """``data`` cut to the images ``run`` trained and was tested on (a run on a subset resumes, and is
+    evaluated, on the same subset)."""
+    train, test = run.data_sizes()
+    want = (train or len(data.train_labels), test or len(data.test_labels))
+    if want == (len(data.train_labels), len(data.test_labels)):
+        return data
+    if want[0] > len(data.train_labels) or want[1] > len(data.test_labels):
+        raise UsageError(f"{run.path} trained on {want[0]:,} training and {want[1]:,} test images, more than the "
+                         f"data given has; point --data-dir at the full MNIST.")
+    return data.subset(*want)
+
+
+# --- weights ---------------------------------------------------------------------------------------------------
+
+def read_safetensors(path: Path, model: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file written for ``model``; a clear CheckpointError on anything wrong."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist; the run has no checkpoint yet.")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is corrupt.") from None
+    recorded = metadata.get("model")
+    if RENAMED_MODELS.get(recorded, recorded) != RENAMED_MODELS.get(model, model):
+        raise CheckpointError(f"{path} holds weights of model {recorded!r}, not {model!r}.")
+    return tensors
+
+
+def load_weights(path: Path, model: str) -> torch.nn.Module:
+    """Build ``model`` and load ``path`` into it, checking every tensor's name, shape and dtype."""
+    tensors = read_safetensors(path, model)
+    module = create_model(model)
+    expected = module.state_dict()
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{path} does not match model {model!r} (missing: {missing[:3]}, "
+                              f"unexpected: {extra[:3]}).")
+    for name, ref in expected.items():
+        got = tensors[name]
+        if got.shape != ref.shape or got.dtype != ref.dtype:
+            raise CheckpointError(f"{path}: tensor {name} is {tuple(got.shape)} {got.dtype}, model {model!r} "
+                                  f"expects {tuple(ref.shape)} {ref.dtype}.")
+    module.load_state_dict(tensors)
+    return module.eval()
+
+
+@dataclass
+class LoadedModel:
+    """A run's trained model with everything needed to feed it as it was trained."""
+
+    name: str
+    model: torch.nn.Module
+    mean: float
+    std: float
+    precision: str  # what it trained with: evaluating with the same gives the recorded accuracy
+    channels_last: bool
+
+    @property
+    def params(self) -> int:
+        return count_params(self.model)
+
+
+def load_model(run: RunRecord) -> LoadedModel:
+    """The one way to load a run's model: its weights, with its recorded normalization and precision."""
+    recipe, options = run.require().recipe(), run.options()
+    precision = run.summary().get("precision") if run.finished() else None
+    if run.normalization() is None:
+        raise UsageError(f"{run.path} records no normalization (an unfinished run of an earlier version); "
+                         f"finish it with: tinymnist train --resume {run.path}")
+    mean, std = run.normalization()
+    return LoadedModel(recipe.model, load_weights(run / WEIGHTS, recipe.model), mean, std,
+                       precision or options.precision, options.channels_last)

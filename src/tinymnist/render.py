@@ -1,0 +1,217 @@
+"""Every table and sentence shown to a person: epoch rows, verdicts, the table over seeds, the measured
+analysis, results.md. Plain functions of records and figures; nothing here trains, loads or prints."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import UsageError
+from .recipes import all_steps
+from .records import RunRecord
+from .targets import BONUS_PARAMS, LAST_K, MAX_PARAMS, TARGET, holds_last_k, over_seeds
+
+HEADER = f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'lr':>9} {'seconds':>7}"
+COLUMNS = ("epoch", "train loss", "train acc", "test loss", "test acc", "lr", "seconds")
+
+
+def epoch_row(m: dict, published: float | None = None) -> str:
+    row = (f"{m['epoch']:>5} {m['train_loss']:>10.4f} {m['train_acc']:>8.2f}% {m['test_loss']:>9.4f} "
+           f"{m['test_acc']:>7.2f}% {m['lr']:>9.2e} {m['seconds']:>7.1f}")
+    return row + (f" {published:>8.2f}%" if published is not None else "")
+
+
+def epoch_table(metrics: list[dict], published: tuple[float, ...] = (), markdown: bool = False) -> list[str]:
+    """The per-epoch table; ``published`` adds the original's own figures as a last column."""
+    def original(m: dict) -> float | None:
+        return published[m["epoch"] - 1] if m["epoch"] <= len(published) else None
+
+    if not markdown:
+        return [HEADER + (f" {'original':>9}" if published else "")] + [epoch_row(m, original(m)) for m in metrics]
+    head = "| " + " | ".join(COLUMNS) + " |" + (" original test acc |" if published else "")
+    lines = [head, "|---" * (len(COLUMNS) + bool(published)) + "|"]
+    for m in metrics:
+        orig = f" {original(m):.2f} |" if original(m) is not None else ""
+        lines.append(f"| {m['epoch']} | {m['train_loss']:.4f} | {m['train_acc']:.2f} | {m['test_loss']:.4f} | "
+                     f"{m['test_acc']:.2f} | {m['lr']:.2e} | {m['seconds']:.1f} |" + orig)
+    return lines
+
+
+def verdict_lines(summary: dict) -> list[str]:
+    lines = [f"{'met ' if c['met'] else 'MISS'}  {c['name']}: {c['measured']}" for c in summary["verdict"]["checks"]]
+    first = summary["first_epoch_holding"]
+    lines.append(f"first epoch from which every later epoch holds {TARGET}: {first if first else 'none'}")
+    lines.append("all targets met" if summary["verdict"]["met"] else "targets NOT met")
+    return lines
+
+
+def seed_list(seeds: Iterable[int]) -> str:
+    """1, 2, 3, 5 -> '1-3, 5'."""
+    seeds = sorted(seeds)
+    parts, start = [], None
+    for i, s in enumerate(seeds):
+        start = s if start is None else start
+        if i + 1 == len(seeds) or seeds[i + 1] != s + 1:
+            parts.append(str(s) if s == start else f"{start}-{s}")
+            start = None
+    return ", ".join(parts)
+
+
+def pass_count(figures: dict) -> str:
+    """'9 of 10 (95% interval 55-100%)': the interval widened to whole percent, never narrowed by rounding."""
+    lower, upper = figures["pass_interval"]
+    return (f"{figures['seeds_passing']} of {figures['seeds_run']} (95% interval {math.floor(100 * lower + 1e-9)}-"
+            f"{math.ceil(100 * upper - 1e-9)}%)")
+
+
+def over_seeds_lines(figures: dict, tuned: Iterable[int] = ()) -> list[str]:
+    """The consistency table: a row per seed, then the pass count with its interval and the accuracy figures."""
+    k, tuned = figures["last_k"], set(tuned)
+    lines = [f"{'seed':>6}  {f'test acc, last {k} epochs':<44} {'min':>6}  passed"]
+    for s in figures["seeds"]:
+        accs = " ".join(f"{a:.2f}" for a in s[f"last_{k}"])
+        mark = "  (tuning seed)" if s["seed"] in tuned else ""
+        lines.append(f"{s['seed']:>6}  {accs:<44} {s['min']:>6.2f}  {'yes' if s['passed'] else 'NO'}{mark}")
+    seeds = [s["seed"] for s in figures["seeds"]]
+    used = sorted(tuned & set(seeds))
+    lines += [f"seeds passing (>= {TARGET} in each of the last {k} epochs): {pass_count(figures)}, "
+              "Clopper-Pearson",
+              f"final test accuracy: {figures['final_mean']:.2f} +- {figures['final_std']:.2f}% (mean +- std)",
+              f"minimum over every last-{k} epoch of every seed: {figures['min_last_k']:.2f}%"]
+    if used:
+        lines.append(f"seeds {seed_list(used)} were used to tune this recipe: on them a pass proves the choice, "
+                     f"not the recipe.")
+    return lines
+
+
+# --- the analysis a report writes under each step ------------------------------------------------------
+
+GAP_MARGIN = 0.50  # points between train and test accuracy before a gap is called over- or underfitting
+
+
+def analyse(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> list[str]:
+    """Sentences on fit (train-test gap), consistency (last-K epochs, swings) and size (the limits).
+
+    The gap is rounded to the two decimals it is shown with before it is judged, and only a gap of at least
+    GAP_MARGIN points (50 test images) is called over- or underfitting: two steps showing the same gap always
+    get the same word."""
+    gap = round(statistics.fmean(h[-1]["train_acc"] - h[-1]["test_acc"] for h in histories), 2)
+    measured = f"final train accuracy minus test accuracy is {gap:+.2f} points"
+    if gap >= GAP_MARGIN:
+        fit = f"Overfitting: {measured}, at least {GAP_MARGIN:.2f}."
+    elif gap <= -GAP_MARGIN:
+        fit = (f"Underfitting: {measured} (train accuracy is measured on augmented batches in train mode), so "
+               f"the model has room to learn more.")
+    else:
+        fit = f"Neither over- nor underfitting: {measured}, within ±{GAP_MARGIN:.2f}."
+    tails = [[m["test_acc"] for m in h[-last_k:]] for h in histories]
+    swing = max(max(abs(b - a) for a, b in zip(t, t[1:], strict=False)) if len(t) > 1 else 0.0 for t in tails)
+    passing = sum(holds_last_k([m["test_acc"] for m in h], last_k) for h in histories)
+    low = min(min(t) for t in tails)
+    of = f" in {passing} of {len(tails)} seeds" if len(tails) > 1 else ""
+    spread = f"(lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points)"
+    if passing == len(tails):
+        consistency = f"Consistent: test accuracy holds {TARGET} in each of the last {last_k} epochs{of} {spread}."
+    elif len(tails) > 1:
+        consistency = f"Not consistent: test accuracy holds {TARGET} in each of the last {last_k} epochs{of} {spread}."
+    else:
+        consistency = f"Not consistent: test accuracy falls below {TARGET} in the last {last_k} epochs {spread}."
+    if params < BONUS_PARAMS:
+        size = f"Size: {params:,} parameters, under both the {MAX_PARAMS:,} limit and the {BONUS_PARAMS:,} bonus."
+    elif params < MAX_PARAMS:
+        size = (f"Size: {params:,} parameters, under {MAX_PARAMS:,} but {params - BONUS_PARAMS + 1:,} too many for "
+                f"the bonus.")
+    else:
+        size = f"Size: {params:,} parameters, {params - MAX_PARAMS + 1:,} over the {MAX_PARAMS:,} limit."
+    return [fit, consistency, size]
+
+
+# --- results.md ---------------------------------------------------------------------------------------------
+
+def arithmetic(runs: dict[int, tuple[str, int | None]]) -> str:
+    """'bf16, 1 thread', or one such phrase per group of seeds when they differ."""
+    groups: dict[tuple[str, int | None], list[int]] = {}
+    for seed, key in runs.items():
+        groups.setdefault(key, []).append(seed)
+    parts = [f"{precision}, {f'{threads} thread' + 's' * (threads > 1) if threads else 'default threads'}"
+             for precision, threads in groups]
+    if len(parts) == 1:
+        return parts[0]
+    return "; ".join(f"{part} (seed{'s' * (len(seeds) > 1)} {seed_list(seeds)})"
+                     for part, seeds in zip(parts, groups.values(), strict=True))
+
+
+def results_row(name: str, kind: str, figures: dict, how: dict[int, tuple[str, int | None]], command: str) -> str:
+    seeds = [s["seed"] for s in figures["seeds"]]
+    firsts = ", ".join(str(s["first_holding"]) if s["first_holding"] else "none" for s in figures["seeds"])
+    return (f"| `{name}` | {figures['params']:,} | {seed_list(seeds)} ({kind}) | {pass_count(figures)} | "
+            f"{figures['final_mean']:.2f} ± {figures['final_std']:.2f} | {figures['min_last_k']:.2f} "
+            f"(K = {figures['last_k']}) | {firsts} | {arithmetic(how)} | `{command}` |")
+
+
+RESULTS_HEAD = ("| Step / recipe | Params | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K "
+                "epochs (all seeds) | First epoch holding 99.40%, per seed | Trained with | Command |\n"
+                "|---|---|---|---|---|---|---|---|---|").replace("99.40%", TARGET)
+
+
+def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command: str) -> str:
+    tuning = "\n".join(f"- `{name}`: {seed_list(seeds) if seeds else 'none'}" for name, seeds in tuned.items())
+    return "\n".join([
+        "# Results over seeds", "",
+        f"Generated by `{command}` from the run records committed under `evidence/runs/` (recipe, per-epoch "
+        "metrics and summary of every run; no weights). Each row is reproduced by its command (add `--out DIR`).",
+        "",
+        f"A seed passes when its test accuracy is >= {TARGET} in each of the last K epochs. **Tuning** seeds are "
+        "the seeds whose results were looked at while the recipe was chosen: a pass on them proves the choice, "
+        "not the recipe. **Fresh** seeds played no part in choosing it; only they support a claim that the "
+        "recipe holds. Seeds passing is given with its 95% Clopper-Pearson interval for the pass rate (exact "
+        "binomial: with 10 of 10 the rate is at least 69%, no more is shown). \"Trained with\" is the precision "
+        "and CPU threads: the same numbers come back only with both, on the same kind of CPU (another thread "
+        "count sums in another order, and the run becomes another draw from the same recipe).", "",
+        RESULTS_HEAD, *rows, "",
+        "## Seeds each recipe was tuned on", "",
+        "Recorded with each step (`Step.tuned_seeds` in `src/tinymnist/recipes.py`); `tinymnist consistency "
+        "STEP --seeds N` never picks them (its seeds count up from 1001, skipping them).", "",
+        tuning, ""])
+
+
+OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size"}
+
+
+def results_markdown(root: Path, command: str) -> str:
+    """docs/results.md from every finished run under ``root``: a row per step (and per set of overrides) and
+    per kind of seed, tuning or fresh; journeys' steps first, in order."""
+    groups: dict[tuple[str, str], dict[int, RunRecord]] = {}
+    for path in sorted(root.glob("**/recipe.json")):
+        run = RunRecord(path.parent)
+        if not run.finished():
+            continue
+        overrides = {k: v for k, v in run.header().get("overrides", {}).items() if k in OPTION_FLAGS}
+        flags = " ".join(f"{OPTION_FLAGS[k]} {v}" for k, v in sorted(overrides.items()))
+        subset = run.data_sizes()[0]
+        flags += f"{' ' if flags else ''}--subset {subset}" if subset else ""
+        groups.setdefault((run.step(), flags), {})[run.recipe().seed] = run
+    if not groups:
+        raise UsageError(f"no finished runs under {root}; run `tinymnist consistency STEP --out {root}` first.")
+    known = all_steps()
+    order = {name: i for i, name in enumerate(known)}
+    rows = []
+    for (name, flags), runs in sorted(groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0])):
+        tuned = set(known[name].tuned_seeds) if name in known else set()
+        for kind, seeds in (("tuning", sorted(s for s in runs if s in tuned)),
+                            ("fresh", sorted(s for s in runs if s not in tuned))):
+            if not seeds:
+                continue
+            summaries = {s: runs[s].summary() for s in seeds}
+            figures = over_seeds(seeds, [runs[s].metrics() for s in seeds], summaries[seeds[0]]["params"])
+            how = {s: (summaries[s].get("precision", "?"), summaries[s].get("threads")) for s in seeds}
+            cmd = f"tinymnist consistency {name} --seed-list {','.join(map(str, seeds))}"
+            cmd += f" {flags}" if flags else ""
+            if len(set(how.values())) == 1:  # one precision and thread count: the command reproduces every seed
+                precision, threads = next(iter(how.values()))
+                cmd += f" --precision {precision}" + (f" --threads {threads}" if threads else "")
+            rows.append(results_row(f"{name}{' ' + flags if flags else ''}", kind, figures, how, cmd))
+    tuned_by_step = {name: known[name].tuned_seeds for name, _ in groups if name in known}
+    return results_document(rows, dict(sorted(tuned_by_step.items(), key=lambda kv: order[kv[0]])), command)

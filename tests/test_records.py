@@ -1,0 +1,106 @@
+"""The run record: its schema, records of earlier versions, file modes, one writer at a time."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import start_run
+from tinymnist.cli import main
+from tinymnist.errors import UsageError
+from tinymnist.recipes import Recipe
+from tinymnist.records import RunRecord, run_dir
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy_run"
+
+
+def without_timing(text: str) -> str:
+    """Output with the seconds column, wall times and the run's own path masked."""
+    text = re.sub(r"\s+\d+\.\d$", " S", text, flags=re.M)  # last column of an epoch row: seconds
+    text = re.sub(r"\d+ s wall", "N s wall", text)
+    return re.sub(r"run directory: .*", "run directory: DIR", text)
+
+
+@pytest.fixture
+def legacy_copy(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(LEGACY / "run", tmp_path / "copy"))
+
+
+def test_a_run_of_tinymnist_0_1_0_shows_resumes_and_evaluates_as_it_did(
+        legacy_copy: Path, full_synthetic_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """tests/fixtures/legacy_run holds what tinymnist 0.1.0 printed for the same commands on the same run."""
+    def printed(*argv: str) -> str:
+        assert main(list(argv)) == 0
+        out, err = capsys.readouterr()
+        assert "step 'valid_step2' is now called 'compact_step2'" in err or argv[0] == "eval"
+        return without_timing(out)
+
+    expected = {name: without_timing((LEGACY / f"{name}.txt").read_text())
+                for name in ("show-before", "resume", "show-after", "eval")}
+    assert printed("show", str(LEGACY / "run")) == expected["show-before"]
+    assert printed("train", "--resume", str(legacy_copy), "--data-dir", str(full_synthetic_dir)) == expected["resume"]
+    assert printed("show", str(legacy_copy)) == expected["show-after"]
+    assert printed("eval", str(legacy_copy), "--data-dir", str(full_synthetic_dir)) == expected["eval"]
+
+
+def test_run_dir_is_the_one_layout() -> None:
+    assert run_dir("runs", "compact_step4", 7) == Path("runs/compact_step4/seed-7")
+    assert run_dir("runs", "user/my_journey/step1", 7) == Path("runs/user/my_journey/step1/seed-7")
+
+
+def test_files_get_the_mode_the_umask_gives(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    from tinymnist.runner import train_run
+
+    old = os.umask(0o022)
+    try:
+        run = start_run(tmp_path, "original_step4", Recipe(model="original_step4", epochs=1, seed=0), small_mnist)
+        train_run(run, small_mnist)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.path.iterdir()}
+    assert set(modes) >= {"recipe.json", "metrics.jsonl", "weights.safetensors", "summary.json", "state.json"}
+    assert set(modes.values()) == {0o644}, modes
+
+
+HOLD = """
+import sys, time
+from tinymnist.records import RunRecord
+with RunRecord(sys.argv[1]).lock():
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    run = RunRecord(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UsageError, match=rf"is being written by process {holder.pid} "), run.lock():
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run.lock():  # the lock died with its process: no stale lock to clean up
+        pass
+
+
+def test_resume_while_the_run_trains_elsewhere_exits_2(small_mnist, tmp_path: Path, full_synthetic_dir: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+    run = start_run(tmp_path, "original_step4", Recipe(model="original_step4", epochs=2, seed=0), small_mnist)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        code = main(["train", "--resume", str(run.path), "--data-dir", str(full_synthetic_dir)])
+        err = capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and f"process {holder.pid}" in err and len(err.strip().splitlines()) == 1
+    assert run.metrics() == []  # nothing was written by the refused writer
