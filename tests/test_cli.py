@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from tinymnist.cli import main
+from tinymnist.records import RunRecord
 
 
 def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
@@ -32,8 +33,10 @@ def test_train_short_run(capsys: pytest.CaptureFixture, full_synthetic_dir: Path
     args = ["train", "original_step4", "--data-dir", str(full_synthetic_dir), "--subset", "600", "--epochs", "2",
             "--out", str(tmp_path), "--device", "cpu"]
     code, out, _ = run_cli(capsys, *args)
-    assert code == 0 and "targets NOT met" in out and "test acc" in out
-    assert (tmp_path / "original_step4" / "seed-121" / "summary.json").is_file()
+    run = RunRecord(tmp_path / "original_step4" / "seed-121")
+    assert code == 0 and run.finished() and out.rstrip().endswith("targets NOT met")
+    rows = [line for line in out.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert [float(row.split()[4].rstrip("%")) for row in rows] == [round(a, 2) for a in run.test_accs()]
     code, _, _ = run_cli(capsys, *args, "--require-targets", "--seed", "5")
     assert code == 1
 
@@ -111,7 +114,7 @@ def test_consistency_defaults_to_fresh_seeds_and_marks_tuning_seeds(capsys: pyte
     assert code == 0 and sorted(p.name for p in (tmp_path / "compact_step2").iterdir()) == ["seed-1001", "seed-1002"]
     assert "tuning seed" not in out
     code, out, _ = run_cli(capsys, "consistency", "compact_step2", "--seed-list", "2,1003", *common)
-    assert code == 0 and "(tuning seed)" in out and "seeds 2 were used to tune this recipe" in out
+    assert code == 0 and "(tuning seed)" in out and "seed 2 was used to tune this recipe" in out
 
 
 def test_old_names_work_with_one_note(capsys: pytest.CaptureFixture) -> None:

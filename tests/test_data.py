@@ -101,10 +101,15 @@ def test_missing_files_without_download(tmp_path: Path) -> None:
 @pytest.fixture
 def mirror(tmp_path: Path):  # noqa: ANN201
     served = write_mnist(tmp_path / "served", 50, 20)
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
-    handler.log_message = lambda *a: None
-    http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):  # a subclass: the stdlib handler stays as it is
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     checksums = {name: hashlib.md5((served / f"{name}.gz").read_bytes()).hexdigest() for name, _ in FILES.values()}
     yield f"http://127.0.0.1:{server.server_address[1]}/", checksums

@@ -81,8 +81,9 @@ def over_seeds_lines(figures: dict, tuned: Iterable[int] = ()) -> list[str]:
               f"final test accuracy: {figures['final_mean']:.2f} +- {figures['final_std']:.2f}% (mean +- std)",
               f"minimum over every last-{k} epoch of every seed: {figures['min_last_k']:.2f}%"]
     if used:
-        lines.append(f"seeds {seed_list(used)} were used to tune this recipe: on them a pass proves the choice, "
-                     f"not the recipe.")
+        lines.append(f"{'seeds' if len(used) > 1 else 'seed'} {seed_list(used)} {'were' if len(used) > 1 else 'was'} "
+                     f"used to tune this recipe: on {'them' if len(used) > 1 else 'it'} a pass proves the choice, not "
+                     f"the recipe.")
     return lines
 
 

@@ -1,0 +1,64 @@
+"""Recipes, steps and journeys as data: their checks, names and tuning seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tinymnist.errors import NameNote, UsageError
+from tinymnist.models import list_models
+from tinymnist.recipes import (
+    JOURNEYS,
+    RECIPES,
+    RENAMED_JOURNEYS,
+    RENAMED_STEPS,
+    Recipe,
+    all_steps,
+    get_journey,
+    get_step,
+)
+
+
+def test_every_journey_has_four_steps_with_known_models_and_tuning_seeds() -> None:
+    for name, steps in JOURNEYS.items():
+        assert len(steps) == 4, name
+    for step in all_steps().values():
+        assert step.recipe.model in list_models() and step.target
+        assert step.tuned_seeds, f"{step.name} must say which seeds chose it"
+        step.recipe.check()
+
+
+def test_names_are_unique_and_never_collide_with_reserved_run_folders() -> None:
+    names = [s.name for steps in JOURNEYS.values() for s in steps] + [s.name for s in RECIPES]
+    assert len(names) == len(set(names))
+    assert not {"user", "search"} & set(names)  # run_dir's first segment for runs from elsewhere
+
+
+def test_old_names_resolve_with_a_note() -> None:
+    for old, new in RENAMED_STEPS.items():
+        with pytest.warns(NameNote, match=f"step '{old}' is now called '{new}'"):
+            assert get_step(old).name == new
+    for old, new in RENAMED_JOURNEYS.items():
+        with pytest.warns(NameNote, match=f"journey '{old}'"):
+            assert get_journey(old) == JOURNEYS[new]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"epochs": 0}, "epochs must be at least 1"), ({"batch_size": 0}, "batch size must be at least 1"),
+    ({"lr": 0.0}, "learning rate must be greater than 0"), ({"optimizer": "sdg"}, "Did you mean 'sgd'"),
+    ({"schedule": "onecylce"}, "Did you mean 'onecycle'"), ({"warmup": 1.0}, "warmup must be a fraction"),
+    ({"cycle_epochs": 20}, "--epochs 20 or more"), ({"step_size": 0}, "step size must be at least 1"),
+    ({"model": "compact_7k5"}, "Did you mean 'compact_7k4'")])
+def test_bad_recipe_settings_name_the_setting(change: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        dataclasses.replace(Recipe(model="compact_7k4"), **change).check()
+
+
+def test_overrides_are_checked_and_unknown_ones_refused() -> None:
+    recipe = get_step("compact_step4").recipe
+    assert recipe.with_overrides(lr=0.1, epochs=None).lr == 0.1
+    with pytest.raises(UsageError, match="unknown recipe setting"):
+        recipe.with_overrides(momentm=0.5)
+    with pytest.raises(UsageError, match="LR cycle spans 11 epochs"):
+        recipe.with_overrides(epochs=5)
