@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("consistency", help="train a recipe over several seeds and judge its consistency")
     p.add_argument("step", help="a step or recipe name (see `tinymnist steps`)")
     add_seed_args(p, 5, "run N fresh seeds: 1001 upwards, skipping the seeds the recipe was tuned on (default 5)")
-    p.add_argument("--last-k", type=positive_int, default=LAST_K, help=f"epochs that must each hold {TARGET}%%")
+    p.add_argument("--last-k", type=positive_int, default=LAST_K,
+                   help=f"epochs that must each hold {TARGET}".replace("%", "%%"))  # argparse formats help with %
     p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="seeds trained at once, each in its own process with cores/jobs threads (default 1; "
