@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="seeds trained at once, each in its own process with cores/jobs threads (default 1; "
-                        "2 on a 2-core CPU gives 1.33x the throughput, docs/performance.md)")
+                        "docs/performance.md measures what it gains)")
     add_run_args(p)
     p.set_defaults(func=cmd_consistency)
 

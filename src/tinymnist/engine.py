@@ -56,8 +56,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 autocast where the hardware has native bf16 (twice as fast on such CPUs, same accuracy
-    in our measurements: docs/performance.md), else fp32."""
+    """'auto' -> bf16 autocast where the hardware has native bf16 (faster there; docs/performance.md measures
+    speed and accuracy against fp32), else fp32."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision not in ("fp32", "bf16"):

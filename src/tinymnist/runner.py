@@ -131,8 +131,8 @@ def cpu_cores() -> int:
 def train_parallel(runs: dict[int, RunRecord], data: MNIST, jobs: int,
                    on_epoch: EpochCallback | None = None, last_k: int = LAST_K) -> None:
     """Train the runs of several seeds, ``jobs`` at a time, each in a fresh process that reloads the data from
-    ``data.source`` (the same files, so the same images) and cuts them as the run record says. On 2
-    cores, 2 jobs of 1 thread have 1.33x the throughput of one job of 2 threads (docs/performance.md). On
+    ``data.source`` (the same files, so the same images) and cuts them as the run record says. Small
+    convolutions use two threads poorly, so several one-thread jobs get more done (docs/performance.md). On
     Ctrl-C the processes are stopped; their finished epochs are checkpointed and resume on the next call.
     Results stay per process, so a seed's numbers depend only on its seed and its options."""
     if data.source is None:
