@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from .data import MNIST, load_mnist
 from .errors import NameNote, TinyMnistError, UsageError
-from .models import count_params, create_model, list_models
-from .recipes import JOURNEYS, RECIPES, Options, all_steps, get_journey, get_step
+from .models import count_params, create_model, is_user_model, list_models
+from .recipes import DEFAULT_RECIPE, JOURNEYS, RECIPES, Options, Step, all_steps, get_journey, get_step, user_model_step
 from .records import NewRun, RunRecord, run_dir
 from .render import HEADER, epoch_row, epoch_table, over_seeds_lines, results_markdown, verdict_lines
 from .runner import check_options, create_run, run_seeds, train_run
@@ -108,7 +108,16 @@ def parse_seeds(args: argparse.Namespace, default: list[int]) -> list[int]:
     return default
 
 
-def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = ()) -> dict:
+def step_to_train(args: argparse.Namespace) -> Step:
+    """The step named on the command line, or a user's FILE.py:NAME with the recipe of --recipe."""
+    if is_user_model(args.step):
+        return user_model_step(args.step, args.recipe or DEFAULT_RECIPE)
+    if args.recipe:
+        raise UsageError(f"--recipe goes with a model of your own (FILE.py:NAME); {args.step} has its recipe.")
+    return get_step(args.step)
+
+
+def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = (), trust: bool = False) -> dict:
     progress = Progress()
     say(f"run directory: {run.path}", HEADER + (f" {'original':>9}" if published else ""))
 
@@ -118,13 +127,14 @@ def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = ()) 
         say(epoch_row(m, published[e - 1] if published and e <= len(published) else None))
 
     try:
-        return train_run(run, data, on_epoch, progress.batch)
+        return train_run(run, data, on_epoch, progress.batch, trust=trust)
     finally:
         progress.close()
 
 
 def seeds_shown(step: str, recipe, seeds: list[int], root: Path, data: MNIST, options: Options,  # noqa: ANN001
-                last_k: int = LAST_K, jobs: int = 1, overrides: dict | None = None) -> dict | None:
+                last_k: int = LAST_K, jobs: int = 1, overrides: dict | None = None, trust: bool = False,
+                ) -> dict | None:
     """``run_seeds`` with a header per seed, a row per epoch and progress bars; None when interrupted."""
     progress = Progress()
 
@@ -145,7 +155,7 @@ def seeds_shown(step: str, recipe, seeds: list[int], root: Path, data: MNIST, op
         say(f"{m['seed']:>6} {epoch_row(m)}")
     try:
         return run_seeds(step, recipe, seeds, root, data, options, on_run, on_epoch, progress.batch, last_k, jobs,
-                         overrides)
+                         overrides, trust)
     except KeyboardInterrupt:
         progress.close()
         say("", "interrupted; finished seeds are kept and unfinished ones resume from their last completed epoch: "
@@ -217,14 +227,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.step:
             raise UsageError("name a step to train (see `tinymnist steps`), or --resume RUN_DIR.")
-        step = get_step(args.step)
+        step = step_to_train(args)
         recipe = step.recipe.with_overrides(**recipe_overrides(args))
         data = load_data(args, args.subset)
         options = run_options(args)
         run = RunRecord(run_dir(args.runs, step.name, recipe.seed))
         create_run(run, NewRun(step.name, recipe, options, recipe_overrides(args)), data)
     try:
-        summary = train_shown(run, data, published_for(run.step(), run))
+        summary = train_shown(run, data, published_for(run.step(), run), args.trust_remote_code)
     except KeyboardInterrupt:
         say("", f"interrupted; {run.path} holds every completed epoch. Resume with: "
                 f"tinymnist train --resume {run.path}")
@@ -234,13 +244,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_consistency(args: argparse.Namespace) -> int:
-    step = get_step(args.step)
+    step = step_to_train(args)
     recipe = step.recipe.with_overrides(**recipe_overrides(args))
     seeds = parse_seeds(args, fresh_seeds(args.seeds, step.tuned_seeds))
     data = load_data(args, args.subset)
     recipe.check(train_size=len(data.train_labels))
     figures = seeds_shown(step.name, recipe, seeds, Path(args.runs), data, run_options(args), args.last_k, args.jobs,
-                          recipe_overrides(args))
+                          recipe_overrides(args), args.trust_remote_code)
     if figures is None:
         return EXIT_INTERRUPTED
     say("", f"{step.name}: {figures['params']:,} params, {recipe.epochs} epochs, {len(seeds)} "
@@ -288,7 +298,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     runs, fresh = {}, {}
     for step in steps:
         seeds = parse_seeds(args, [step.recipe.seed + i for i in range(args.seeds)])
-        if seeds_shown(step.name, step.recipe, seeds, root, data, options) is None:
+        if seeds_shown(step.name, step.recipe, seeds, root, data, options, trust=args.trust_remote_code) is None:
             return EXIT_INTERRUPTED
         runs[step.name] = [RunRecord(run_dir(root, step.name, s)) for s in seeds]
         others = [RunRecord(p.parent) for p in sorted(run_dir(root, step.name, 0).parent.glob("seed-*/summary.json"))]
@@ -313,7 +323,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .inference import evaluate_run
 
     run = RunRecord(args.run).require(finished=True)  # before reading MNIST: a wrong path is the likelier mistake
-    result = evaluate_run(run, load_data(args), args.device)
+    result = evaluate_run(run, load_data(args), args.device, args.trust_remote_code)
     say(f"test loss {result['test_loss']:.4f}, test accuracy {result['test_acc']:.2f}%",
         "per class: " + "  ".join(f"{d}:{a:.2f}" for d, a in enumerate(result["per_class"])))
     if result["test_acc"] == result["recorded"]:
@@ -330,7 +340,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import predict_images, preprocess
     from .records import load_model
 
-    loaded = load_model(RunRecord(args.run))
+    loaded = load_model(RunRecord(args.run), args.trust_remote_code)
     images = np.stack([preprocess(Path(p)) for p in args.images])
     probs = predict_images(loaded, images)
     results = []
@@ -363,7 +373,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .inference import export_onnx, onnx_parity
     from .records import load_model
 
-    loaded = load_model(RunRecord(args.run))
+    loaded = load_model(RunRecord(args.run), args.trust_remote_code)
     out = Path(args.onnx)
     export_onnx(loaded.model, out)
     data = load_data(args)
@@ -397,9 +407,16 @@ def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
                    help="auto (default): bf16 autocast where the hardware has native bf16, else fp32")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: one per core)")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors (slower on CPU)")
+    add_trust_arg(p)
     p.add_argument("--runs", *(["--out"] if overrides else []), default="runs", metavar="DIR",
                    help="where runs live: DIR/STEP/seed-N (default: runs)")
     add_data_args(p)
+
+
+def add_trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow running the copy of a user's model file kept in a run directory, when the original "
+                        "is gone or changed (read it first: it is code)")
 
 
 def add_seed_args(p: argparse.ArgumentParser, default: int, what: str) -> None:
@@ -420,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("steps", help="list journeys, their steps, targets and tuning seeds").set_defaults(func=cmd_steps)
 
     p = sub.add_parser("train", help="train one step (or recipe) and judge it against the targets")
-    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`)")
+    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`), or your own model as "
+                                           "FILE.py:NAME")
+    p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in this directory")
     p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
@@ -428,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("consistency", help="train a recipe over several seeds and judge its consistency")
-    p.add_argument("step", help="a step or recipe name (see `tinymnist steps`)")
+    p.add_argument("step", help="a step or recipe name (see `tinymnist steps`), or your own model as FILE.py:NAME")
+    p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
     add_seed_args(p, 5, "run N fresh seeds: 1001 upwards, skipping the seeds the recipe was tuned on (default 5)")
     p.add_argument("--last-k", type=positive_int, default=LAST_K,
                    help=f"epochs that must each hold {TARGET}".replace("%", "%%"))  # argparse formats help with %
@@ -445,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("layers", aliases=["summary"], help="per-layer table: output shape, params, receptive field")
-    p.add_argument("model", help="a model name (see `tinymnist models`)")
+    p.add_argument("model", help="a model name (see `tinymnist models`), or your own as FILE.py:NAME")
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("report", help="run (or reuse) a journey's four steps and write report.md with figures")
@@ -458,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="reload a run's weights and recompute its test accuracy, per class too")
     p.add_argument("run", help="a run directory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_trust_arg(p)
     add_data_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -466,11 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--show-input", metavar="PNG", help="write the 28x28 images the model actually saw")
+    add_trust_arg(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run's model to ONNX and check it against onnxruntime")
     p.add_argument("run", help="a run directory")
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    add_trust_arg(p)
     add_data_args(p)
     p.set_defaults(func=cmd_export)
 

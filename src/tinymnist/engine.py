@@ -69,9 +69,9 @@ class Trainer:
     """One training run: model, optimizer, random generators and the history so far."""
 
     def __init__(self, recipe: Recipe, data: MNIST, options: Options = Options(),
-                 normalization: tuple[float, float] | None = None) -> None:
+                 normalization: tuple[float, float] | None = None, model_source: Path | None = None) -> None:
         """``normalization`` (mean, std) defaults to the training images' own; a reloaded run passes the one it
-        recorded."""
+        recorded. ``model_source``: where a user's model file is read from (a run's kept copy)."""
         recipe.check(train_size=len(data.train_labels))
         self.recipe = recipe
         self.device = pick_device(options.device)
@@ -80,7 +80,7 @@ class Trainer:
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         self.precision = resolve_precision(options.precision, self.device)
         torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
-        self.model = create_model(recipe.model).to(self.device, memory_format=self.memory_format)
+        self.model = create_model(recipe.model, model_source).to(self.device, memory_format=self.memory_format)
         self.optimizer = _make_optimizer(recipe, self.model)
         self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
         self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)

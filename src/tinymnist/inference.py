@@ -36,10 +36,10 @@ def evaluate_loaded(loaded: LoadedModel, images: torch.Tensor, labels: torch.Ten
     return evaluate(model, images.to(dev), labels.to(dev), inputs, cast)
 
 
-def evaluate_run(run: RunRecord, data: MNIST, device: str = "auto") -> dict:
+def evaluate_run(run: RunRecord, data: MNIST, device: str = "auto", trust: bool = False) -> dict:
     """Reload a finished run and recompute its test loss, accuracy and per-class accuracy."""
     data = data_for(run.require(finished=True), data)
-    result = evaluate_loaded(load_model(run), data.test_images, data.test_labels, device)
+    result = evaluate_loaded(load_model(run, trust), data.test_images, data.test_labels, device)
     predicted, labels = result.predicted.cpu(), data.test_labels
     return {"test_loss": result.loss, "test_acc": result.acc, "recorded": run.summary()["last_test_acc"],
             "per_class": [100 * float((predicted[labels == c] == c).float().mean()) for c in range(10)]}

@@ -1,17 +1,27 @@
-"""Model registry and every architecture, built from a few small blocks.
+"""Model registry and every architecture, built from a few small blocks; and a user's own model file.
 
 Each architecture is a function decorated with ``@register_model``; ``create_model(name)`` builds it.
-Every model maps (N, 1, 28, 28) normalized images to (N, 10) log-probabilities.
+Every built-in model maps (N, 1, 28, 28) normalized images to (N, 10) log-probabilities.
+
+A user's model is named ``FILE.py:NAME``: NAME is an ``nn.Module`` class with a no-argument constructor, or a
+function returning an ``nn.Module``, in one self-contained Python file (plain torch; nothing from tinymnist
+needed). It may return logits or log-probabilities for the 10 classes: tinymnist applies ``log_softmax`` to
+its output, which leaves log-probabilities unchanged.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib.util
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import renamed, unknown_name
+from .errors import UsageError, renamed, unknown_name
 
 _REGISTRY: dict[str, Callable[[], nn.Module]] = {}
 # Names this registry had before: run records store them, and people typed them.
@@ -29,8 +39,16 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
+def is_user_model(name: str) -> bool:
+    """Whether ``name`` names a model in a user's file (``FILE.py:NAME``) rather than a registered one."""
+    return ".py:" in name
+
+
 def model_name(name: str) -> str:
-    """The registered name for ``name``: itself, or the new name of an old one (with a NameNote warning)."""
+    """The registered name for ``name``: itself, or the new name of an old one (with a NameNote warning); a
+    user's ``FILE.py:NAME`` as it is."""
+    if is_user_model(name):
+        return name
     if name in RENAMED:
         return renamed("model", name, RENAMED[name])
     if name not in _REGISTRY:
@@ -38,9 +56,107 @@ def model_name(name: str) -> str:
     return name
 
 
-def create_model(name: str) -> nn.Module:
-    """Build the registered model ``name``; unknown names raise UsageError with the closest match."""
+def create_model(name: str, source: Path | None = None) -> nn.Module:
+    """Build the registered model ``name``, or a user's ``FILE.py:NAME`` (from ``source`` instead of FILE when
+    given: a run's kept copy). Unknown names raise UsageError with the closest match."""
+    if is_user_model(name):
+        path, attr = split_user_model(name)
+        return build_user_model(source or path, attr)
     return _REGISTRY[model_name(name)]()
+
+
+# --- a user's model file ------------------------------------------------------------------------------------
+
+def split_user_model(name: str) -> tuple[Path, str]:
+    path, _, attr = name.rpartition(":")
+    if not attr.isidentifier():
+        raise UsageError(f"{name!r}: after the colon comes the name of a class or function in the file, like "
+                         f"my_models.py:Net.")
+    return Path(path), attr
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_self_contained(path: Path, tree: ast.Module) -> None:
+    """A run keeps a copy of the model file, so the file must not import its neighbours."""
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                raise UsageError(f"{path} line {node.lineno}: a relative import; keep the model in one file (that "
+                                 f"file is what a run keeps).")
+            names = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            top = name.split(".")[0]
+            if (path.parent / f"{top}.py").exists() or (path.parent / top / "__init__.py").exists():
+                raise UsageError(f"{path} line {node.lineno}: imports {top!r} from a file beside it; keep the model "
+                                 f"in one file (that file is what a run keeps).")
+
+
+def _load_module(path: Path) -> object:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist; give FILE.py:NAME with the path of your model file.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} cannot be read ({e}).") from None
+    try:
+        tree = ast.parse(text, filename=str(path))
+    except SyntaxError as e:
+        raise UsageError(f"{path} line {e.lineno}: syntax error ({e.msg}); fix the file.") from None
+    _check_self_contained(path, tree)
+    module_name = f"tinymnist_user_{file_sha256(path)[:16]}"
+    if module_name in sys.modules:  # the same bytes were loaded already
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - whatever the user's file raises, one sentence names it
+        raise UsageError(f"{path} failed to import ({type(e).__name__}: {e}); fix the file.") from None
+    sys.modules[module_name] = module
+    return module
+
+
+def build_user_model(path: Path, attr: str) -> nn.Module:
+    """Build ``attr`` from the model file ``path`` and check it maps (N, 1, 28, 28) to (N, 10); the output then
+    goes through log_softmax."""
+    module = _load_module(path)
+    factory = getattr(module, attr, None)
+    if factory is None:
+        candidates = [n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
+                      and getattr(v, "__module__", None) == module.__name__]
+        raise unknown_name(f"class or function in {path}:", attr, candidates)
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"{path}:{attr}() failed ({type(e).__name__}: {e}); it must build with no arguments.") \
+            from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{path}:{attr}() returned {type(model).__name__}, not a torch.nn.Module.")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, 1, 28, 28))
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"{path}:{attr} fails on a batch of (2, 1, 28, 28) images ({type(e).__name__}: {e}).") \
+            from None
+    model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 10):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"{path}:{attr} maps (2, 1, 28, 28) images to {shape}; it must return (N, 10) logits or "
+                         f"log-probabilities.")
+    model.register_forward_hook(_log_softmax)
+    return model
+
+
+def _log_softmax(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(output, dim=1)
 
 
 def count_params(model: nn.Module) -> int:

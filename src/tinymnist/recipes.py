@@ -216,6 +216,19 @@ def get_step(name: str) -> Step:
     return steps[name]
 
 
+DEFAULT_RECIPE = "compact_step4"  # what a user's model trains with unless told otherwise
+
+
+def user_model_step(model: str, recipe_of: str = DEFAULT_RECIPE) -> Step:
+    """A user's model (``FILE.py:NAME``) trained with the recipe of the step ``recipe_of``; its runs live under
+    RUNS/user/FILE-STEM/NAME, apart from every built-in step."""
+    path, _, attr = model.rpartition(":")
+    base = get_step(recipe_of)
+    stem = path.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".py")
+    return Step(f"user/{stem}/{attr}", f"{model} with the recipe of {base.name}",
+                dataclasses.replace(base.recipe, model=model))
+
+
 def _check_journeys() -> None:
     for name, steps in JOURNEYS.items():
         assert len(steps) == 4, f"journey {name} must have exactly four steps"

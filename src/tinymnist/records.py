@@ -1,7 +1,8 @@
 """The run record: one directory per run, its schema, and the one way to name it.
 
     recipe.json          the header: step, recipe, what was overridden, run options, the data it trained on,
-                         the normalization it uses (written when the run starts)
+                         the normalization it uses, the user's model file it ran (written when the run starts)
+    model.py             for a user's model: a copy of its file (recipe.json has its SHA-256 and origin)
     metrics.jsonl        one line appended (and fsynced) as each epoch ends
     weights.safetensors  the model's weights, with the model name in the metadata
     state.safetensors    optimizer and random-generator state at the last completed epoch (for --resume)
@@ -34,12 +35,12 @@ from . import __version__
 from .data import MNIST
 from .errors import CheckpointError, UsageError, renamed
 from .models import RENAMED as RENAMED_MODELS
-from .models import count_params, create_model, model_name
+from .models import count_params, create_model, file_sha256, is_user_model, model_name, split_user_model
 from .recipes import RENAMED_STEPS, Options, Recipe
 
-HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK = (
+HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK, MODEL_FILE = (
     "recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json", "summary.json",
-    ".lock")
+    ".lock", "model.py")
 SCHEMA = 2  # 1: tinymnist 0.1.0 (subset inside options, normalization only in summary.json, verdict "targets")
 
 
@@ -186,13 +187,18 @@ class RunRecord:
             what = "this same recipe" if same else "a different run"
             raise UsageError(f"{self.path} already holds {what}; {how}.")
         train, test = data_sizes
+        source = None
+        if is_user_model(new.recipe.model):
+            origin = split_user_model(new.recipe.model)[0].resolve()
+            write_atomic(self / MODEL_FILE, origin.read_bytes())
+            source = {"file": MODEL_FILE, "origin": str(origin), "sha256": file_sha256(self / MODEL_FILE)}
         write_json(self / HEADER, {
             "schema": SCHEMA, "step": new.step, "recipe": asdict(new.recipe), "overrides": new.overrides or {},
             "options": asdict(new.options),
             "data": {"train_images": train if train != full_sizes[0] else None,
                      "test_images": test if test != full_sizes[1] else None},
             "normalization": {"mean": normalization[0], "std": normalization[1]},
-            "tinymnist": __version__})
+            "model_source": source, "tinymnist": __version__})
         write_atomic(self / METRICS, b"")
 
     def header(self) -> dict:
@@ -212,6 +218,25 @@ class RunRecord:
         """(training images, test images) the run used; None where it used the whole split."""
         data = self.header()["data"]
         return data["train_images"], data["test_images"]
+
+    def model_source(self, trust: bool = False) -> Path | None:
+        """Where a user model's code is read from: its original file when that is present and unchanged (same
+        SHA-256), else, only when ``trust`` is given, the copy this run kept (code the user did not necessarily
+        write). None for a registered model."""
+        source = self.header().get("model_source")
+        if not source:
+            return None
+        kept, origin = self / source["file"], Path(source["origin"])
+        if origin.is_file() and file_sha256(origin) == source["sha256"]:
+            return origin
+        if not kept.is_file() or file_sha256(kept) != source["sha256"]:
+            raise CheckpointError(f"{kept} is missing or differs from the model file this run recorded "
+                                  f"(SHA-256 {source['sha256'][:12]}...); the run record is damaged.")
+        if trust:
+            return kept
+        why = "has changed since this run" if origin.exists() else "is gone"
+        raise UsageError(f"the model file {origin} {why}; using this run means running the copy of it kept in "
+                         f"{kept}, code you may not have written: read it, then pass --trust-remote-code.")
 
     def normalization(self) -> tuple[float, float] | None:
         """The mean and std the run normalizes its inputs with; None for an unfinished run of schema 1, which
@@ -356,10 +381,11 @@ def read_safetensors(path: Path, model: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_weights(path: Path, model: str) -> torch.nn.Module:
-    """Build ``model`` and load ``path`` into it, checking every tensor's name, shape and dtype."""
+def load_weights(path: Path, model: str, source: Path | None = None) -> torch.nn.Module:
+    """Build ``model`` (a user's from ``source``) and load ``path`` into it, checking every tensor's name, shape
+    and dtype."""
     tensors = read_safetensors(path, model)
-    module = create_model(model)
+    module = create_model(model, source)
     expected = module.state_dict()
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
@@ -390,13 +416,14 @@ class LoadedModel:
         return count_params(self.model)
 
 
-def load_model(run: RunRecord) -> LoadedModel:
-    """The one way to load a run's model: its weights, with its recorded normalization and precision."""
+def load_model(run: RunRecord, trust: bool = False) -> LoadedModel:
+    """The one way to load a run's model: its weights, with its recorded normalization and precision (a user's
+    model under the trust rule of ``RunRecord.model_source``)."""
     recipe, options = run.require().recipe(), run.options()
     precision = run.summary().get("precision") if run.finished() else None
     if run.normalization() is None:
         raise UsageError(f"{run.path} records no normalization (an unfinished run of an earlier version); "
                          f"finish it with: tinymnist train --resume {run.path}")
     mean, std = run.normalization()
-    return LoadedModel(recipe.model, load_weights(run / WEIGHTS, recipe.model), mean, std,
+    return LoadedModel(recipe.model, load_weights(run / WEIGHTS, recipe.model, run.model_source(trust)), mean, std,
                        precision or options.precision, options.channels_last)

@@ -38,7 +38,7 @@ def create_run(run: RunRecord, new: NewRun, data: MNIST) -> None:
 
 
 def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None,
-              on_batch: BatchCallback | None = None, last_k: int = LAST_K) -> dict:
+              on_batch: BatchCallback | None = None, last_k: int = LAST_K, trust: bool = False) -> dict:
     """Train the run recorded in ``run`` to its end, continuing from its checkpoint when it has one, with the
     options and on the images it records (``data`` is cut to them); return its summary. A finished run is
     returned as it is. All of it happens under the run's lock: no second process writes the same run."""
@@ -53,7 +53,7 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
         recipe, options = run.recipe(), run.options()
         data = data_for(run, data)
         start = time.perf_counter()
-        trainer = Trainer(recipe, data, options, run.normalization())
+        trainer = Trainer(recipe, data, options, run.normalization(), run.model_source(trust))
         tensors, history = run.load_checkpoint(recipe.model)
         if history:
             try:
@@ -95,7 +95,7 @@ def seed_runs(root: Path, step: str, recipe: Recipe, seeds: list[int]) -> dict[i
 def run_seeds(step: str, recipe: Recipe, seeds: list[int], root: Path, data: MNIST, options: Options,
               on_run: Callable[[int, RunRecord], None] | None = None, on_epoch: EpochCallback | None = None,
               on_batch: BatchCallback | None = None, last_k: int = LAST_K, jobs: int = 1,
-              overrides: dict | None = None) -> dict:
+              overrides: dict | None = None, trust: bool = False) -> dict:
     """Train (or reuse) one run per seed and judge them together (targets.over_seeds). ``overrides`` are the
     settings the user changed in the step's recipe (recorded with each run).
 
@@ -111,12 +111,12 @@ def run_seeds(step: str, recipe: Recipe, seeds: list[int], root: Path, data: MNI
             seeded = recipe.with_overrides(seed=seed)
             create_run(run, NewRun(step, seeded, options, {**(overrides or {}), "seed": seed}), data)
     if jobs > 1:
-        train_parallel(runs, data, jobs, on_epoch, last_k)
+        train_parallel(runs, data, jobs, on_epoch, last_k, trust)
     else:
         for seed, run in runs.items():
             if on_run:
                 on_run(seed, run)
-            train_run(run, data, on_epoch, on_batch, last_k)
+            train_run(run, data, on_epoch, on_batch, last_k, trust)
     return over_seeds(seeds, [run.metrics() for run in runs.values()], runs[seeds[0]].summary()["params"], last_k)
 
 
@@ -129,7 +129,7 @@ def cpu_cores() -> int:
 
 
 def train_parallel(runs: dict[int, RunRecord], data: MNIST, jobs: int,
-                   on_epoch: EpochCallback | None = None, last_k: int = LAST_K) -> None:
+                   on_epoch: EpochCallback | None = None, last_k: int = LAST_K, trust: bool = False) -> None:
     """Train the runs of several seeds, ``jobs`` at a time, each in a fresh process that reloads the data from
     ``data.source`` (the same files, so the same images) and cuts them as the run record says. Small
     convolutions use two threads poorly, so several one-thread jobs get more done (docs/performance.md). On
@@ -146,7 +146,8 @@ def train_parallel(runs: dict[int, RunRecord], data: MNIST, jobs: int,
             while waiting and len(running) < jobs:
                 seed = waiting.pop(0)
                 running[seed] = ctx.Process(target=_train_worker, daemon=True,
-                                            args=(seed, str(runs[seed].path), str(data.source), last_k, messages))
+                                            args=(seed, str(runs[seed].path), str(data.source), last_k, trust,
+                                                  messages))
                 running[seed].start()
             try:
                 kind, seed, payload = messages.get(timeout=0.5)
@@ -168,12 +169,13 @@ def train_parallel(runs: dict[int, RunRecord], data: MNIST, jobs: int,
             process.join()
 
 
-def _train_worker(seed: int, path: str, source: str, last_k: int, messages: multiprocessing.Queue) -> None:
+def _train_worker(seed: int, path: str, source: str, last_k: int, trust: bool,
+                  messages: multiprocessing.Queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
     warnings.simplefilter("ignore")  # notes on old names are the parent's to show
     try:
         data = load_mnist(source, allow_download=False, expect_counts=None)
-        train_run(RunRecord(Path(path)), data, lambda m: messages.put(("epoch", seed, m)), None, last_k)
+        train_run(RunRecord(Path(path)), data, lambda m: messages.put(("epoch", seed, m)), None, last_k, trust)
         messages.put(("done", seed, None))
     except Exception as e:  # noqa: BLE001 - handed to the parent, which raises it
         messages.put(("error", seed, e))
