@@ -141,3 +141,68 @@ def main_output(argv: list[str], capsys: pytest.CaptureFixture) -> str:
 
 def test_an_unchanged_file_needs_no_switch(user_run: Path, mnist_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert "matches the recorded" in main_output(["eval", str(user_run), "--data-dir", str(mnist_dir)], capsys)
+
+
+# --- the starter and journey files ---------------------------------------------------------------------------
+
+def test_the_starter_trains_exactly_as_the_original_steps(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    from tinymnist.engine import fit
+    from tinymnist.recipes import Options, get_journey, get_step
+
+    assert main(["init", str(tmp_path / "mine")]) == 0
+    strip = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
+    data = small_mnist.subset(600, 500)
+    for n, step in enumerate(get_journey(str(tmp_path / "mine" / "journey.toml")), 1):
+        original = get_step(f"original_step{n}").recipe.with_overrides(epochs=1, seed=5)
+        mine = step.recipe.with_overrides(epochs=1, seed=5)
+        assert mine.model.endswith(f"models.py:Step{n}")
+        assert strip(fit(mine, data, Options(device="cpu"))) == strip(fit(original, data, Options(device="cpu")))
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["init", str(tmp_path)]) == 0
+    assert main(["init", str(tmp_path)]) == 2
+    assert "already has models.py, journey.toml, README.md" in capsys.readouterr().err
+
+
+def journey(steps: str, recipe: str = "") -> str:
+    base = "".join(f'[[step]]\nname = "s{i}"\nmodel = "my_models.py:TinyNet"\ntarget = "t{i}"\n' for i in range(1, 4))
+    return recipe + base + steps
+
+
+GOOD_STEP = '[[step]]\nname = "s4"\nmodel = "my_models.py:TinyNet"\ntarget = "t4"\nanalysis = "mine"\n'
+BAD_JOURNEYS = {
+    "unknown step key": (journey(GOOD_STEP + "epoch = 3\n"), "unknown key 'epoch' in step 4; did you mean 'epochs'?"),
+    "unknown recipe key": (journey(GOOD_STEP, "[recipe]\nlearning_rate = 0.1\n"), "unknown key 'learning_rate'"),
+    "unknown top key": ("[journey]\nname = 'x'\n" + journey(GOOD_STEP), "unknown key 'journey' in the journey"),
+    "bad value": (journey(GOOD_STEP + "epochs = 0\n"), "step 4: epochs must be at least 1 (got 0)"),
+    "wrong type": (journey(GOOD_STEP + 'lr = "fast"\n'), "step 4 sets lr = 'fast'; it must be a number"),
+    "three steps": (journey(""), "has 3 [[step]] tables; a journey has exactly four"),
+    "no model": (journey('[[step]]\nname = "s4"\ntarget = "t"\n'), "step 4 needs model"),
+    "not toml": ("[[step]\n", "is not valid TOML"),
+    "bad schedule": (journey(GOOD_STEP + 'schedule = "cosine"\n'), "unknown schedule 'cosine'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_JOURNEYS)
+def test_bad_journey_files_get_one_sentence_and_exit_2(case: str, model_file: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    text, words = BAD_JOURNEYS[case]
+    path = tmp_path / "j.toml"
+    path.write_text(text)
+    code = main(["report", str(path), "--data-dir", str(tmp_path / "no-data"), "--no-download"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and words in lines[0] and str(path) in lines[0], lines
+
+
+def test_a_good_journey_file_reads_into_steps(model_file: Path, tmp_path: Path) -> None:
+    from tinymnist.recipes import get_journey
+
+    path = tmp_path / "j.toml"
+    path.write_text(journey(GOOD_STEP + "lr = 0.05\n", "[recipe]\nepochs = 3\n"))
+    steps = get_journey(str(path))
+    assert [s.name for s in steps] == [f"user/j/s{i}" for i in range(1, 5)]
+    assert steps[3].recipe.lr == 0.05 and steps[0].recipe.lr == 0.01 and {s.recipe.epochs for s in steps} == {3}
+    assert steps[3].recipe.model == f"{model_file.resolve()}:TinyNet"
+    assert steps[3].notes == ("The author's analysis: mine",)

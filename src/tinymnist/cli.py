@@ -306,8 +306,30 @@ def cmd_report(args: argparse.Namespace) -> int:
                                    and r.recipe().seed not in step.tuned_seeds + tuple(seeds)),
                                   key=lambda r: r.recipe().seed)
     command = "tinymnist report " + " ".join(args.argv)
-    path = write_report(args.journey, steps, runs, data, Path(args.out), command, fresh=fresh)
+    journey = Path(args.journey).stem if args.journey.endswith(".toml") else args.journey
+    path = write_report(journey, steps, runs, data, Path(args.out), command, fresh=fresh, trust=args.trust_remote_code)
     say("", f"wrote {path} and its figures")
+    return EXIT_OK
+
+
+STARTER = ("models.py", "journey.toml", "README.md")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    out = Path(args.dir)
+    taken = [name for name in STARTER if (out / name).exists()]
+    if taken:
+        raise UsageError(f"{out} already has {', '.join(taken)}; choose an empty or new directory.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in STARTER:
+            (out / name).write_text((files("tinymnist") / "starter" / name).read_text())
+    except OSError as e:
+        raise UsageError(f"cannot write the starter into {out} ({e.strerror}).") from None
+    say(f"wrote {', '.join(str(out / name) for name in STARTER)}",
+        f"the original exercise's four steps, ready to edit; next: cd {out} && tinymnist report journey.toml")
     return EXIT_OK
 
 
@@ -459,6 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p)
     p.set_defaults(func=cmd_consistency)
 
+    p = sub.add_parser("init", help="write a starter: a model file and a journey file to edit (the original's steps)")
+    p.add_argument("dir", help="directory to write models.py, journey.toml and README.md into")
+    p.set_defaults(func=cmd_init)
+
     p = sub.add_parser("results", help="docs/results.md from run records")
     p.add_argument("--runs", default="evidence/runs", help="where the runs are (default: evidence/runs)")
     p.add_argument("--out", default="docs/results.md", help="markdown file to write")
@@ -469,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("report", help="run (or reuse) a journey's four steps and write report.md with figures")
-    p.add_argument("journey", help="a journey name (see `tinymnist steps`)")
+    p.add_argument("journey", help="a journey name (see `tinymnist steps`), or your own journey file (NAME.toml)")
     add_seed_args(p, 1, "seeds per step, from each recipe's own seed upwards (default 1)")
     p.add_argument("--out", default="report", help="directory for report.md and figures/")
     add_run_args(p, overrides=False)

@@ -129,8 +129,14 @@ def _tuning_note(steps: tuple[Step, ...], runs: dict[str, list[RunRecord]]) -> l
             f"rests on its fresh seeds, shown after its analysis where they were run (and in docs/results.md).", ""]
 
 
+def _label(step: Step) -> str:
+    """A step's name as a report shows it (a user's journey step without its RUNS/user/JOURNEY prefix)."""
+    return step.name.rsplit("/", 1)[-1]
+
+
 def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]], data: MNIST, out: Path,
-                 command: str, last_k: int = LAST_K, fresh: dict[str, list[RunRecord]] | None = None) -> Path:
+                 command: str, last_k: int = LAST_K, fresh: dict[str, list[RunRecord]] | None = None,
+                 trust: bool = False) -> Path:
     """report.md and figures for a journey whose runs are finished: ``runs[step.name]`` lists one run per seed;
     ``fresh[step.name]``, when given, the step's finished runs on seeds it was not tuned on (its confirmation)."""
     figures = out / "figures"
@@ -146,25 +152,25 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
     params = {s.name: runs[s.name][0].summary()["params"] for s in steps}
     for i, step in enumerate(steps, 1):
         c = step_rows(histories[step.name], params[step.name], last_k)
-        lines.append(f"| {i}. `{step.name}` | {step.target} | {c['params']} | {c['best_train']} | {c['best_test']} "
+        lines.append(f"| {i}. `{_label(step)}` | {step.target} | {c['params']} | {c['best_train']} | {c['best_test']} "
                      f"| {c['min_last']} | {c['first_holding']} | {c['met']} |")
-    compare_curves({s.name: histories[s.name][0] for s in steps}, figures / "test-accuracy.png",
+    compare_curves({_label(s): histories[s.name][0] for s in steps}, figures / "test-accuracy.png",
                    f"journey {journey}: test accuracy per epoch (first seed)")
     lines += ["", "![test accuracy of the four steps](figures/test-accuracy.png)", ""]
     for i, step in enumerate(steps, 1):
         run = runs[step.name][0]
         r, summary = run.recipe(), run.summary()
-        confidence, predicted = evaluate_loaded(load_model(run), data.test_images, data.test_labels,
+        confidence, predicted = evaluate_loaded(load_model(run, trust), data.test_images, data.test_labels,
                                                 "cpu").log_probs.exp().max(1)
         wrong = (predicted != data.test_labels).nonzero().flatten()
         wrong = wrong[confidence[wrong].argsort(descending=True)][:40]
         captions = [f"{int(data.test_labels[j])}→{int(predicted[j])} {100 * float(confidence[j]):.0f}%"
                     for j in wrong]
-        name = step.name
-        curves(histories[name][0], figures / f"{name}-curves.png", f"{name}: loss and accuracy (seed {r.seed})")
-        digit_grid(data.test_images[wrong], captions, figures / f"{name}-misclassified.png",
-                   f"{name}: the {len(wrong)} most confident mistakes (true→predicted, confidence)")
-        confusion(data.test_labels, predicted, figures / f"{name}-confusion.png", f"{name}: confusion matrix")
+        name, label = step.name, _label(step)
+        curves(histories[name][0], figures / f"{label}-curves.png", f"{label}: loss and accuracy (seed {r.seed})")
+        digit_grid(data.test_images[wrong], captions, figures / f"{label}-misclassified.png",
+                   f"{label}: the {len(wrong)} most confident mistakes (true→predicted, confidence)")
+        confusion(data.test_labels, predicted, figures / f"{label}-confusion.png", f"{label}: confusion matrix")
         c = step_rows(histories[name], params[name], last_k)
         cycle_end = f"by epoch {r.cycle_epochs}, then held" if r.cycle_epochs else "at the end"
         schedule = {"constant": "constant LR", "step": f"StepLR({r.step_size}, gamma {r.gamma}) per epoch",
@@ -172,7 +178,7 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
                                 f"{cycle_end})"}[r.schedule]
         augmentation = (f"rotate ±{r.rotate:g}°, shift ±{r.shift:g}, scale ±{r.scale:g}"
                         if r.rotate or r.shift or r.scale else "none")
-        lines += [f"## Step {i}: `{name}`", "", f"**Target.** {step.target}", "", "**Results.**", "",
+        lines += [f"## Step {i}: `{label}`", "", f"**Target.** {step.target}", "", "**Results.**", "",
                   f"- Params: {c['params']}; model `{r.model}`",
                   f"- Recipe: {r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}"
                   f"{' (Nesterov)' if r.nesterov else ''}, momentum {r.momentum:g}, weight decay {r.weight_decay:g}, "
@@ -193,9 +199,9 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
                       *over_seeds_lines(figures), "```"]
         if step.notes:
             lines += ["", "Notes:", ""] + [f"- {note}" for note in step.notes]
-        lines += ["", f"![curves](figures/{name}-curves.png)", "",
-                  f"![misclassified](figures/{name}-misclassified.png)", "",
-                  f"![confusion](figures/{name}-confusion.png)", ""]
+        lines += ["", f"![curves](figures/{label}-curves.png)", "",
+                  f"![misclassified](figures/{label}-misclassified.png)", "",
+                  f"![confusion](figures/{label}-confusion.png)", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"
