@@ -18,7 +18,7 @@ from .errors import NameNote, TinyMnistError, UsageError
 from .models import count_params, create_model, is_user_model, list_models
 from .recipes import DEFAULT_RECIPE, JOURNEYS, RECIPES, Options, Step, all_steps, get_journey, get_step, user_model_step
 from .records import NewRun, RunRecord, run_dir
-from .render import HEADER, epoch_row, epoch_table, over_seeds_lines, results_markdown, verdict_lines
+from .render import HEADER, epoch_row, epoch_table, layer_lines, over_seeds_lines, results_markdown, verdict_lines
 from .runner import check_options, create_run, run_seeds, train_run
 from .targets import LAST_K, TARGET, fresh_seeds
 
@@ -272,19 +272,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from .layers import flops_per_image, layer_table
-
     if args.command == "summary":
         warnings.warn(NameNote("the command 'summary' is now called 'layers'; the old name still works."),
                       stacklevel=1)
-    model = create_model(args.model)
-    rows = layer_table(model)
-    say(f"{'layer':<26} {'output':>12} {'params':>7} {'RF':>4} {'jump':>5}")
-    for row in rows:
-        shape = "x".join(str(d) for d in row.shape)
-        say(f"{row.name:<26} {shape:>12} {row.params:>7,} {row.rf:>4} {row.jump:>5}")
-    say(f"total: {count_params(model):,} params, {flops_per_image(model) / 1e6:.2f} MFLOPs per image (inference), "
-        f"final receptive field {rows[-1].rf}x{rows[-1].rf} px")
+    say(*layer_lines(create_model(args.model)))
     return EXIT_OK
 
 

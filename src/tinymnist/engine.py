@@ -69,10 +69,12 @@ class Trainer:
     """One training run: model, optimizer, random generators and the history so far."""
 
     def __init__(self, recipe: Recipe, data: MNIST, options: Options = Options(),
-                 normalization: tuple[float, float] | None = None, model_source: Path | None = None) -> None:
+                 normalization: tuple[float, float] | None = None, model_source: Path | None = None,
+                 build: Callable[[], nn.Module] | None = None) -> None:
         """``normalization`` (mean, std) defaults to the training images' own; a reloaded run passes the one it
-        recorded. ``model_source``: where a user's model file is read from (a run's kept copy)."""
-        recipe.check(train_size=len(data.train_labels))
+        recorded. ``model_source``: where a user's model file is read from (a run's kept copy); ``build``: a
+        function that builds the model instead of the recipe's name (a notebook's own class)."""
+        recipe.check(train_size=len(data.train_labels), model=build is None)
         self.recipe = recipe
         self.device = pick_device(options.device)
         if options.threads and self.device.type == "cpu":
@@ -80,7 +82,8 @@ class Trainer:
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         self.precision = resolve_precision(options.precision, self.device)
         torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
-        self.model = create_model(recipe.model, model_source).to(self.device, memory_format=self.memory_format)
+        model = build() if build else create_model(recipe.model, model_source)
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.optimizer = _make_optimizer(recipe, self.model)
         self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
         self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)
@@ -243,9 +246,10 @@ def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
 
 def fit(recipe: Recipe, data: MNIST, options: Options = Options(),
         on_epoch: Callable[[Trainer, dict], None] | None = None,
-        on_batch: Callable[[int, int], None] | None = None, trainer: Trainer | None = None) -> list[dict]:
+        on_batch: Callable[[int, int], None] | None = None, trainer: Trainer | None = None,
+        build: Callable[[], nn.Module] | None = None) -> list[dict]:
     """Train ``recipe`` to its last epoch (continuing ``trainer`` when given); returns the history."""
-    trainer = trainer or Trainer(recipe, data, options)
+    trainer = trainer or Trainer(recipe, data, options, build=build)
     while trainer.epoch < recipe.epochs:
         metrics = trainer.run_epoch(on_batch)
         if on_epoch:

@@ -136,20 +136,25 @@ def build_user_model(path: Path, attr: str) -> nn.Module:
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"{path}:{attr}() failed ({type(e).__name__}: {e}); it must build with no arguments.") \
             from None
+    return prepare_model(model, f"{path}:{attr}")
+
+
+def prepare_model(model: object, where: str) -> nn.Module:
+    """A user's model, checked (an nn.Module mapping (N, 1, 28, 28) to (N, 10)) and given a log_softmax on its
+    output; ``where`` names it in the error."""
     if not isinstance(model, nn.Module):
-        raise UsageError(f"{path}:{attr}() returned {type(model).__name__}, not a torch.nn.Module.")
+        raise UsageError(f"{where}() returned {type(model).__name__}, not a torch.nn.Module.")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, 1, 28, 28))
     except Exception as e:  # noqa: BLE001
-        raise UsageError(f"{path}:{attr} fails on a batch of (2, 1, 28, 28) images ({type(e).__name__}: {e}).") \
-            from None
+        raise UsageError(f"{where} fails on a batch of (2, 1, 28, 28) images ({type(e).__name__}: {e}).") from None
     model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 10):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UsageError(f"{path}:{attr} maps (2, 1, 28, 28) images to {shape}; it must return (N, 10) logits or "
+        raise UsageError(f"{where} maps (2, 1, 28, 28) images to {shape}; it must return (N, 10) logits or "
                          f"log-probabilities.")
     model.register_forward_hook(_log_softmax)
     return model

@@ -52,9 +52,11 @@ class Recipe:
         recipe.check()
         return recipe
 
-    def check(self, train_size: int | None = None) -> None:
-        """Raise UsageError, naming the setting, for any value training cannot use."""
-        model_name(self.model)  # an unknown model name fails here, naming the closest one
+    def check(self, train_size: int | None = None, model: bool = True) -> None:
+        """Raise UsageError, naming the setting, for any value training cannot use (``model=False``: the model
+        is built by other means than its name)."""
+        if model:
+            model_name(self.model)  # an unknown model name fails here, naming the closest one
         if self.epochs < 1:
             raise UsageError(f"epochs must be at least 1 (got {self.epochs}).")
         if self.batch_size < 1:

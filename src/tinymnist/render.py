@@ -87,6 +87,21 @@ def over_seeds_lines(figures: dict, tuned: Iterable[int] = ()) -> list[str]:
     return lines
 
 
+def layer_lines(model: object) -> list[str]:
+    """The per-layer table of any nn.Module: output shape, parameters, receptive field, jump; then the totals."""
+    from .layers import flops_per_image, layer_table
+    from .models import count_params
+
+    rows = layer_table(model)
+    lines = [f"{'layer':<26} {'output':>12} {'params':>7} {'RF':>4} {'jump':>5}"]
+    for row in rows:
+        shape = "x".join(str(d) for d in row.shape)
+        lines.append(f"{row.name:<26} {shape:>12} {row.params:>7,} {row.rf:>4} {row.jump:>5}")
+    lines.append(f"total: {count_params(model):,} params, {flops_per_image(model) / 1e6:.2f} MFLOPs per image "
+                 f"(inference), final receptive field {rows[-1].rf}x{rows[-1].rf} px")
+    return lines
+
+
 # --- the analysis a report writes under each step ------------------------------------------------------
 
 GAP_MARGIN = 0.50  # points between train and test accuracy before a gap is called over- or underfitting

@@ -1,23 +1,22 @@
-"""Figures (matplotlib's object API, Agg backend) and report.md, from run records."""
+"""Figures (matplotlib's object API: Figure objects saved through the Agg canvas, so importing this module
+never touches pyplot's global backend, and a notebook's inline plots keep working) and report.md, from run
+records."""
 
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from .data import MNIST  # noqa: E402
-from .inference import evaluate_loaded  # noqa: E402
-from .recipes import Step  # noqa: E402
-from .records import RunRecord, load_model  # noqa: E402
-from .render import analyse, over_seeds_lines, pass_count, seed_list  # noqa: E402
-from .targets import LAST_K, TARGET, TARGET_ACC, first_epoch_holding, judge, over_seeds  # noqa: E402
+from .data import MNIST
+from .inference import evaluate_loaded
+from .recipes import Step
+from .records import RunRecord, load_model
+from .render import analyse, over_seeds_lines, pass_count, seed_list
+from .targets import LAST_K, TARGET, TARGET_ACC, first_epoch_holding, judge, over_seeds
 
 
 def digit_grid(images: torch.Tensor | np.ndarray, captions: list[str] | list[int], path: Path, title: str,
@@ -25,7 +24,8 @@ def digit_grid(images: torch.Tensor | np.ndarray, captions: list[str] | list[int
     """A grid of uint8 (N, 28, 28) digits, each captioned."""
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(max(columns * 1.1, 5.0), rows * 1.3 + 0.6), squeeze=False)
+    fig = Figure(figsize=(max(columns * 1.1, 5.0), rows * 1.3 + 0.6))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
@@ -35,14 +35,19 @@ def digit_grid(images: torch.Tensor | np.ndarray, captions: list[str] | list[int
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --- figures -------------------------------------------------------------------------------------------
 
 def curves(history: list[dict], path: Path, title: str) -> None:
+    _save(curves_figure(history, title), path)
+
+
+def curves_figure(history: list[dict], title: str) -> Figure:
+    """Loss and accuracy per epoch, train and test, with the target line (a notebook shows the Figure)."""
     epochs = [m["epoch"] for m in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [m["train_loss"] for m in history], "o-", label="train")
     loss_ax.plot(epochs, [m["test_loss"] for m in history], "o-", label="test")
     loss_ax.set(xlabel="epoch", ylabel="loss (NLL)", title="loss", yscale="log")
@@ -55,11 +60,13 @@ def curves(history: list[dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def compare_curves(named: dict[str, list[dict]], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     for name, history in named.items():
         ax.plot([m["epoch"] for m in history], [m["test_acc"] for m in history], "o-", label=name)
     ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET} target")
@@ -73,7 +80,8 @@ def confusion(labels: torch.Tensor, predicted: torch.Tensor, path: Path, title: 
     matrix = torch.zeros(10, 10, dtype=torch.long)
     matrix.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
     off = matrix.clone().fill_diagonal_(0)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     image = ax.imshow(off.numpy(), cmap="Reds")
     for t in range(10):
         for p in range(10):
@@ -86,11 +94,10 @@ def confusion(labels: torch.Tensor, predicted: torch.Tensor, path: Path, title: 
     _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --- the report ----------------------------------------------------------------------------------------
