@@ -36,11 +36,12 @@ def test_consistency_and_layers(small_mnist) -> None:  # noqa: ANN001
                             options=tm.Options(device="cpu"), last_k=1)
     assert list(result.results) == [1001, 1002] and result.figures["seeds_run"] == 2
     assert "95% interval" in repr(result)
-    table = repr(tm.layers(Small()))
+    table = repr(tm.show_layers(Small()))
     assert "total: 1,426 params" in table and "final receptive field" in table
-    assert "total: 7,432 params" in repr(tm.layers("compact_7k4"))
+    assert "total: 7,432 params" in repr(tm.show_layers("compact_7k4"))
 
 
 def test_a_model_that_is_not_one_is_refused(small_mnist) -> None:  # noqa: ANN001
     with pytest.raises(tm.errors.UsageError, match="maps .* to \\(2, 5\\)"):
-        tm.train(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 5)), tm.recipe("original_step4", epochs=1), small_mnist)
+        tm.train(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 5)), tm.recipe("original_step4", epochs=1),
+                 small_mnist)

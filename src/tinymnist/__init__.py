@@ -1,15 +1,15 @@
 """tinymnist: design, train, prove and use very small CNNs on MNIST.
 
-From Python (a notebook): ``train``, ``consistency``, ``layers``, ``recipe`` and ``load_mnist``; see
+From Python (a notebook): ``train``, ``consistency``, ``show_layers``, ``recipe`` and ``load_mnist``; see
 ``tinymnist.api``."""
 
 __version__ = "0.2.0"
 
-from .api import Consistency, Result, consistency, layers, recipe, train  # noqa: E402 - __version__ first
+from .api import Consistency, Result, consistency, recipe, show_layers, train  # noqa: E402 - __version__ first
 from .data import load_mnist  # noqa: E402
 from .engine import Trainer, fit  # noqa: E402
 from .models import create_model, list_models, register_model  # noqa: E402
 from .recipes import Options  # noqa: E402
 
 __all__ = ["Consistency", "Options", "Result", "Trainer", "__version__", "consistency", "create_model", "fit",
-           "layers", "list_models", "load_mnist", "recipe", "register_model", "train"]
+           "list_models", "load_mnist", "recipe", "register_model", "show_layers", "train"]

@@ -5,7 +5,7 @@ back, plot its curves, check it over seeds, print the layer table of any nn.Modu
     data = tm.load_mnist().subset(5000)
     result = tm.train(Net, tm.recipe("original_step4", epochs=3), data)
     result.plot()                        # a matplotlib Figure (shown inline)
-    tm.layers(Net())                     # the per-layer table
+    tm.show_layers(Net())                # the per-layer table
     tm.consistency(Net, tm.recipe("original_step4", epochs=3), data, seeds=[1001, 1002])
 
 Runs made here are held in memory (no run directory); use the CLI for recorded, resumable runs.
@@ -42,7 +42,7 @@ class Text(str):
         return str(self)
 
 
-def layers(model: nn.Module | str) -> Text:
+def show_layers(model: nn.Module | str) -> Text:
     """The per-layer table (output shape, parameters, receptive field, jump) of any nn.Module or model name."""
     return Text("\n".join(layer_lines(create_model(model) if isinstance(model, str) else model)))
 
