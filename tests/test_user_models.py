@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -206,3 +207,63 @@ def test_a_good_journey_file_reads_into_steps(model_file: Path, tmp_path: Path) 
     assert steps[3].recipe.lr == 0.05 and steps[0].recipe.lr == 0.01 and {s.recipe.epochs for s in steps} == {3}
     assert steps[3].recipe.model == f"{model_file.resolve()}:TinyNet"
     assert steps[3].notes == ("The author's analysis: mine",)
+
+
+# --- the README's "Your own model" section, command by command ------------------------------------------------
+
+README = Path(__file__).parents[1] / "README.md"
+# The only changes from the README: a subset and a few epochs (the README's are full trainings; the journey gets
+# 5, the others 2), two fresh seeds instead of ten, and the example image and data given by absolute path.
+QUICK = {"train": ["--subset", "1000", "--epochs", "2"],
+         "consistency": ["--subset", "1000", "--epochs", "2", "--last-k", "2"], "report": ["--subset", "1000"]}
+
+
+def readme_section() -> tuple[str, str, list[list[str]]]:
+    """The model file, the journey file and the commands of the README's "Your own model" section."""
+    import re
+    import shlex
+
+    text = README.read_text()
+    start = text.index("## Your own model")
+    blocks = re.findall(r"```(python|toml|bash)\n(.*?)```", text[start:text.index("\n## ", start + 5)], re.S)
+    model = next(body for kind, body in blocks if kind == "python" and body.startswith("# my_models.py"))
+    journey_file = next(body for kind, body in blocks if kind == "toml")
+    commands = [shlex.split(line, comments=True) for line in
+                next(body for kind, body in blocks if kind == "bash").splitlines() if line.strip()]
+    return model, journey_file, commands
+
+
+def test_the_readme_your_own_model_section_works(mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    model, journey_file, commands = readme_section()
+    monkeypatch.chdir(tmp_path)
+    Path("my_models.py").write_text(model)
+    Path("my_journey.toml").write_text(journey_file.replace("epochs = 15", "epochs = 5")
+                                       .replace("cycle_epochs = 11", "cycle_epochs = 4"))
+    assert [c[:2] for c in commands] == [["tinymnist", "layers"], ["tinymnist", "train"], ["tinymnist", "consistency"],
+                                         ["tinymnist", "report"], ["tinymnist", "eval"], ["tinymnist", "predict"],
+                                         ["tinymnist", "export"]]
+    printed = {}
+    for command in commands:
+        name, args = command[1], command[2:]
+        args = [str(README.parent / a) if a.startswith("docs/examples/") else a for a in args]
+        if name == "consistency":
+            args[args.index("--seeds") + 1] = "2"
+        if name == "export" and importlib.util.find_spec("onnxruntime") is None:
+            continue
+        data = ["--data-dir", str(mnist_dir)] if name not in ("layers", "predict") else []
+        code = main([name, *args, *QUICK.get(name, []), *data, *(["--device", "cpu"] if name in QUICK else [])])
+        out, err = capsys.readouterr()
+        assert code == 0, (command, err)
+        printed[name] = out
+    run = Path("runs/user/my_models/Net")
+    assert sorted(p.name for p in run.iterdir()) == ["seed-1", "seed-1001", "seed-1002"]
+    assert (run / "seed-1" / "model.py").read_text() == model
+    assert "total: 3,778 params" in printed["layers"] and "targets NOT met" in printed["train"]
+    assert "95% interval" in printed["consistency"] and "matches the recorded" in printed["eval"]
+    report = Path("my_report/report.md").read_text()
+    assert all(f"`{name}`" in report for name in ("plain", "onecycle", "augmented", "held"))
+    assert "The author's analysis: My own reading of the numbers goes here." in report
+    journey_copy = Path("runs/user/my_journey/held/seed-1/journey.toml")
+    assert journey_copy.read_text() == Path("my_journey.toml").read_text()
+    assert printed["predict"].startswith(str(README.parent / "docs/examples/three.png"))

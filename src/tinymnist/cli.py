@@ -134,7 +134,7 @@ def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = (), 
 
 def seeds_shown(step: str, recipe, seeds: list[int], root: Path, data: MNIST, options: Options,  # noqa: ANN001
                 last_k: int = LAST_K, jobs: int = 1, overrides: dict | None = None, trust: bool = False,
-                ) -> dict | None:
+                journey_file: Path | None = None) -> dict | None:
     """``run_seeds`` with a header per seed, a row per epoch and progress bars; None when interrupted."""
     progress = Progress()
 
@@ -155,7 +155,7 @@ def seeds_shown(step: str, recipe, seeds: list[int], root: Path, data: MNIST, op
         say(f"{m['seed']:>6} {epoch_row(m)}")
     try:
         return run_seeds(step, recipe, seeds, root, data, options, on_run, on_epoch, progress.batch, last_k, jobs,
-                         overrides, trust)
+                         overrides, trust, journey_file)
     except KeyboardInterrupt:
         progress.close()
         say("", "interrupted; finished seeds are kept and unfinished ones resume from their last completed epoch: "
@@ -283,13 +283,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     steps = get_journey(args.journey)
-    data = load_data(args)
+    journey_file = Path(args.journey) if args.journey.endswith(".toml") else None
+    data = load_data(args, args.subset)
     options = run_options(args)
     root = Path(args.runs)
     runs, fresh = {}, {}
     for step in steps:
         seeds = parse_seeds(args, [step.recipe.seed + i for i in range(args.seeds)])
-        if seeds_shown(step.name, step.recipe, seeds, root, data, options, trust=args.trust_remote_code) is None:
+        if seeds_shown(step.name, step.recipe, seeds, root, data, options, trust=args.trust_remote_code,
+                       journey_file=journey_file) is None:
             return EXIT_INTERRUPTED
         runs[step.name] = [RunRecord(run_dir(root, step.name, s)) for s in seeds]
         others = [RunRecord(p.parent) for p in sorted(run_dir(root, step.name, 0).parent.glob("seed-*/summary.json"))]
@@ -414,7 +416,7 @@ def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
         p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
         p.add_argument("--lr", type=positive_float, help="override the recipe's (peak) learning rate")
         p.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
-        p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
+    p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto (default): bf16 autocast where the hardware has native bf16, else fp32")

@@ -3,6 +3,7 @@
     recipe.json          the header: step, recipe, what was overridden, run options, the data it trained on,
                          the normalization it uses, the user's model file it ran (written when the run starts)
     model.py             for a user's model: a copy of its file (recipe.json has its SHA-256 and origin)
+    journey.toml         for a step of a user's journey file: a copy of that file, likewise
     metrics.jsonl        one line appended (and fsynced) as each epoch ends
     weights.safetensors  the model's weights, with the model name in the metadata
     state.safetensors    optimizer and random-generator state at the last completed epoch (for --resume)
@@ -38,9 +39,9 @@ from .models import RENAMED as RENAMED_MODELS
 from .models import count_params, create_model, file_sha256, is_user_model, model_name, split_user_model
 from .recipes import RENAMED_STEPS, Options, Recipe
 
-HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK, MODEL_FILE = (
+HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK, MODEL_FILE, JOURNEY_FILE = (
     "recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json", "summary.json",
-    ".lock", "model.py")
+    ".lock", "model.py", "journey.toml")
 SCHEMA = 2  # 1: tinymnist 0.1.0 (subset inside options, normalization only in summary.json, verdict "targets")
 
 
@@ -128,6 +129,7 @@ class NewRun:
     recipe: Recipe
     options: Options = Options()
     overrides: dict | None = None
+    journey_file: Path | None = None  # a user's journey file the step comes from (a copy is kept)
 
 
 def _upgrade_header(header: dict) -> dict:
@@ -192,13 +194,18 @@ class RunRecord:
             origin = split_user_model(new.recipe.model)[0].resolve()
             write_atomic(self / MODEL_FILE, origin.read_bytes())
             source = {"file": MODEL_FILE, "origin": str(origin), "sha256": file_sha256(self / MODEL_FILE)}
+        journey = None
+        if new.journey_file:
+            write_atomic(self / JOURNEY_FILE, new.journey_file.read_bytes())
+            journey = {"file": JOURNEY_FILE, "origin": str(new.journey_file.resolve()),
+                       "sha256": file_sha256(self / JOURNEY_FILE)}
         write_json(self / HEADER, {
             "schema": SCHEMA, "step": new.step, "recipe": asdict(new.recipe), "overrides": new.overrides or {},
             "options": asdict(new.options),
             "data": {"train_images": train if train != full_sizes[0] else None,
                      "test_images": test if test != full_sizes[1] else None},
             "normalization": {"mean": normalization[0], "std": normalization[1]},
-            "model_source": source, "tinymnist": __version__})
+            "model_source": source, "journey_source": journey, "tinymnist": __version__})
         write_atomic(self / METRICS, b"")
 
     def header(self) -> dict:

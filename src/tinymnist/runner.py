@@ -95,7 +95,7 @@ def seed_runs(root: Path, step: str, recipe: Recipe, seeds: list[int]) -> dict[i
 def run_seeds(step: str, recipe: Recipe, seeds: list[int], root: Path, data: MNIST, options: Options,
               on_run: Callable[[int, RunRecord], None] | None = None, on_epoch: EpochCallback | None = None,
               on_batch: BatchCallback | None = None, last_k: int = LAST_K, jobs: int = 1,
-              overrides: dict | None = None, trust: bool = False) -> dict:
+              overrides: dict | None = None, trust: bool = False, journey_file: Path | None = None) -> dict:
     """Train (or reuse) one run per seed and judge them together (targets.over_seeds). ``overrides`` are the
     settings the user changed in the step's recipe (recorded with each run).
 
@@ -109,7 +109,7 @@ def run_seeds(step: str, recipe: Recipe, seeds: list[int], root: Path, data: MNI
     for seed, run in runs.items():
         if not run.exists():
             seeded = recipe.with_overrides(seed=seed)
-            create_run(run, NewRun(step, seeded, options, {**(overrides or {}), "seed": seed}), data)
+            create_run(run, NewRun(step, seeded, options, {**(overrides or {}), "seed": seed}, journey_file), data)
     if jobs > 1:
         train_parallel(runs, data, jobs, on_epoch, last_k, trust)
     else:
