@@ -93,6 +93,17 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path} cannot be read ({e}); the run record is corrupt.") from None
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -318,6 +329,7 @@ class RunRecord:
             f"min_test_acc_last_{last_k}": min(test_accs[-last_k:]),
             "first_epoch_holding": first_epoch_holding, "verdict": verdict,
             "torch": torch.__version__, "device": device, "precision": precision, "platform": platform.platform(),
+            "cpu": cpu_name(),  # bf16 kernels differ between CPUs (AVX512-BF16, AMX): so do the numbers
             "threads": torch.get_num_threads() if device == "cpu" else None,
             "commit": git_commit(), "wall_seconds": wall_seconds,
             "train_seconds": sum(m["train_seconds"] for m in history),
