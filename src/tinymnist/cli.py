@@ -326,6 +326,17 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import serve
+    except ImportError:
+        raise UsageError("serving needs the [serve] extra: pip install \"tinymnist[serve]\"") from None
+    RunRecord(args.run).require()
+    say(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    serve(args.run, args.host, args.port, args.data_dir, args.trust_remote_code)
+    return EXIT_OK
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {args.out}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -515,6 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_arg(p)
     add_data_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="a page to draw a digit on and an HTTP API, for one trained run")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--data-dir", help="MNIST files for the test-digit button (default: $TINYMNIST_DATA, else "
+                                      "./data/MNIST/raw; never downloaded)")
+    add_trust_arg(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("show", help="print a run's per-epoch table and verdict from its records")
     p.add_argument("run", help="a run directory")

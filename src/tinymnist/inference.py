@@ -48,10 +48,7 @@ def evaluate_run(run: RunRecord, data: MNIST, device: str = "auto", trust: bool 
 # --- real images -----------------------------------------------------------------------------------------
 
 def preprocess(path: Path) -> np.ndarray:
-    """An image of a digit (PNG/JPEG, any size or mode) -> 28x28 uint8 as MNIST was made: grayscale, light
-    background inverted, cropped to the digit, larger side scaled to 20 px, centred on its centre of mass."""
-    from PIL import Image, UnidentifiedImageError
-
+    """``preprocess_bytes`` of an image file, refused unread when over MAX_IMAGE_BYTES."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -60,7 +57,25 @@ def preprocess(path: Path) -> np.ndarray:
         raise UsageError(f"{path} is {size / 2**20:.0f} MB, over the {MAX_IMAGE_BYTES // 2**20} MB limit for an "
                          f"image of a digit; crop or shrink it.")
     try:
-        with warnings.catch_warnings(), Image.open(path) as img:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path} cannot be read ({e.strerror}).") from None
+    return preprocess_bytes(data, str(path))
+
+
+def preprocess_bytes(data: bytes, name: str = "the image") -> np.ndarray:
+    """An image of a digit (PNG/JPEG, any size or mode) -> 28x28 uint8 as MNIST was made: grayscale, light
+    background inverted, cropped to the digit, larger side scaled to 20 px, centred on its centre of mass.
+    ``name`` names it in errors. Images over MAX_IMAGE_PIXELS are refused from their header, undecoded."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = name
+    if not data:
+        raise UsageError(f"{name} is empty; give a PNG or JPEG.")
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as img:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap below is stricter
             width, height = img.size  # read from the header: nothing is decompressed yet
             if width * height > MAX_IMAGE_PIXELS:
@@ -72,8 +87,6 @@ def preprocess(path: Path) -> np.ndarray:
                 white = Image.new("RGBA", img.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(white, img)
             gray = np.asarray(img.convert("L"), dtype=np.float32)
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist.") from None
     except Image.DecompressionBombError:
         raise UsageError(f"{path} declares an image over the {MAX_IMAGE_PIXELS // 10**6} megapixel limit; crop "
                          f"or shrink it.") from None
