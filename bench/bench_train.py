@@ -278,6 +278,21 @@ def verdicts(r: dict) -> list[str]:
     return lines
 
 
+def render_serve(r: dict) -> list[str]:
+    drift = r["rss_max_drift_mb"]
+    return ["## Serving: `tinymnist serve` under load on loopback", "",
+            f"- machine: {r['cpu']}; the server and the {r['clients']} client threads share its cores",
+            f"- command: `{r['command']}` (bench/bench_serve.py)",
+            f"- run served: `{r['run']}`", "",
+            "| requests | concurrent clients | errors | requests/s | p50 latency | p99 latency | RSS after warm-up "
+            "| largest RSS change, requests 1,000-2,000 |", "|---|---|---|---|---|---|---|---|",
+            f"| {r['requests']:,} (after {r['warmup']} warm-up) | {r['clients']} | {r['errors']} | "
+            f"{r['requests_per_second']:.0f} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | "
+            f"{r['rss_after_warmup_mb']:.0f} MB | {drift:.1f} MB |", "",
+            f"- no errors: **{'met' if r['errors'] == 0 else 'missed'}**; RSS within 20 MB of its value after the "
+            f"warm-up: **{'met' if drift <= 20 else 'missed'}** ({drift:.1f} MB)", ""]
+
+
 def render(results: list[dict]) -> str:
     """docs/performance.md from benchmark JSON files."""
     lines = ["# Performance", "",
@@ -294,10 +309,11 @@ def render(results: list[dict]) -> str:
              "at once on one GPU is `tinymnist consistency STEP --jobs N` (N processes sharing the device), tested on",
              "the CPU only. The GPU targets (15 epochs in 3 s, 5 seeds in not much more) are therefore unmeasured.",
              ""]
-    order = {None: 0, "profile": 1, "parallel": 2}  # the step benchmarks first, then what explains them
+    order = {None: 0, "profile": 1, "parallel": 2, "serve": 3}  # the step benchmarks first, then the rest
+    renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve}
     for r in sorted(results, key=lambda r: (order[r.get("kind")], bool(r.get("overrides")))):
-        if r.get("kind") in ("parallel", "profile"):
-            lines += render_parallel(r) if r["kind"] == "parallel" else render_profile(r)
+        if r.get("kind") in renderers:
+            lines += renderers[r["kind"]](r)
             continue
         cfgs = r["configs"]
         floor = r["epoch_flops"] / (r["peak_gflops"] * 1e9)

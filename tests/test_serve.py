@@ -125,3 +125,17 @@ def test_a_chunked_upload_over_the_cap_on_a_real_server(trained_run: Path, mnist
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_under_load_no_errors_and_no_growth(trained_run: Path) -> None:
+    """2,000 requests from 16 concurrent clients on loopback after a 200-request warm-up (bench/bench_serve.py):
+    no errors, and the server's RSS while serving requests 1,000-2,000 stays within 20 MB of its RSS after the
+    warm-up."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve", Path(__file__).parents[1] / "bench" / "bench_serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure(str(trained_run), requests=2000, clients=16, warmup=200)
+    assert result["errors"] == 0 and len(result["rss_samples_mb"]) >= 10
+    assert result["rss_max_drift_mb"] <= 20, result["rss_samples_mb"]

@@ -14,6 +14,7 @@ function clearPad() {
   top3.innerHTML = ""; error.textContent = ""; testLabel.textContent = "";
   seen.clearRect(0, 0, 28, 28);
   inked = false;
+  delete document.body.dataset.answer;
 }
 
 function point(event) {
@@ -50,6 +51,7 @@ async function predict() {
   if (!inked) return;
   if (pending) { again = true; return; }
   pending = true;
+  document.body.dataset.busy = "1";
   try {
     const blob = await new Promise(resolve => pad.toBlob(resolve, "image/png"));
     const response = await fetch("/predict", {method: "POST", headers: {"Content-Type": "image/png"}, body: blob});
@@ -59,7 +61,7 @@ async function predict() {
     error.textContent = `the server did not answer (${e})`;
   } finally {
     pending = false;
-    if (again) { again = false; predict(); }
+    if (again) { again = false; predict(); } else { document.body.dataset.busy = "0"; }
   }
 }
 
