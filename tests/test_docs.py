@@ -19,3 +19,16 @@ def test_performance_doc_is_rendered_from_the_benchmark_json() -> None:
     assert bench.render(results) == expected, (
         "docs/performance.md differs from the benchmark JSON; regenerate it with "
         "`python bench/bench_train.py --doc docs/performance.md bench/results/*.json`")
+
+
+def test_results_doc_is_rendered_from_the_committed_run_records() -> None:
+    import warnings
+
+    from tinymnist.render import results_markdown
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # notes on the old names some records carry
+        text = results_markdown(ROOT / "evidence" / "runs",
+                                "tinymnist results --runs evidence/runs --out docs/results.md")
+    assert (ROOT / "docs" / "results.md").read_text() == text, (
+        "docs/results.md differs from the run records in evidence/runs; regenerate it with `tinymnist results`")
