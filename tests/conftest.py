@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import socket
 import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +102,28 @@ def trained_run(small_mnist: MNIST, tmp_path_factory: pytest.TempPathFactory) ->
                     Recipe(model="original_step4", epochs=2, seed=0), small_mnist)
     train_run(run, small_mnist)
     return run.path
+
+
+@contextlib.contextmanager
+def serving(run: Path, *args: str) -> Iterator[str]:
+    """`tinymnist serve RUN` as a real server on a free loopback port; yields its URL once /healthz answers."""
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tinymnist", "serve", str(run), "--port", str(port), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

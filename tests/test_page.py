@@ -8,10 +8,6 @@ import base64
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-from conftest import start_run  # noqa: E402
+from conftest import serving, start_run  # noqa: E402
 from tinymnist.cli import main  # noqa: E402
 from tinymnist.recipes import Options, get_step  # noqa: E402
 from tinymnist.runner import train_run  # noqa: E402
@@ -46,29 +42,10 @@ def mnist_run(real_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:  # 
     return run.path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(mnist_run: Path):  # noqa: ANN201
-    import httpx
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tinymnist", "serve", str(mnist_run), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with serving(mnist_run) as url:
+        yield url
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,7 @@ from PIL import Image, ImageDraw
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from conftest import serving  # noqa: E402
 from tinymnist.cli import main  # noqa: E402
 from tinymnist.serve import MAX_BODY_BYTES, create_app  # noqa: E402
 
@@ -90,27 +87,11 @@ def test_a_multipart_form_without_a_file(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_chunked_upload_over_the_cap_on_a_real_server(trained_run: Path, mnist_dir: Path) -> None:
     """No Content-Length: the cap must hold while the body streams in."""
     import httpx
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tinymnist", "serve", str(trained_run), "--port", str(port),
-                               "--data-dir", str(mnist_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    with serving(trained_run, "--data-dir", str(mnist_dir)) as url:
         chunk = b"\0" * 65536
 
         def body():  # noqa: ANN202 - a generator: httpx sends it chunked, with no Content-Length
@@ -122,9 +103,6 @@ def test_a_chunked_upload_over_the_cap_on_a_real_server(trained_run: Path, mnist
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
         ok = httpx.post(f"{url}/predict", content=png(), headers={"Content-Type": "image/png"}, timeout=30)
         assert ok.status_code == 200 and len(ok.json()["top3"]) == 3
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_under_load_no_errors_and_no_growth(trained_run: Path) -> None:
