@@ -18,7 +18,16 @@ from .errors import NameNote, TinyMnistError, UsageError
 from .models import count_params, create_model, is_user_model, list_models
 from .recipes import DEFAULT_RECIPE, JOURNEYS, RECIPES, Options, Step, all_steps, get_journey, get_step, user_model_step
 from .records import NewRun, RunRecord, run_dir
-from .render import HEADER, epoch_row, epoch_table, layer_lines, over_seeds_lines, results_markdown, verdict_lines
+from .render import (
+    HEADER,
+    epoch_row,
+    epoch_table,
+    layer_lines,
+    over_seeds_lines,
+    results_markdown,
+    seed_list,
+    verdict_lines,
+)
 from .runner import check_options, create_run, run_seeds, train_run
 from .targets import LAST_K, TARGET, fresh_seeds
 
@@ -205,9 +214,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_steps(args: argparse.Namespace) -> int:
     def line(i: str, step) -> str:  # noqa: ANN001
         params = count_params(create_model(step.recipe.model))
-        tuned = ", ".join(map(str, step.tuned_seeds)) or "none"
-        return f"  {i}{step.name} ({params:,} params, {step.recipe.epochs} epochs; tuned on seeds {tuned}): " \
-               f"{step.target}"
+        tuned = f"tuned on seed{'s' * (len(step.tuned_seeds) > 1)} {seed_list(step.tuned_seeds) or 'none'}"
+        return f"  {i}{step.name} ({params:,} params, {step.recipe.epochs} epochs; {tuned}): {step.target}"
 
     for journey, steps in JOURNEYS.items():
         say(f"journey {journey}:", *(line(f"{i}. ", step) for i, step in enumerate(steps, 1)))
