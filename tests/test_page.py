@@ -78,8 +78,10 @@ def test_drawn_digits_are_read_and_agree_with_predict(server: str, mnist_run: Pa
             top3 = json.loads(capsys.readouterr().out)[0]["top3"]
             assert [line.split()[0] for line in shown] == [str(t["digit"]) for t in top3]
             assert [line.split()[-1] for line in shown] == [f"{100 * t['probability']:.1f}%" for t in top3]
+        page.click("#clear")  # no answer on the page: the wait below is for the test digit's own
         page.click("#test-digit")  # a random MNIST test image, drawn on the pad with its label, then read
-        page.wait_for_function("document.body.dataset.busy === '0' && document.body.dataset.answer !== undefined")
+        page.wait_for_function("document.getElementById('test-label').textContent !== '' && "
+                               "document.body.dataset.busy === '0' && document.body.dataset.answer !== undefined")
         assert page.inner_text("#test-label").startswith("MNIST test image ")
         assert page.locator("#top3 li").count() == 3 and page.inner_text("#error") == ""
         browser.close()
