@@ -28,7 +28,7 @@ from .render import (
     seed_list,
     verdict_lines,
 )
-from .runner import check_options, create_run, run_seeds, train_run
+from .runner import check_options, confirmation_runs, create_run, run_seeds, train_run
 from .targets import LAST_K, TARGET, fresh_seeds
 
 EXIT_OK, EXIT_TARGETS, EXIT_USAGE, EXIT_CHECK, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 130, 141
@@ -302,12 +302,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                        journey_file=journey_file) is None:
             return EXIT_INTERRUPTED
         runs[step.name] = [RunRecord(run_dir(root, step.name, s)) for s in seeds]
-        others = [RunRecord(p.parent) for p in sorted(run_dir(root, step.name, 0).parent.glob("seed-*/summary.json"))]
-        fresh[step.name] = sorted((r for r in others if r.recipe() == step.recipe.with_overrides(seed=r.recipe().seed)
-                                   and r.recipe().seed not in step.tuned_seeds + tuple(seeds)),
-                                  key=lambda r: r.recipe().seed)
+        fresh[step.name] = confirmation_runs(root, step.name, step.recipe, {*step.tuned_seeds, *seeds})
     command = "tinymnist report " + " ".join(args.argv)
-    journey = Path(args.journey).stem if args.journey.endswith(".toml") else args.journey
+    journey = journey_file.stem if journey_file else args.journey
     path = write_report(journey, steps, runs, data, Path(args.out), command, fresh=fresh, trust=args.trust_remote_code)
     say("", f"wrote {path} and its figures")
     return EXIT_OK

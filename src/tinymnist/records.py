@@ -115,20 +115,20 @@ def git_commit() -> str | None:
 
 # --- the schema ----------------------------------------------------------------------------------------------
 
-def recipe_from_dict(d: dict) -> Recipe:
-    known = {f.name for f in fields(Recipe)}
+def _from_dict(cls: type, d: dict) -> object:
+    """A frozen dataclass from its recorded fields (fields this version does not know are left out)."""
+    known = {f.name for f in fields(cls)}
     try:
-        recipe = Recipe(**{k: v for k, v in d.items() if k in known})
+        return cls(**{k: v for k, v in d.items() if k in known})
     except TypeError as e:
-        raise CheckpointError(f"the recorded recipe cannot be read ({e}).") from None
+        raise CheckpointError(f"the recorded {cls.__name__.lower()} cannot be read ({e}).") from None
+
+
+def recipe_from_dict(d: dict) -> Recipe:
+    recipe = _from_dict(Recipe, d)
     if recipe.model in RENAMED_MODELS:
         return Recipe(**{**asdict(recipe), "model": model_name(recipe.model)})
     return recipe
-
-
-def options_from_dict(d: dict) -> Options:
-    known = {f.name for f in fields(Options)}
-    return Options(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -200,16 +200,8 @@ class RunRecord:
             what = "this same recipe" if same else "a different run"
             raise UsageError(f"{self.path} already holds {what}; {how}.")
         train, test = data_sizes
-        source = None
-        if is_user_model(new.recipe.model):
-            origin = split_user_model(new.recipe.model)[0].resolve()
-            write_atomic(self / MODEL_FILE, origin.read_bytes())
-            source = {"file": MODEL_FILE, "origin": str(origin), "sha256": file_sha256(self / MODEL_FILE)}
-        journey = None
-        if new.journey_file:
-            write_atomic(self / JOURNEY_FILE, new.journey_file.read_bytes())
-            journey = {"file": JOURNEY_FILE, "origin": str(new.journey_file.resolve()),
-                       "sha256": file_sha256(self / JOURNEY_FILE)}
+        model_file = split_user_model(new.recipe.model)[0] if is_user_model(new.recipe.model) else None
+        source, journey = self._keep_copy(model_file, MODEL_FILE), self._keep_copy(new.journey_file, JOURNEY_FILE)
         write_json(self / HEADER, {
             "schema": SCHEMA, "step": new.step, "recipe": asdict(new.recipe), "overrides": new.overrides or {},
             "options": asdict(new.options),
@@ -218,6 +210,13 @@ class RunRecord:
             "normalization": {"mean": normalization[0], "std": normalization[1]},
             "model_source": source, "journey_source": journey, "tinymnist": __version__})
         write_atomic(self / METRICS, b"")
+
+    def _keep_copy(self, origin: Path | None, name: str) -> dict | None:
+        """Copy a user's file into the run as ``name``; its record: where it came from and its SHA-256."""
+        if origin is None:
+            return None
+        write_atomic(self / name, origin.read_bytes())
+        return {"file": name, "origin": str(origin.resolve()), "sha256": file_sha256(self / name)}
 
     def header(self) -> dict:
         return _upgrade_header(read_json(self / HEADER))
@@ -230,7 +229,7 @@ class RunRecord:
         return recipe_from_dict(self.header().get("recipe", {}))
 
     def options(self) -> Options:
-        return options_from_dict(self.header().get("options", {}))
+        return _from_dict(Options, self.header().get("options", {}))
 
     def data_sizes(self) -> tuple[int | None, int | None]:
         """(training images, test images) the run used; None where it used the whole split."""
@@ -440,9 +439,10 @@ def load_model(run: RunRecord, trust: bool = False) -> LoadedModel:
     model under the trust rule of ``RunRecord.model_source``)."""
     recipe, options = run.require().recipe(), run.options()
     precision = run.summary().get("precision") if run.finished() else None
-    if run.normalization() is None:
+    normalization = run.normalization()
+    if normalization is None:
         raise UsageError(f"{run.path} records no normalization (an unfinished run of an earlier version); "
                          f"finish it with: tinymnist train --resume {run.path}")
-    mean, std = run.normalization()
+    mean, std = normalization
     return LoadedModel(recipe.model, load_weights(run / WEIGHTS, recipe.model, run.model_source(trust)), mean, std,
                        precision or options.precision, options.channels_last)

@@ -120,6 +120,14 @@ def run_seeds(step: str, recipe: Recipe, seeds: list[int], root: Path, data: MNI
     return over_seeds(seeds, [run.metrics() for run in runs.values()], runs[seeds[0]].summary()["params"], last_k)
 
 
+def confirmation_runs(root: Path, step: str, recipe: Recipe, exclude: set[int]) -> list[RunRecord]:
+    """The finished runs of ``recipe`` under ``root`` on seeds outside ``exclude`` (its tuning seeds, and those a
+    report already shows): the step's confirmation, in seed order."""
+    found = [RunRecord(p.parent) for p in run_dir(root, step, 0).parent.glob("seed-*/summary.json")]
+    return sorted((r for r in found if r.recipe().seed not in exclude
+                   and r.recipe() == recipe.with_overrides(seed=r.recipe().seed)), key=lambda r: r.recipe().seed)
+
+
 def cpu_cores() -> int:
     """The cores this process may run on."""
     try:
