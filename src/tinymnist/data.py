@@ -211,6 +211,32 @@ def load_mnist(directory: str | os.PathLike | None = None, allow_download: bool 
                  tensors["test_labels"].long(), where)
 
 
+VALIDATION = 10_000  # the search scores trials on the last this-many training images
+
+
+def load_validation_split(directory: str | os.PathLike | None = None, validation: int = VALIDATION,
+                          train: int | None = None) -> MNIST:
+    """The training files only, split in two: the first ``train`` (default: all but the last ``validation``)
+    images to train on, and the last ``validation`` in the place of the test set, to score on. The test files
+    are never opened (they need not exist), so nothing chosen on this split has seen them; never downloads."""
+    where = data_dir(directory)
+    found = {k: p for k, p in locate(where).items() if k.startswith("train")}
+    if any(p is None for p in found.values()):
+        missing = [FILES[k][0] for k, p in found.items() if p is None]
+        raise DataError(f"MNIST training files missing in {where}: {', '.join(missing)}; {_how_to_fix(where)}.")
+    images, labels = read_idx(found["train_images"], "images"), read_idx(found["train_labels"], "labels")
+    if len(images) != len(labels):
+        raise DataError(f"{found['train_images']} has {len(images)} images but {found['train_labels']} has "
+                        f"{len(labels)} labels; the two files do not belong together.")
+    rest = len(images) - validation
+    train = rest if train is None else train
+    if validation < 1 or train < 1 or train > rest:
+        raise DataError(f"{found['train_images']} has {len(images)} images: too few for {train} to train on and "
+                        f"the last {validation} to validate on.")
+    images, labels = torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()).long()
+    return MNIST(images[:train], labels[:train], images[rest:], labels[rest:], where, (len(images), 0))
+
+
 def augment(images: torch.Tensor, generator: torch.Generator, rotate: float = 0.0, shift: float = 0.0,
             scale: float = 0.0) -> torch.Tensor:
     """Random affine per sample, batched: rotation in ±``rotate`` degrees, translation in ±``shift`` of

@@ -24,6 +24,8 @@ from torch import nn
 from .errors import UsageError, renamed, unknown_name
 
 _REGISTRY: dict[str, Callable[[], nn.Module]] = {}
+# Parametric families: ``FAMILY:key=value,...`` builds FAMILY(key=value, ...) (what the search records).
+_FAMILIES: dict[str, Callable[..., nn.Module]] = {}
 # Names this registry had before: run records store them, and people typed them.
 RENAMED = {**{f"seed_step{n}": f"original_step{n}" for n in range(1, 5)},
            "valid_8k7": "compact_8k7", "valid_7k4": "compact_7k4", "valid_3k8": "compact_3k8"}
@@ -35,8 +37,51 @@ def register_model(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     return factory
 
 
+def register_family(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a parametric family under its function name: ``NAME:key=value,...`` builds it."""
+    _FAMILIES[factory.__name__] = factory
+    return factory
+
+
 def list_models() -> list[str]:
     return list(_REGISTRY)
+
+
+def list_families() -> list[str]:
+    return list(_FAMILIES)
+
+
+def format_args(args: dict[str, object]) -> str:
+    """``{'w': '8.16', 'pool': 2}`` -> ``w=8.16,pool=2`` (floats in their shortest exact form)."""
+    return ",".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in args.items())
+
+
+def parse_args(text: str, where: str) -> dict[str, object]:
+    """``w=8.16,pool=2,lr=0.1`` -> ``{'w': '8.16', 'pool': 2, 'lr': 0.1}``: whole numbers, numbers, else text."""
+    args: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise UsageError(f"{where}: {item!r} is not key=value; write arguments like w=8.16.24,pool=2.")
+        for kind in (int, float):
+            try:
+                args[key] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            args[key] = {"True": True, "False": False}.get(value, value)
+    return args
+
+
+def family_model(name: str) -> tuple[str, dict[str, object]] | None:
+    """(family, arguments) when ``name`` is ``FAMILY:key=value,...``, else None."""
+    family, colon, text = name.partition(":")
+    if not colon or is_user_model(name):
+        return None
+    if family not in _FAMILIES:
+        raise unknown_name("model family", family, list_families())
+    return family, parse_args(text, name)
 
 
 def is_user_model(name: str) -> bool:
@@ -47,7 +92,7 @@ def is_user_model(name: str) -> bool:
 def model_name(name: str) -> str:
     """The registered name for ``name``: itself, or the new name of an old one (with a NameNote warning); a
     user's ``FILE.py:NAME`` as it is."""
-    if is_user_model(name):
+    if is_user_model(name) or family_model(name):
         return name
     if name in RENAMED:
         return renamed("model", name, RENAMED[name])
@@ -60,19 +105,27 @@ def create_model(name: str, source: Path | None = None) -> nn.Module:
     """Build the registered model ``name``, or a user's ``FILE.py:NAME`` (from ``source`` instead of FILE when
     given: a run's kept copy). Unknown names raise UsageError with the closest match."""
     if is_user_model(name):
-        path, attr = split_user_model(name)
-        return build_user_model(source or path, attr)
+        path, attr, args = split_user_model(name)
+        return build_user_model(source or path, attr, args)
+    if family := family_model(name):
+        try:
+            return _FAMILIES[family[0]](**family[1])
+        except TypeError as e:
+            raise UsageError(f"{name}: {e}.") from None
     return _REGISTRY[model_name(name)]()
 
 
 # --- a user's model file ------------------------------------------------------------------------------------
 
-def split_user_model(name: str) -> tuple[Path, str]:
-    path, _, attr = name.rpartition(":")
+def split_user_model(name: str) -> tuple[Path, str, dict[str, object] | None]:
+    """``FILE.py:NAME`` -> (FILE, NAME, None); ``FILE.py:SPACE:key=value,...`` (a model a search space built for
+    the trial parameters given) -> (FILE, SPACE, parameters)."""
+    path, _, rest = name.rpartition(".py:")
+    attr, colon, args = rest.partition(":")
     if not attr.isidentifier():
         raise UsageError(f"{name!r}: after the colon comes the name of a class or function in the file, like "
                          f"my_models.py:Net.")
-    return Path(path), attr
+    return Path(path + ".py"), attr, parse_args(args, name) if colon else None
 
 
 def file_sha256(path: Path) -> str:
@@ -122,9 +175,18 @@ def _load_module(path: Path) -> object:
     return module
 
 
-def build_user_model(path: Path, attr: str) -> nn.Module:
+def build_user_model(path: Path, attr: str, params: dict[str, object] | None = None) -> nn.Module:
     """Build ``attr`` from the model file ``path`` and check it maps (N, 1, 28, 28) to (N, 10); the output then
-    goes through log_softmax."""
+    goes through log_softmax. With ``params``, ``attr`` is a search space: the model it returns for a trial
+    with those parameters (optuna's FixedTrial)."""
+    if params is not None:
+        space = user_space(path, attr)
+        try:
+            model = space(fixed_trial(params))[0]
+        except Exception as e:  # noqa: BLE001 - whatever the user's space raises, one sentence names it
+            raise UsageError(f"{path}:{attr} failed for the parameters {format_args(params)} "
+                             f"({type(e).__name__}: {e}).") from None
+        return prepare_model(model, f"{path}:{attr}")
     module = _load_module(path)
     factory = getattr(module, attr, None)
     if factory is None:
@@ -137,6 +199,24 @@ def build_user_model(path: Path, attr: str) -> nn.Module:
         raise UsageError(f"{path}:{attr}() failed ({type(e).__name__}: {e}); it must build with no arguments.") \
             from None
     return prepare_model(model, f"{path}:{attr}")
+
+
+def user_space(path: Path, attr: str) -> Callable:
+    """The search-space function ``attr`` of the model file ``path``."""
+    space = getattr(_load_module(path), attr, None)
+    if not callable(space):
+        raise UsageError(f"{path} has no function {attr}(trial); a search space is a function of an Optuna trial "
+                         f"returning (model, recipe settings).")
+    return space
+
+
+def fixed_trial(params: dict[str, object]) -> object:
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError("this model comes from a search space and is rebuilt with Optuna; install it with "
+                         "pip install 'tinymnist[search]'.") from None
+    return optuna.trial.FixedTrial(params)
 
 
 def prepare_model(model: object, where: str) -> nn.Module:
@@ -293,3 +373,34 @@ def compact_3k8() -> nn.Module:
     """3,784 params: 8 channels everywhere but one 16-channel layer at 8x8."""
     return compact_net(8, 8, 8, 8, 16, 8)
 
+
+
+@register_family
+def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0) -> nn.Module:
+    """The family every design above belongs to, by its arguments: 3x3 padding-0 layers of widths ``w``
+    (dot-separated, e.g. ``8.16.24.24.24``), a 2x2 max-pool after layer ``pool``, a 1x1 squeeze to ``sq``
+    channels after the pool (0: none), layers from number ``sep`` on depthwise-separable (the first layer is
+    always plain), then global average pooling and a 1x1 head. ``tiny:w=8.16.24.24.24,pool=2,sep=2`` is sep_2k8,
+    ``tiny:w=8.16.16.16.16,pool=2,sq=8`` is compact_7k4."""
+    try:
+        widths = [int(x) for x in str(w).split(".")]
+    except ValueError:
+        raise UsageError(f"tiny: w={w} must be whole numbers joined by dots, like w=8.16.24.") from None
+    if not widths or min(widths) < 1 or not 1 <= pool <= len(widths) or sq < 0:
+        raise UsageError(f"tiny: w={w}, pool={pool}, sq={sq}: needs at least one width, every width >= 1, the "
+                         f"pool after one of the layers and sq >= 0.")
+    side = (28 - 2 * pool) // 2 - 2 * (len(widths) - pool)
+    if 28 - 2 * pool < 2 or side < 1:
+        raise UsageError(f"tiny: {len(widths)} padding-0 layers with the pool after layer {pool} leave no image "
+                         f"(28 pixels lose 2 per layer and half at the pool); use fewer layers.")
+    layers: list[nn.Module] = []
+    cin = 1
+    for i, cout in enumerate(widths, 1):
+        layers.append(separable(cin, cout) if i >= max(sep, 2) else cbr(cin, cout, 3))
+        cin = cout
+        if i == pool:
+            layers.append(nn.MaxPool2d(2))
+            if sq:
+                layers.append(cbr(cin, sq, 1))
+                cin = sq
+    return Net(*layers, nn.AdaptiveAvgPool2d(1), conv(cin, 10, 1, "c"))

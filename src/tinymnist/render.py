@@ -231,3 +231,17 @@ def results_markdown(root: Path, command: str) -> str:
             rows.append(results_row(f"{name}{' ' + flags if flags else ''}", kind, figures, how, cmd))
     tuned_by_step = {name: known[name].tuned_seeds for name, _ in groups if name in known}
     return results_document(rows, dict(sorted(tuned_by_step.items(), key=lambda kv: order[kv[0]])), command)
+
+
+def trial_line(trial) -> str:  # noqa: ANN001 - an optuna FrozenTrial
+    """One line for a finished trial of a search."""
+    attrs = trial.user_attrs
+    params = f"{attrs['params']:>6,} params" if "params" in attrs else " " * 13
+    if attrs.get("over_budget"):
+        what = "over the parameter budget, not trained"
+    elif trial.state.name == "COMPLETE":
+        what = f"worst of last epochs {trial.value:.2f}% (validation), {attrs.get('seconds', 0):.0f} s"
+    else:
+        accs = attrs.get("val_acc", [])
+        what = f"after epoch {len(accs)}: {accs[-1]:.2f}%" if accs else ""
+    return f"trial {trial.number:>3} {trial.state.name.lower():<8} {params}  {what}  {attrs.get('model', '')}"
