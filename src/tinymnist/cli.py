@@ -490,11 +490,24 @@ def cmd_search_confirm(args: argparse.Namespace) -> int:
         f"the test set")
     last_k = exported["config"]["last_k"]
     figures = seeds_shown(step, recipe, seeds, Path(args.runs), data, run_options(args), last_k, args.jobs,
-                          trust=args.trust_remote_code)
+                          {"tuned_seed": tuned[0]}, args.trust_remote_code)
     if figures is None:
         return EXIT_INTERRUPTED
     say("", f"{step}: {figures['params']:,} params, {recipe.epochs} epochs, {len(seeds)} seeds",
         *over_seeds_lines(figures, tuned))
+    return EXIT_OK
+
+
+def cmd_search_doc(args: argparse.Namespace) -> int:
+    from .studies import read_exports, search_markdown
+
+    out, figure = Path(args.out), Path(args.figure)
+    command = (f"tinymnist search-doc {' '.join(args.exports)} --runs {args.runs} --out {args.out} "
+               f"--figure {args.figure}")
+    text = search_markdown(read_exports([Path(p) for p in args.exports]), Path(args.runs), figure, out, command)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    say(f"wrote {out} and {figure}")
     return EXIT_OK
 
 
@@ -658,6 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=positive_int, default=1, help="seeds trained at once, each in its own process")
     add_run_args(p, overrides=False)
     p.set_defaults(func=cmd_search_confirm)
+
+    p = sub.add_parser("search-doc", help="docs/search.md and its frontier figure from study exports and "
+                                          "confirmation runs")
+    p.add_argument("exports", nargs="+", help="study exports (evidence/studies/*.json)")
+    p.add_argument("--runs", default="evidence/runs", help="where confirmation runs are (default evidence/runs)")
+    p.add_argument("--out", default="docs/search.md", help="markdown file to write (default docs/search.md)")
+    p.add_argument("--figure", default="docs/images/search-frontier.png", help="the frontier figure (PNG)")
+    p.set_defaults(func=cmd_search_doc)
 
     p = sub.add_parser("show", help="print a run's per-epoch table and verdict from its records")
     p.add_argument("run", help="a run directory")

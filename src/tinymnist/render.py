@@ -213,9 +213,14 @@ def results_markdown(root: Path, command: str) -> str:
         raise UsageError(f"no finished runs under {root}; run `tinymnist consistency STEP --out {root}` first.")
     known = all_steps()
     order = {name: i for i, name in enumerate(known)}
-    rows = []
+    rows, tuned_by_step = [], {}
     for (name, flags), runs in sorted(groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0])):
         tuned = set(known[name].tuned_seeds) if name in known else set()
+        first = next(iter(runs.values()))
+        if name.startswith("search/"):  # a search's trial, confirmed: the trials' own seed was its tuning seed
+            tuned = {first.header().get("overrides", {}).get("tuned_seed")}
+        if name in known or name.startswith("search/"):
+            tuned_by_step[name] = tuple(sorted(s for s in tuned if s is not None))
         for kind, seeds in (("tuning", sorted(s for s in runs if s in tuned)),
                             ("fresh", sorted(s for s in runs if s not in tuned))):
             if not seeds:
@@ -224,13 +229,16 @@ def results_markdown(root: Path, command: str) -> str:
             figures = over_seeds(seeds, [runs[s].metrics() for s in seeds], summaries[seeds[0]]["params"])
             how = {s: (summaries[s].get("precision", "?"), summaries[s].get("threads")) for s in seeds}
             cmd = f"tinymnist consistency {name} --seed-list {','.join(map(str, seeds))}"
+            if name.startswith("search/"):
+                _, study, trial = name.split("/")
+                cmd = (f"tinymnist search-confirm evidence/studies/{study}.json --trial {trial.removeprefix('trial-')} "
+                       f"--seed-list {','.join(map(str, seeds))}")
             cmd += f" {flags}" if flags else ""
             if len(set(how.values())) == 1:  # one precision and thread count: the command reproduces every seed
                 precision, threads = next(iter(how.values()))
                 cmd += f" --precision {precision}" + (f" --threads {threads}" if threads else "")
             rows.append(results_row(f"{name}{' ' + flags if flags else ''}", kind, figures, how, cmd))
-    tuned_by_step = {name: known[name].tuned_seeds for name, _ in groups if name in known}
-    return results_document(rows, dict(sorted(tuned_by_step.items(), key=lambda kv: order[kv[0]])), command)
+    return results_document(rows, tuned_by_step, command)
 
 
 def trial_line(trial) -> str:  # noqa: ANN001 - an optuna FrozenTrial

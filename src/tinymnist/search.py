@@ -394,7 +394,12 @@ def _orphans(study, dead: set[str]) -> bool:  # noqa: ANN001
 def export(study) -> dict:  # noqa: ANN001
     """A study as plain JSON data: its settings and every trial with its parameters, state, value and curve."""
     optuna = optuna_module()
-    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+
+    def retried(trial) -> int | None:  # noqa: ANN001
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
     return {
         "study": study.study_name, "direction": study.direction.name.lower(), "config": dict(study.user_attrs),
         "optuna": optuna.__version__,

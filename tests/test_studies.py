@@ -1,0 +1,91 @@
+"""docs/search.md from study exports and confirmation runs: what it says, and results.md's rows for searched
+trials."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import CPU
+from tinymnist.data import MNIST
+from tinymnist.recipes import Recipe
+from tinymnist.records import NewRun, RunRecord, run_dir
+from tinymnist.render import results_markdown
+from tinymnist.runner import create_run, train_run
+from tinymnist.studies import pareto, read_exports, search_markdown
+
+RECIPE = {**Recipe(model="tiny:w=4.8.8,pool=2", epochs=2, batch_size=64, seed=1).__dict__}
+
+
+def trial(number: int, state: str, params: int, accs: list[float], **extra: object) -> dict:
+    return {"number": number, "state": state, "value": min(accs[-2:]) if state == "complete" else None,
+            "params": {"lr": 0.1}, "model": RECIPE["model"], "n_params": params, "recipe": RECIPE, "val_acc": accs,
+            "seconds": 12.0, "over_budget": False, "retry_of": None, "worker": "h:1", "start": None, "end": None,
+            **extra}
+
+
+def export() -> dict:
+    return {"study": "demo", "direction": "maximize", "optuna": "5.0.0",
+            "config": {"max_params": 3000, "space": "builtin", "epochs": [2], "validation": 300, "train_size": 600,
+                       "seed": 1, "last_k": 2, "precision": "fp32"},
+            "trials": [trial(0, "complete", 1200, [97.0, 98.0]), trial(1, "complete", 900, [97.5, 98.5]),
+                       trial(2, "complete", 2000, [98.0, 98.9]), trial(3, "pruned", 1500, [60.0]),
+                       trial(4, "complete", 2500, [98.0, 98.7]),
+                       {**trial(5, "pruned", 9000, []), "over_budget": True, "recipe": RECIPE},
+                       trial(6, "fail", 1200, [90.0]), trial(7, "complete", 1200, [97.9, 98.1], retry_of=6)]}
+
+
+def test_pareto_keeps_the_trials_no_smaller_one_beats() -> None:
+    assert [t["number"] for t in pareto(export()["trials"])] == [1, 7, 2]
+
+
+def confirm(root: Path, data: MNIST, seeds: list[int]) -> None:
+    for seed in seeds:
+        recipe = Recipe(**{**RECIPE, "seed": seed})
+        run = RunRecord(run_dir(root, "search/demo/trial-2", seed))
+        create_run(run, NewRun("search/demo/trial-2", recipe, CPU, {"tuned_seed": 1, "seed": seed}), data)
+        train_run(run, data, last_k=2)
+
+
+@pytest.fixture(scope="module")
+def confirmed(small_mnist: MNIST, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    confirm(root, small_mnist.subset(600, 300), [1001, 1002])
+    return root
+
+
+def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: Path, tmp_path: Path) -> None:
+    path = tmp_path / "studies" / "demo.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(export()))
+    out, figure = tmp_path / "docs" / "search.md", tmp_path / "docs" / "images" / "frontier.png"
+    text = search_markdown(read_exports([path]), confirmed, figure, out, "tinymnist search-doc ...")
+    assert figure.stat().st_size > 10_000
+    assert "](images/frontier.png)" in text
+    assert "Trials never see the test set" in text and "same number of epochs" in text
+    assert "6 trials trained: 5 complete, 1 pruned; 1 sampled models were over the budget" in text
+    assert "1 failed (1 retries)" in text
+    assert "900 params 97.50% (trial 1), 1,200 params 97.90% (trial 7), 2,000 params 98.00% (trial 2)" in text
+    assert "--study demo --max-params 3000 --epochs 2 --validation 300 --subset 600 --trials 6" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 2 | ") and "1001-1002" in line)
+    assert "search-confirm" in row and "of 2" in row
+    best = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "tiny:" in line]
+    assert best[:3] == ["| 2", "| 4", "| 7"]
+
+
+def test_results_rows_for_a_searched_trial_name_its_command_and_tuning_seed(confirmed: Path) -> None:
+    text = results_markdown(confirmed, "tinymnist results")
+    row = next(line for line in text.splitlines() if line.startswith("| `search/demo/trial-2"))
+    assert "(fresh)" in row
+    assert "tinymnist search-confirm evidence/studies/demo.json --trial 2 --seed-list 1001,1002" in row
+    assert "- `search/demo/trial-2`: 1" in text
+
+
+def test_a_bad_export_is_one_sentence(tmp_path: Path) -> None:
+    from tinymnist.errors import UsageError
+
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(UsageError, match="not a study export"):
+        read_exports([tmp_path / "x.json"])
