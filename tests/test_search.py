@@ -187,6 +187,11 @@ def space(trial):
     return model, {"lr": trial.suggest_float("lr", 0.05, 0.1), "epochs": 2}
 
 
+def wild(trial):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    return model, {"lr": trial.suggest_float("lr", 1e37, 1e38), "epochs": 2}
+
+
 def broken(trial):
     trial.suggest_int("width", 4, 8)
     raise ValueError("no such layer")
@@ -212,6 +217,17 @@ def test_user_space_trials_confirm_and_reload_without_the_study(full_synthetic_d
     assert json.loads((run / "recipe.json").read_text())["recipe"]["model"] == trial["model"]
     evaluated = tinymnist("eval", str(run), "--data-dir", str(data_dir), cwd=tmp_path)
     assert evaluated.returncode == 0 and "matches the recorded" in evaluated.stdout, evaluated.stderr
+
+
+def test_a_diverging_trial_is_pruned_and_the_search_goes_on(train_only: Path, tmp_path: Path) -> None:
+    (tmp_path / "spaces.py").write_text(SPACE)
+    storage = f"sqlite:///{tmp_path / 'w.db'}"
+    result = tinymnist("search", "--storage", storage, "--study", "w", "--space", "spaces.py:wild", "--trials", "2",
+                       *TINY[:-1], "8000", data=train_only, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = exported(storage, "w", tmp_path)
+    assert [t["state"] for t in data["trials"]] == ["pruned", "pruned"]
+    assert all("the loss became" in t["diverged"] for t in data["trials"])
 
 
 # --- bad input: one sentence, exit 2, the study still readable ---------------------------------------------------

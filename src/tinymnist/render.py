@@ -247,6 +247,8 @@ def trial_line(trial) -> str:  # noqa: ANN001 - an optuna FrozenTrial
     params = f"{attrs['params']:>6,} params" if "params" in attrs else " " * 13
     if attrs.get("over_budget"):
         what = "over the parameter budget, not trained"
+    elif attrs.get("diverged"):
+        what = "diverged: " + attrs["diverged"].split(";")[0]
     elif trial.state.name == "COMPLETE":
         what = f"worst of last epochs {trial.value:.2f}% (validation), {attrs.get('seconds', 0):.0f} s"
     else:

@@ -12,7 +12,6 @@ Prints nothing: progress goes to a callback, errors are raised (UsageError, with
 from __future__ import annotations
 
 import dataclasses
-import math
 import multiprocessing
 import os
 import signal
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import VALIDATION, load_validation_split
-from .errors import TinyMnistError, UsageError
+from .errors import TinyMnistError, TrainingError, UsageError
 from .models import count_params, create_model, format_args, is_user_model, split_user_model, user_space
 from .recipes import Options, Recipe
 from .targets import LAST_K
@@ -261,12 +260,14 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa
         trainer = Trainer(recipe, data, options)
         accs, start = [], time.perf_counter()
         while trainer.epoch < recipe.epochs:
-            acc = trainer.run_epoch()["test_acc"]  # the trainer's held-out set is the validation split here
+            try:
+                acc = trainer.run_epoch()["test_acc"]  # the trainer's held-out set is the validation split here
+            except TrainingError as e:  # the loss diverged: a bad trial, not a broken search
+                trial.set_user_attr("diverged", str(e))
+                raise optuna.TrialPruned(str(e)) from None
             accs.append(acc)
             trial.set_user_attr("val_acc", accs)
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
-            if not math.isfinite(acc):
-                raise optuna.TrialPruned("not finite")
             trial.report(acc, trainer.epoch)
             if trainer.epoch < recipe.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {trainer.epoch}")
@@ -408,7 +409,7 @@ def export(study) -> dict:  # noqa: ANN001
             "model": t.user_attrs.get("model"), "n_params": t.user_attrs.get("params"),
             "recipe": t.user_attrs.get("recipe"), "val_acc": t.user_attrs.get("val_acc", []),
             "seconds": t.user_attrs.get("seconds"), "over_budget": bool(t.user_attrs.get(OVER_BUDGET)),
-            "retry_of": retried(t), "worker": t.user_attrs.get("worker"),
+            "retry_of": retried(t), "worker": t.user_attrs.get("worker"), "diverged": t.user_attrs.get("diverged"),
             "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             "end": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None,
         } for t in study.get_trials(deepcopy=False)],
