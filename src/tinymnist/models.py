@@ -80,7 +80,8 @@ def family_model(name: str) -> tuple[str, dict[str, object]] | None:
     if not colon or is_user_model(name):
         return None
     if family not in _FAMILIES:
-        raise unknown_name("model family", family, list_families())
+        error = unknown_name("model family", family, list_families())
+        raise UsageError(f"{error} A model of your own is named FILE.py:NAME.")
     return family, parse_args(text, name)
 
 

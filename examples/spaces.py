@@ -1,0 +1,37 @@
+"""Search spaces of your own, for `tinymnist search --space examples/spaces.py:NAME`.
+
+A space is a function of an Optuna trial returning (model, recipe settings): the model an nn.Module mapping
+(N, 1, 28, 28) images to 10 logits or log-probabilities, the settings any fields of tinymnist's Recipe (epochs,
+batch_size, lr, cycle_epochs, rotate, shift, scale, ...; the rest keep the search's one-cycle defaults). A
+searched model is rebuilt from the file and the trial's parameters, so keep the file self-contained.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def block(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, bias=False), nn.BatchNorm2d(cout, momentum=0.01), nn.ReLU())
+
+
+def space(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001 - an optuna Trial
+    """Plain Conv-BN-ReLU stacks: two layers, a max-pool, two to four more; widths and the recipe searched."""
+    width = trial.suggest_categorical("width", [8, 12, 16])
+    after = trial.suggest_int("after_pool", 2, 4)
+    layers = [block(1, 8), block(8, width), nn.MaxPool2d(2)]
+    layers += [block(width, width) for _ in range(after)]
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Conv2d(width, 10, 1), nn.Flatten())
+    epochs = trial.suggest_int("epochs", 8, 15)
+    return model, {"epochs": epochs, "lr": trial.suggest_float("lr", 0.05, 0.4, log=True),
+                   "batch_size": trial.suggest_categorical("batch_size", [64, 128]),
+                   "rotate": trial.suggest_float("rotate", 0.0, 10.0), "cycle_epochs": epochs - 3}
+
+
+def compact_step4(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG001 - a space of one point
+    """The compact journey's final step (compact_7k4, 7,432 parameters, and its recipe) as a one-point space:
+    its score on the validation split is the bar the speed study's choice must reach."""
+    model = nn.Sequential(block(1, 8), block(8, 16), nn.MaxPool2d(2), block(16, 8, 1), block(8, 16), block(16, 16),
+                          block(16, 16), nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 10, 1, bias=False), nn.Flatten())
+    return model, {"epochs": 15, "batch_size": 64, "lr": 0.2, "cycle_epochs": 11, "rotate": 7.0, "shift": 0.05,
+                   "scale": 0.05}
