@@ -110,6 +110,11 @@ def test_pruner_compares_trials_of_the_same_length_only() -> None:
     other.set_user_attr("epochs", 15)
     other.report(98.1, 4)  # below the median (98.4) of its peers
     assert other.should_prune()
+    scoring = study.ask()
+    scoring.set_user_attr("epochs", 15)
+    scoring.set_user_attr("prune_until", 3)  # its last K epochs, the score, began after epoch 3
+    scoring.report(98.1, 4)
+    assert not scoring.should_prune()
 
 
 # --- studies with two workers, a killed worker, on SQLite and on PostgreSQL ----------------------------------

@@ -196,6 +196,7 @@ def open_study(storage, name: str, config: SearchConfig | None = None):  # noqa:
     if not recorded:
         for key, value in config.to_attrs().items():
             study.set_user_attr(key, value)
+        study.set_user_attr("pruner", PRUNER)
     else:
         mine = config.to_attrs()
         for key, value in mine.items():
@@ -213,18 +214,25 @@ def sampler():  # noqa: ANN201
         return optuna.samplers.TPESampler(n_startup_trials=10, multivariate=True, group=True, constant_liar=True)
 
 
+PRUNER = (f"a trial is stopped after epoch e when its validation accuracy is below the median of the finished "
+          f"trials with the same number of epochs at epoch e (at least {PRUNE_PEERS} of them), from epoch "
+          f"{PRUNE_WARMUP + 1} until the last K epochs begin: those are the score, and a trial that reached them "
+          f"finishes")
+
+
 def pruner():  # noqa: ANN201
     """Prune a trial whose validation accuracy at epoch e is below the median of the finished trials with the
     same number of epochs at epoch e. Optuna's MedianPruner compares every trial at the same epoch, which
     would cut a 15-epoch one-cycle run (still at a high LR at epoch 5) against 6-epoch runs already decayed.
-    No pruning before epoch PRUNE_WARMUP + 1, nor with fewer than PRUNE_PEERS such trials."""
+    No pruning before epoch PRUNE_WARMUP + 1, nor with fewer than PRUNE_PEERS such trials, nor once the
+    trial's last K epochs (its score) have begun (its user attribute ``prune_until``)."""
     optuna = optuna_module()
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
     class SameLengthMedianPruner(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:  # noqa: ANN001
             step = trial.last_step
-            if step is None or step < PRUNE_WARMUP:
+            if step is None or step < PRUNE_WARMUP or step > trial.user_attrs.get("prune_until", step):
                 return False
             epochs = trial.user_attrs.get("epochs")
             peers = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=finished)
@@ -252,6 +260,7 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa
         trial.set_user_attr("model", recipe.model)
         trial.set_user_attr("params", params)
         trial.set_user_attr("epochs", recipe.epochs)
+        trial.set_user_attr("prune_until", recipe.epochs - config.last_k)
         trial.set_user_attr("recipe", dataclasses.asdict(recipe))
         trial.set_user_attr("worker", worker_id())
         if params > config.max_params:
@@ -402,7 +411,9 @@ def export(study) -> dict:  # noqa: ANN001
             return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
     return {
-        "study": study.study_name, "direction": study.direction.name.lower(), "config": dict(study.user_attrs),
+        "study": study.study_name, "direction": study.direction.name.lower(),
+        "config": {k: v for k, v in study.user_attrs.items() if k != "pruner"},
+        "pruner": study.user_attrs.get("pruner"),
         "optuna": optuna.__version__,
         "trials": [{
             "number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,

@@ -144,6 +144,7 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8) -> lis
         f"{states['complete']} complete, {states['pruned'] - over} pruned; {over} sampled models were over the "
         f"budget and not trained; {states['fail']} failed ({retried} retries). Optuna {export['optuna']}; "
         f"export: `{export['path']}`.", "",
+        *([f"Pruning: {export['pruner']}.", ""] if export.get("pruner") else []),
         f"Reproduce: `{search_command(export)}` (TPE samples differently on every run: the same command gives "
         f"another study of the same question).", "",
         f"Best trials (worst of the last {k} validation epochs):", "",
@@ -186,10 +187,10 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
         "- **Objective**: the worst validation accuracy of the last K epochs (K = 5 unless a study has fewer "
         "epochs) - the exercise's \"consistently in the last epochs\" measured where choosing is allowed. "
         "Models above `--max-params` are sampled but not trained (pruned at once, marked over budget).",
-        "- **Pruning**: after each epoch a trial reports its validation accuracy; from epoch 4 on it is stopped "
-        "when it is below the median of the finished trials with the same number of epochs at the same epoch "
-        "(at least 4 of them). Optuna's MedianPruner compares all trials at an epoch, which would cut a 15-epoch "
-        "one-cycle run, still at a high learning rate, against shorter runs already decayed.",
+        "- **Pruning**: after each epoch a trial reports its validation accuracy and may be stopped when it is "
+        "below the median of the finished trials with the same number of epochs at the same epoch (each study "
+        "below gives its exact rule). Optuna's MedianPruner compares all trials at an epoch, which would cut a "
+        "15-epoch one-cycle run, still at a high learning rate, against shorter runs already decayed.",
         "- **One seed per trial, the same for all**: a trial costs one training; with a common seed, two trials "
         "differ by their settings, not by their draw. A winner can still be lucky on that seed, which is why "
         "nothing is claimed from the search itself: chosen trials are trained again on the full training set "
