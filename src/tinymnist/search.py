@@ -267,6 +267,7 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa
             trial.set_user_attr(OVER_BUDGET, True)
             raise optuna.TrialPruned(f"{params} parameters > {config.max_params}")
         trainer = Trainer(recipe, data, options)
+        trial.set_user_attr("precision", trainer.precision)
         accs, start = [], time.perf_counter()
         while trainer.epoch < recipe.epochs:
             try:
@@ -421,6 +422,7 @@ def export(study) -> dict:  # noqa: ANN001
             "recipe": t.user_attrs.get("recipe"), "val_acc": t.user_attrs.get("val_acc", []),
             "seconds": t.user_attrs.get("seconds"), "over_budget": bool(t.user_attrs.get(OVER_BUDGET)),
             "retry_of": retried(t), "worker": t.user_attrs.get("worker"), "diverged": t.user_attrs.get("diverged"),
+            "precision": t.user_attrs.get("precision"),
             "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             "end": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None,
         } for t in study.get_trials(deepcopy=False)],

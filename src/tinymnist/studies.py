@@ -136,11 +136,13 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8) -> lis
     best = sorted((t for t in done if t["state"] == "complete"), key=lambda t: -t["value"])[:top]
     k = c.get("last_k", LAST_K)
     train = f"the first {c['train_size']:,}" if c.get("train_size") else "all the other"
+    used = sorted({t["precision"] for t in done if t.get("precision")})
+    precision = f"{c['precision']}: {', '.join(used)}" if used and used != [c["precision"]] else c["precision"]
     lines = [
         f"## Study `{export['study']}`", "",
         f"At most {c['max_params']:,} parameters; {', '.join(map(str, c['epochs']))} epochs; every trial trains "
         f"seed {c['seed']} on {train} training images and is scored on the last {c['validation']:,} (precision "
-        f"{c['precision']}). {len(done)} trials trained: "
+        f"{precision}). {len(done)} trials trained: "
         f"{states['complete']} complete, {states['pruned'] - over} pruned; {over} sampled models were over the "
         f"budget and not trained; {states['fail']} failed ({retried} retries). Optuna {export['optuna']}; "
         f"export: `{export['path']}`.", "",
