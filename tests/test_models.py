@@ -66,3 +66,23 @@ def test_old_model_names_still_build_with_a_note() -> None:
         with pytest.warns(NameNote, match=f"'{old}' is now called '{new}'"):
             model = create_model(old)
         assert count_params(model) == DOCUMENTED_PARAMS[new]
+
+
+# --- the parametric family the search samples ---
+
+@pytest.mark.parametrize(("family", "registered"), [
+    ("tiny:w=8.16.24.24.24,pool=2,sep=2", "sep_2k8"),
+    ("tiny:w=8.16.24.24.24,pool=2,sep=3", "sep_3k8"),
+    ("tiny:w=8.16.16.16.16,pool=2,sq=8", "compact_7k4"),
+])
+def test_tiny_family_rebuilds_the_registered_designs(family: str, registered: str) -> None:
+    a, b = create_model(family), create_model(registered)
+    assert count_params(a) == count_params(b)
+    assert [tuple(v.shape) for v in a.state_dict().values()] == [tuple(v.shape) for v in b.state_dict().values()]
+
+
+@pytest.mark.parametrize("name", ["tiny:w=8.16.16.16.16.16.16.16,pool=2", "tiny:w=8,pool=3", "tiny:w=x.y",
+                                  "tiny:pool=2", "tinny:w=8"])
+def test_bad_family_arguments_are_one_sentence(name: str) -> None:
+    with pytest.raises(UsageError):
+        create_model(name)

@@ -60,26 +60,6 @@ def check_complete(data: dict, trained: int) -> None:
 
 # --- the family and the space -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("family", "registered"), [
-    ("tiny:w=8.16.24.24.24,pool=2,sep=2", "sep_2k8"),
-    ("tiny:w=8.16.24.24.24,pool=2,sep=3", "sep_3k8"),
-    ("tiny:w=8.16.16.16.16,pool=2,sq=8", "compact_7k4"),
-])
-def test_tiny_family_rebuilds_the_registered_designs(family: str, registered: str) -> None:
-    a, b = create_model(family), create_model(registered)
-    assert count_params(a) == count_params(b)
-    assert [tuple(v.shape) for v in a.state_dict().values()] == [tuple(v.shape) for v in b.state_dict().values()]
-
-
-@pytest.mark.parametrize("name", ["tiny:w=8.16.16.16.16.16.16.16,pool=2", "tiny:w=8,pool=3", "tiny:w=x.y",
-                                  "tiny:pool=2", "tinny:w=8"])
-def test_bad_family_arguments_are_one_sentence(name: str) -> None:
-    from tinymnist.errors import UsageError
-
-    with pytest.raises(UsageError):
-        create_model(name)
-
-
 def test_builtin_space_samples_valid_recipes() -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     config = search.SearchConfig(max_params=10_000, epochs=(6, 8, 10))
