@@ -32,3 +32,22 @@ def test_results_doc_is_rendered_from_the_committed_run_records() -> None:
                                 "tinymnist results --runs evidence/runs --out docs/results.md")
     assert (ROOT / "docs" / "results.md").read_text() == text, (
         "docs/results.md differs from the run records in evidence/runs; regenerate it with `tinymnist results`")
+
+
+def test_search_doc_is_rendered_from_the_committed_study_exports(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    from tinymnist.studies import read_exports, search_markdown
+
+    monkeypatch.chdir(ROOT)  # the document names the exports and runs by their paths in the repository
+    exports = [Path("evidence/studies") / p.name for p in sorted((ROOT / "evidence" / "studies").glob("*.json"))]
+    assert exports, "evidence/studies/ holds no study export"
+    command = (f"tinymnist search-doc {' '.join(map(str, exports))} --runs evidence/runs --out docs/search.md "
+               f"--figure docs/images/search-frontier.png")
+    text = search_markdown(read_exports(exports), Path("evidence/runs"), tmp_path / "docs" / "images" / "f.png",
+                           tmp_path / "docs" / "search.md", command)
+    text = text.replace("](images/f.png)", "](images/search-frontier.png)")
+    assert (ROOT / "docs" / "search.md").read_text() == text, (
+        "docs/search.md differs from the study exports and confirmation runs; regenerate it with the command "
+        "at its top")

@@ -50,6 +50,9 @@ def confirmations(export: dict, root: Path) -> dict[int, dict]:
             figures = over_seeds(seeds, [r.metrics() for r in runs], runs[0].summary()["params"],
                                  export["config"].get("last_k", LAST_K))
             figures["wall_seconds"] = sorted(r.summary()["wall_seconds"] for r in runs)
+            how = {(r.summary().get("precision"), r.summary().get("threads")) for r in runs}
+            figures["flags"] = "" if len(how) != 1 else " ".join(
+                f"--{k} {v}" for k, v in zip(("precision", "threads"), next(iter(how)), strict=True) if v)
             found[int(trial_dir.name.removeprefix("trial-"))] = figures
     return found
 
@@ -142,7 +145,7 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8) -> lis
         f"## Study `{export['study']}`", "",
         f"At most {c['max_params']:,} parameters; {', '.join(map(str, c['epochs']))} epochs; every trial trains "
         f"seed {c['seed']} on {train} training images and is scored on the last {c['validation']:,} (precision "
-        f"{precision}). {len(done)} trials trained: "
+        f"{precision}). {len(done)} trial{'s' * (len(done) != 1)} trained: "
         f"{states['complete']} complete, {states['pruned'] - over} pruned; {over} sampled models were over the "
         f"budget and not trained; {states['fail']} failed ({retried} retries). Optuna {export['optuna']}; "
         f"export: `{export['path']}`.", "",
@@ -169,7 +172,7 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8) -> lis
             lines.append(f"| {number} | {f['params']:,} | {seed_list(seeds)} | {pass_count(f)} | "
                          f"{f['final_mean']:.2f} ± {f['final_std']:.2f} | {f['min_last_k']:.2f} | {wall:.0f} | "
                          f"`tinymnist search-confirm {export['path']} --trial {number} --seed-list "
-                         f"{','.join(map(str, seeds))} --jobs 2` |")
+                         f"{','.join(map(str, seeds))} --jobs 2{' ' + f['flags'] if f['flags'] else ''}` |")
     return lines + [""]
 
 
