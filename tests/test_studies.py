@@ -61,7 +61,10 @@ def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: 
     path.parent.mkdir()
     path.write_text(json.dumps(export()))
     out, figure = tmp_path / "docs" / "search.md", tmp_path / "docs" / "images" / "frontier.png"
-    text = search_markdown(read_exports([path]), confirmed, figure, out, "tinymnist search-doc ...")
+    bar = {**export(), "study": "bar", "trials": [trial(0, "complete", 5000, [97.9, 98.9])]}
+    (path.parent / "bar.json").write_text(json.dumps(bar))
+    text = search_markdown(read_exports([path, path.parent / "bar.json"]), confirmed, figure, out,
+                           "tinymnist search-doc ...", bar="bar")
     assert figure.stat().st_size > 10_000
     assert "](images/frontier.png)" in text
     assert "Trials never see the test set" in text and "same number of epochs" in text
@@ -73,6 +76,8 @@ def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: 
     assert "search-confirm" in row and "of 2" in row
     best = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "tiny:" in line]
     assert best[:3] == ["| 2", "| 4", "| 7"]
+    listed = text.split("at least 97.90%, study `bar`'s")[1].split("Frontier")[0]
+    assert [line.split(" | ")[0] for line in listed.splitlines() if "tiny:" in line] == ["| 2", "| 4", "| 7"]
 
 
 def test_results_rows_for_a_searched_trial_name_its_command_and_tuning_seed(confirmed: Path) -> None:

@@ -503,8 +503,9 @@ def cmd_search_doc(args: argparse.Namespace) -> int:
 
     out, figure = Path(args.out), Path(args.figure)
     command = (f"tinymnist search-doc {' '.join(args.exports)} --runs {args.runs} --out {args.out} "
-               f"--figure {args.figure}")
-    text = search_markdown(read_exports([Path(p) for p in args.exports]), Path(args.runs), figure, out, command)
+               f"--figure {args.figure}" + (f" --bar {args.bar}" if args.bar else ""))
+    text = search_markdown(read_exports([Path(p) for p in args.exports]), Path(args.runs), figure, out, command,
+                           args.bar)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     say(f"wrote {out} and {figure}")
@@ -678,6 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="evidence/runs", help="where confirmation runs are (default evidence/runs)")
     p.add_argument("--out", default="docs/search.md", help="markdown file to write (default docs/search.md)")
     p.add_argument("--figure", default="docs/images/search-frontier.png", help="the frontier figure (PNG)")
+    p.add_argument("--bar", metavar="STUDY", help="list each other study's trials that reach this study's best "
+                                                  "validation score, fastest first")
     p.set_defaults(func=cmd_search_doc)
 
     p = sub.add_parser("show", help="print a run's per-epoch table and verdict from its records")

@@ -423,6 +423,8 @@ def export(study) -> dict:  # noqa: ANN001
             "seconds": t.user_attrs.get("seconds"), "over_budget": bool(t.user_attrs.get(OVER_BUDGET)),
             "retry_of": retried(t), "worker": t.user_attrs.get("worker"), "diverged": t.user_attrs.get("diverged"),
             "precision": t.user_attrs.get("precision"),
+            # set by hand with study.enqueue_trial (a retry has fixed parameters too, and says so above)
+            "enqueued": "fixed_params" in t.system_attrs and "failed_trial" not in t.system_attrs,
             "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             "end": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None,
         } for t in study.get_trials(deepcopy=False)],

@@ -130,12 +130,35 @@ def search_command(export: dict) -> str:
     return " ".join(parts)
 
 
-def study_section(export: dict, confirmed: dict[int, dict], top: int = 8) -> list[str]:
+def trial_row(t: dict) -> str:
+    return (f"| {t['number']}{' (enqueued)' if t.get('enqueued') else ''} | {t['n_params']:,} | `{t['model']}` | "
+            f"{settings_text(t)} | {t['value']:.2f} | {t['seconds']:.0f} |")
+
+
+TRIALS_HEAD = ["| Trial | Params | Model | Recipe | Validation, worst of last K | Trial seconds |",
+               "|---|---|---|---|---|---|"]
+
+
+def bar_lines(done: list[dict], bar: tuple[str, float]) -> list[str]:
+    """The complete trials at or above the validation score of study ``bar[0]``, fastest first."""
+    name, value = bar
+    over = sorted((t for t in done if t["state"] == "complete" and t["value"] >= value), key=lambda t: t["seconds"])
+    head = (f"Trials at or above the bar - a validation score of at least {value:.2f}%, study `{name}`'s - fastest "
+            f"first (trial seconds were measured with two workers sharing the cores, so they rank trials; the "
+            f"benchmark times a choice alone):")
+    if not over:
+        return ["", f"No trial reached the bar (a validation score of at least {value:.2f}%, study `{name}`'s)."]
+    return ["", head, "", *TRIALS_HEAD, *map(trial_row, over)]
+
+
+def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
+                  bar: tuple[str, float] | None = None) -> list[str]:
     c = export["config"]
     done = trained(export)
     states = {s: sum(t["state"] == s for t in export["trials"]) for s in ("complete", "pruned", "fail")}
     over = sum(t["over_budget"] for t in export["trials"])
     retried = sum(t["retry_of"] is not None for t in export["trials"])
+    enqueued = [str(t["number"]) for t in export["trials"] if t.get("enqueued")]
     best = sorted((t for t in done if t["state"] == "complete"), key=lambda t: -t["value"])[:top]
     k = c.get("last_k", LAST_K)
     train = f"the first {c['train_size']:,}" if c.get("train_size") else "all the other"
@@ -150,14 +173,16 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8) -> lis
         f"budget and not trained; {states['fail']} failed ({retried} retries). Optuna {export['optuna']}; "
         f"export: `{export['path']}`.", "",
         *([f"Pruning: {export['pruner']}.", ""] if export.get("pruner") else []),
+        *([f"Trial{'s' * (len(enqueued) > 1)} {', '.join(enqueued)} {'were' if len(enqueued) > 1 else 'was'} "
+           f"enqueued by hand (`study.enqueue_trial`): given points of the space, not sampled.", ""]
+          if enqueued else []),
         f"Reproduce: `{search_command(export)}` (TPE samples differently on every run: the same command gives "
         f"another study of the same question).", "",
         f"Best trials (worst of the last {k} validation epochs):", "",
-        "| Trial | Params | Model | Recipe | Validation, worst of last K | Trial seconds |",
-        "|---|---|---|---|---|---|",
+        *TRIALS_HEAD, *map(trial_row, best),
     ]
-    lines += [f"| {t['number']} | {t['n_params']:,} | `{t['model']}` | {settings_text(t)} | {t['value']:.2f} | "
-              f"{t['seconds']:.0f} |" for t in best]
+    if bar and bar[0] != export["study"]:
+        lines += bar_lines(done, bar)
     front = pareto(done)
     lines += ["", "Frontier (complete trials no smaller trial beats): " + ", ".join(
         f"{t['n_params']:,} params {t['value']:.2f}% (trial {t['number']})" for t in front) + "."]
@@ -176,9 +201,11 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8) -> lis
     return lines + [""]
 
 
-def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, command: str) -> str:
+def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, command: str,
+                    bar: str | None = None) -> str:
     """``out`` (docs/search.md): how trials are chosen, the frontier figure (written to ``figure``), and a
-    section per study."""
+    section per study; with ``bar`` (a study's name), each other study lists its trials that reached that
+    study's best validation score, fastest first."""
     confirmed = {e["study"]: confirmations(e, root) for e in exports}
     frontier_figure(exports, confirmed, figure)
     lines = [
@@ -205,6 +232,11 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
         "recipe holds.", "",
         f"![Search trials: parameters against accuracy]({os.path.relpath(figure, out.parent)})", "",
     ]
+    by_name = {e["study"]: e for e in exports}
+    if bar and bar not in by_name:
+        raise UsageError(f"--bar {bar}: no such study among the exports ({', '.join(by_name)}).")
+    best = {e["study"]: max((t["value"] for t in trained(e) if t["state"] == "complete"), default=None)
+            for e in exports}
     for export in exports:
-        lines += study_section(export, confirmed[export["study"]])
+        lines += study_section(export, confirmed[export["study"]], bar=(bar, best[bar]) if bar else None)
     return "\n".join(lines)
