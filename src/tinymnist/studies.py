@@ -80,12 +80,13 @@ def frontier_figure(exports: list[dict], confirmed: dict[str, dict[int, dict]], 
         done = trained(export)
         complete = [t for t in done if t["state"] == "complete"]
         pruned = [t for t in done if t["state"] == "pruned"]
-        ax.scatter([t["n_params"] for t in complete], [t["value"] for t in complete], marker=markers[i % 7],
-                   s=28, alpha=0.8, label=f"{export['study']}: complete (validation)")
-        ax.scatter([t["n_params"] for t in pruned], [max(t["val_acc"][-1], low + 0.03) for t in pruned],
-                   marker=markers[i % 7],
-                   s=28, facecolors="none", edgecolors="gray", alpha=0.7,
-                   label=f"{export['study']}: pruned (validation, last epoch)")
+        if complete:
+            ax.scatter([t["n_params"] for t in complete], [t["value"] for t in complete], marker=markers[i % 7],
+                       s=28, alpha=0.8, label=f"{export['study']}: complete (validation)")
+        if pruned:
+            ax.scatter([t["n_params"] for t in pruned], [max(t["val_acc"][-1], low + 0.03) for t in pruned],
+                       marker=markers[i % 7], s=28, facecolors="none", edgecolors="gray", alpha=0.7,
+                       label=f"{export['study']}: pruned (validation, last epoch)")
         for number, figures in confirmed.get(export["study"], {}).items():
             finals = [s["final"] for s in figures["seeds"]]
             mean = sum(finals) / len(finals)
