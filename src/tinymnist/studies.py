@@ -233,6 +233,18 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
         "recipe holds.", "",
         f"![Search trials: parameters against accuracy]({os.path.relpath(figure, out.parent)})", "",
     ]
+    lines += ["## Summary", ""]
+    for export in exports:
+        done = [t for t in trained(export) if t["state"] == "complete"]
+        if not done:
+            continue
+        top = max(done, key=lambda t: t["value"])
+        held = "; ".join(f"trial {n} holds on {f['seeds_passing']} of {f['seeds_run']} fresh seeds on the test set"
+                         for n, f in sorted(confirmed[export["study"]].items()))
+        lines.append(f"- `{export['study']}` (at most {export['config']['max_params']:,} parameters, "
+                     f"{len(trained(export))} trained trial{'s' * (len(trained(export)) != 1)}): best validation score {top['value']:.2f}% (trial "
+                     f"{top['number']}, {top['n_params']:,} parameters){'; ' + held if held else ''}.")
+    lines.append("")
     by_name = {e["study"]: e for e in exports}
     if bar and bar not in by_name:
         raise UsageError(f"--bar {bar}: no such study among the exports ({', '.join(by_name)}).")
