@@ -241,9 +241,10 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
         top = max(done, key=lambda t: t["value"])
         held = "; ".join(f"trial {n} holds on {f['seeds_passing']} of {f['seeds_run']} fresh seeds on the test set"
                          for n, f in sorted(confirmed[export["study"]].items()))
-        lines.append(f"- `{export['study']}` (at most {export['config']['max_params']:,} parameters, "
-                     f"{len(trained(export))} trained trial{'s' * (len(trained(export)) != 1)}): best validation score {top['value']:.2f}% (trial "
-                     f"{top['number']}, {top['n_params']:,} parameters){'; ' + held if held else ''}.")
+        n = len(trained(export))
+        lines.append(f"- `{export['study']}` (at most {export['config']['max_params']:,} parameters, {n} trained "
+                     f"trial{'s' * (n != 1)}): best validation score {top['value']:.2f}% (trial {top['number']}, "
+                     f"{top['n_params']:,} parameters){'; ' + held if held else ''}.")
     lines.append("")
     by_name = {e["study"]: e for e in exports}
     if bar and bar not in by_name:
