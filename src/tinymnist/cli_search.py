@@ -1,0 +1,168 @@
+"""The search's commands (`search`, `search-export`, `search-confirm`, `search-doc`): parse, call the library
+(search.py, studies.py; Optuna is imported only when a command runs), print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .cli import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_run_args,
+    add_seed_args,
+    load_data,
+    parse_seeds,
+    positive_int,
+    run_options,
+    say,
+    seeds_shown,
+)
+from .errors import UsageError
+from .render import over_seeds_lines
+from .targets import LAST_K, fresh_seeds
+
+
+def search_config(args: argparse.Namespace) -> object:
+    from .search import SearchConfig
+
+    try:
+        epochs = tuple(sorted({int(e) for e in args.epochs.split(",")}))
+    except ValueError:
+        raise UsageError(f"--epochs {args.epochs!r} must be whole numbers separated by commas, like 6,8,10.") \
+            from None
+    if not epochs or not 1 <= epochs[0] <= epochs[-1] <= 15:
+        raise UsageError(f"--epochs {args.epochs!r}: each epoch count must be from 1 to 15.")
+    return SearchConfig(max_params=args.max_params, space=args.space, epochs=epochs, validation=args.validation,
+                        train_size=args.subset, seed=args.seed, last_k=min(LAST_K, epochs[0]),
+                        precision=args.precision)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .render import trial_line
+    from .search import counts, search, shown_url
+
+    config = search_config(args)
+    say(f"study {args.study!r} in {shown_url(args.storage)}: {args.trials} trained trials, {args.workers} "
+        f"worker(s) here; models of at most {config.max_params:,} parameters, scored on the last "
+        f"{config.validation:,} training images (the test set is not read).")
+    study = search(args.storage, args.study, config, args.trials, args.workers, args.heartbeat, args.data_dir,
+                   on_trial=lambda t: say(trial_line(t)), on_note=lambda m: say(f"note: {m}"))
+    c = counts(study)
+    say(f"study {args.study!r}: {c['complete']} complete, {c['pruned']} pruned ({c['trained']} trained), "
+        f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting.")
+    if c["complete"]:
+        best = study.best_trial
+        say(f"best: trial {best.number}, worst of the last epochs {best.value:.2f}% on validation, "
+            f"{best.user_attrs['params']:,} params, {best.user_attrs['model']}")
+    return EXIT_OK
+
+
+def cmd_search_export(args: argparse.Namespace) -> int:
+    from .search import export, open_storage, open_study
+
+    data = export(open_study(open_storage(args.storage), args.study))
+    out = Path(args.out or f"evidence/studies/{args.study}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    say(f"wrote {out}: {len(data['trials'])} trials")
+    return EXIT_OK
+
+
+def read_export(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist; give a study export (tinymnist search-export writes one).") \
+            from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is not a study export ({e}).") from None
+    if not isinstance(data, dict) or "trials" not in data or "config" not in data:
+        raise UsageError(f"{path} is not a study export (no trials); tinymnist search-export writes one.")
+    return data
+
+
+def cmd_search_confirm(args: argparse.Namespace) -> int:
+    from .search import trial_recipe
+
+    exported = read_export(args.export)
+    recipe = trial_recipe(exported, args.trial)
+    tuned = (exported["config"]["seed"],)  # every trial trained this seed: fresh seeds skip it
+    seeds = parse_seeds(args, fresh_seeds(args.seeds, tuned))
+    step = f"search/{exported['study']}/trial-{args.trial}"
+    data = load_data(args, args.subset)
+    say(f"trial {args.trial} of study {exported['study']!r}: {recipe.model}, on the full training set, judged on "
+        f"the test set")
+    last_k = exported["config"]["last_k"]
+    figures = seeds_shown(step, recipe, seeds, Path(args.runs), data, run_options(args), last_k, args.jobs,
+                          {"tuned_seed": tuned[0]}, args.trust_remote_code)
+    if figures is None:
+        return EXIT_INTERRUPTED
+    say("", f"{step}: {figures['params']:,} params, {recipe.epochs} epochs, {len(seeds)} seeds",
+        *over_seeds_lines(figures, tuned))
+    return EXIT_OK
+
+
+def cmd_search_doc(args: argparse.Namespace) -> int:
+    from .studies import read_exports, search_markdown
+
+    out, figure = Path(args.out), Path(args.figure)
+    command = (f"tinymnist search-doc {' '.join(args.exports)} --runs {args.runs} --out {args.out} "
+               f"--figure {args.figure}" + (f" --bar {args.bar}" if args.bar else ""))
+    text = search_markdown(read_exports([Path(p) for p in args.exports]), Path(args.runs), figure, out, command,
+                           args.bar)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    say(f"wrote {out} and {figure}")
+    return EXIT_OK
+
+
+def add_search_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="an Optuna study over models and recipes, scored on a validation split")
+    p.add_argument("--max-params", type=positive_int, required=True, help="models above this are not trained")
+    p.add_argument("--space", default="builtin", help="builtin (the tiny family and the one-cycle recipe), or "
+                                                      "your own as FILE.py:NAME, a function of an Optuna trial "
+                                                      "returning (model, recipe settings)")
+    p.add_argument("--trials", type=positive_int, default=60, help="trained trials the study should reach, "
+                                                                   "counting other workers' (default 60)")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes here (default 1)")
+    p.add_argument("--storage", default="sqlite:///search.db",
+                   help="any SQLAlchemy URL (default sqlite:///search.db); several hosts: postgresql://...")
+    p.add_argument("--study", default="search", help="study name: created, or resumed/joined (default search)")
+    p.add_argument("--epochs", default="15", help="epoch counts the built-in space chooses from, e.g. 6,8,10 "
+                                                  "(default 15)")
+    p.add_argument("--validation", type=positive_int, default=10_000,
+                   help="the last N training images score the trials (default 10000)")
+    p.add_argument("--subset", type=positive_int, help="train on the first N of the other training images")
+    p.add_argument("--seed", type=int, default=1, help="the seed every trial trains (default 1)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--heartbeat", type=positive_int, default=10,
+                   help="seconds between a trial's heartbeats; 3 missed and it is failed and retried (default 10)")
+    p.add_argument("--data-dir", help="directory with the MNIST training files (the test files are not needed)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("search-export", help="write a study as JSON (settings, every trial) for docs and audit")
+    p.add_argument("--storage", default="sqlite:///search.db", help="SQLAlchemy URL (default sqlite:///search.db)")
+    p.add_argument("--study", default="search", help="study name (default search)")
+    p.add_argument("--out", help="JSON file (default evidence/studies/STUDY.json)")
+    p.set_defaults(func=cmd_search_export)
+
+    p = sub.add_parser("search-confirm", help="train a trial's recipe on the full training set over fresh seeds "
+                                              "and judge it on the test set")
+    p.add_argument("export", help="a study export (tinymnist search-export writes it)")
+    p.add_argument("--trial", type=int, required=True, help="the trial's number")
+    add_seed_args(p, 10, "fresh seeds: 1001 upwards, skipping the seed the trials trained (default 10)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="seeds trained at once, each in its own process")
+    add_run_args(p, overrides=False)
+    p.set_defaults(func=cmd_search_confirm)
+
+    p = sub.add_parser("search-doc", help="docs/search.md and its frontier figure from study exports and "
+                                          "confirmation runs")
+    p.add_argument("exports", nargs="+", help="study exports (evidence/studies/*.json)")
+    p.add_argument("--runs", default="evidence/runs", help="where confirmation runs are (default evidence/runs)")
+    p.add_argument("--out", default="docs/search.md", help="markdown file to write (default docs/search.md)")
+    p.add_argument("--figure", default="docs/images/search-frontier.png", help="the frontier figure (PNG)")
+    p.add_argument("--bar", metavar="STUDY", help="list each other study's trials that reach this study's best "
+                                                  "validation score, fastest first")
+    p.set_defaults(func=cmd_search_doc)
