@@ -1,20 +1,13 @@
-"""Model registry and every architecture, built from a few small blocks; and a user's own model file.
+"""Model registry and every architecture, built from a few small blocks.
 
 Each architecture is a function decorated with ``@register_model``; ``create_model(name)`` builds it.
-Every built-in model maps (N, 1, 28, 28) normalized images to (N, 10) log-probabilities.
-
-A user's model is named ``FILE.py:NAME``: NAME is an ``nn.Module`` class with a no-argument constructor, or a
-function returning an ``nn.Module``, in one self-contained Python file (plain torch; nothing from tinymnist
-needed). It may return logits or log-probabilities for the 10 classes: tinymnist applies ``log_softmax`` to
-its output, which leaves log-probabilities unchanged.
+Every built-in model maps (N, 1, 28, 28) normalized images to (N, 10) log-probabilities. A parametric family
+(``@register_family``) builds ``FAMILY:key=value,...``; a user's own model file (``FILE.py:NAME``, see
+user_models.py) is built here too: this is the one place that turns a name into a model.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +15,17 @@ import torch
 from torch import nn
 
 from .errors import UsageError, renamed, unknown_name
+from .user_models import (  # noqa: F401 - re-exported: the rest of the package imports them from here
+    build_user_model,
+    file_sha256,
+    fixed_trial,
+    format_args,
+    is_user_model,
+    parse_args,
+    prepare_model,
+    split_user_model,
+    user_space,
+)
 
 _REGISTRY: dict[str, Callable[[], nn.Module]] = {}
 # Parametric families: ``FAMILY:key=value,...`` builds FAMILY(key=value, ...) (what the search records).
@@ -51,29 +55,6 @@ def list_families() -> list[str]:
     return list(_FAMILIES)
 
 
-def format_args(args: dict[str, object]) -> str:
-    """``{'w': '8.16', 'pool': 2}`` -> ``w=8.16,pool=2`` (floats in their shortest exact form)."""
-    return ",".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in args.items())
-
-
-def parse_args(text: str, where: str) -> dict[str, object]:
-    """``w=8.16,pool=2,lr=0.1`` -> ``{'w': '8.16', 'pool': 2, 'lr': 0.1}``: whole numbers, numbers, else text."""
-    args: dict[str, object] = {}
-    for item in filter(None, text.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key.isidentifier():
-            raise UsageError(f"{where}: {item!r} is not key=value; write arguments like w=8.16.24,pool=2.")
-        for kind in (int, float):
-            try:
-                args[key] = kind(value)
-                break
-            except ValueError:
-                continue
-        else:
-            args[key] = {"True": True, "False": False}.get(value, value)
-    return args
-
-
 def family_model(name: str) -> tuple[str, dict[str, object]] | None:
     """(family, arguments) when ``name`` is ``FAMILY:key=value,...``, else None."""
     family, colon, text = name.partition(":")
@@ -83,11 +64,6 @@ def family_model(name: str) -> tuple[str, dict[str, object]] | None:
         error = unknown_name("model family", family, list_families())
         raise UsageError(f"{error} A model of your own is named FILE.py:NAME.")
     return family, parse_args(text, name)
-
-
-def is_user_model(name: str) -> bool:
-    """Whether ``name`` names a model in a user's file (``FILE.py:NAME``) rather than a registered one."""
-    return ".py:" in name
 
 
 def model_name(name: str) -> str:
@@ -114,135 +90,6 @@ def create_model(name: str, source: Path | None = None) -> nn.Module:
         except TypeError as e:
             raise UsageError(f"{name}: {e}.") from None
     return _REGISTRY[model_name(name)]()
-
-
-# --- a user's model file ------------------------------------------------------------------------------------
-
-def split_user_model(name: str) -> tuple[Path, str, dict[str, object] | None]:
-    """``FILE.py:NAME`` -> (FILE, NAME, None); ``FILE.py:SPACE:key=value,...`` (a model a search space built for
-    the trial parameters given) -> (FILE, SPACE, parameters)."""
-    path, _, rest = name.rpartition(".py:")
-    attr, colon, args = rest.partition(":")
-    if not attr.isidentifier():
-        raise UsageError(f"{name!r}: after the colon comes the name of a class or function in the file, like "
-                         f"my_models.py:Net.")
-    return Path(path + ".py"), attr, parse_args(args, name) if colon else None
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _check_self_contained(path: Path, tree: ast.Module) -> None:
-    """A run keeps a copy of the model file, so the file must not import its neighbours."""
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                raise UsageError(f"{path} line {node.lineno}: a relative import; keep the model in one file (that "
-                                 f"file is what a run keeps).")
-            names = [node.module or ""]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        for name in names:
-            top = name.split(".")[0]
-            if (path.parent / f"{top}.py").exists() or (path.parent / top / "__init__.py").exists():
-                raise UsageError(f"{path} line {node.lineno}: imports {top!r} from a file beside it; keep the model "
-                                 f"in one file (that file is what a run keeps).")
-
-
-def _load_module(path: Path) -> object:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist; give FILE.py:NAME with the path of your model file.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} cannot be read ({e}).") from None
-    try:
-        tree = ast.parse(text, filename=str(path))
-    except SyntaxError as e:
-        raise UsageError(f"{path} line {e.lineno}: syntax error ({e.msg}); fix the file.") from None
-    _check_self_contained(path, tree)
-    module_name = f"tinymnist_user_{file_sha256(path)[:16]}"
-    if module_name in sys.modules:  # the same bytes were loaded already
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - whatever the user's file raises, one sentence names it
-        raise UsageError(f"{path} failed to import ({type(e).__name__}: {e}); fix the file.") from None
-    sys.modules[module_name] = module
-    return module
-
-
-def build_user_model(path: Path, attr: str, params: dict[str, object] | None = None) -> nn.Module:
-    """Build ``attr`` from the model file ``path`` and check it maps (N, 1, 28, 28) to (N, 10); the output then
-    goes through log_softmax. With ``params``, ``attr`` is a search space: the model it returns for a trial
-    with those parameters (optuna's FixedTrial)."""
-    if params is not None:
-        space = user_space(path, attr)
-        try:
-            model = space(fixed_trial(params))[0]
-        except Exception as e:  # noqa: BLE001 - whatever the user's space raises, one sentence names it
-            raise UsageError(f"{path}:{attr} failed for the parameters {format_args(params)} "
-                             f"({type(e).__name__}: {e}).") from None
-        return prepare_model(model, f"{path}:{attr}")
-    module = _load_module(path)
-    factory = getattr(module, attr, None)
-    if factory is None:
-        candidates = [n for n, v in vars(module).items() if not n.startswith("_") and callable(v)
-                      and getattr(v, "__module__", None) == module.__name__]
-        raise unknown_name(f"class or function in {path}:", attr, candidates)
-    try:
-        model = factory()
-    except Exception as e:  # noqa: BLE001
-        raise UsageError(f"{path}:{attr}() failed ({type(e).__name__}: {e}); it must build with no arguments.") \
-            from None
-    return prepare_model(model, f"{path}:{attr}")
-
-
-def user_space(path: Path, attr: str) -> Callable:
-    """The search-space function ``attr`` of the model file ``path``."""
-    space = getattr(_load_module(path), attr, None)
-    if not callable(space):
-        raise UsageError(f"{path} has no function {attr}(trial); a search space is a function of an Optuna trial "
-                         f"returning (model, recipe settings).")
-    return space
-
-
-def fixed_trial(params: dict[str, object]) -> object:
-    try:
-        import optuna
-    except ImportError:
-        raise UsageError("this model comes from a search space and is rebuilt with Optuna; install it with "
-                         "pip install 'tinymnist[search]'.") from None
-    return optuna.trial.FixedTrial(params)
-
-
-def prepare_model(model: object, where: str) -> nn.Module:
-    """A user's model, checked (an nn.Module mapping (N, 1, 28, 28) to (N, 10)) and given a log_softmax on its
-    output; ``where`` names it in the error."""
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"{where}() returned {type(model).__name__}, not a torch.nn.Module.")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(2, 1, 28, 28))
-    except Exception as e:  # noqa: BLE001
-        raise UsageError(f"{where} fails on a batch of (2, 1, 28, 28) images ({type(e).__name__}: {e}).") from None
-    model.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 10):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UsageError(f"{where} maps (2, 1, 28, 28) images to {shape}; it must return (N, 10) logits or "
-                         f"log-probabilities.")
-    model.register_forward_hook(_log_softmax)
-    return model
-
-
-def _log_softmax(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(output, dim=1)
 
 
 def count_params(model: nn.Module) -> int:
