@@ -23,6 +23,8 @@ from .errors import UsageError
 from .render import over_seeds_lines
 from .targets import LAST_K, fresh_seeds
 
+DEFAULT_STORAGE = "sqlite:///search.db"
+
 
 def search_config(args: argparse.Namespace) -> object:
     from .search import SearchConfig
@@ -60,33 +62,22 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_search_export(args: argparse.Namespace) -> int:
+    from .records import write_atomic
     from .search import export, open_storage, open_study
 
     data = export(open_study(open_storage(args.storage), args.study))
     out = Path(args.out or f"evidence/studies/{args.study}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1) + "\n")
+    write_atomic(out, (json.dumps(data, indent=1) + "\n").encode())
     say(f"wrote {out}: {len(data['trials'])} trials")
     return EXIT_OK
 
 
-def read_export(path: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist; give a study export (tinymnist search-export writes one).") \
-            from None
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path} is not a study export ({e}).") from None
-    if not isinstance(data, dict) or "trials" not in data or "config" not in data:
-        raise UsageError(f"{path} is not a study export (no trials); tinymnist search-export writes one.")
-    return data
-
-
 def cmd_search_confirm(args: argparse.Namespace) -> int:
     from .search import trial_recipe
+    from .studies import read_exports
 
-    exported = read_export(args.export)
+    exported = read_exports([Path(args.export)])[0]
     recipe = trial_recipe(exported, args.trial)
     tuned = (exported["config"]["seed"],)  # every trial trained this seed: fresh seeds skip it
     seeds = parse_seeds(args, fresh_seeds(args.seeds, tuned))
@@ -127,8 +118,8 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=positive_int, default=60, help="trained trials the study should reach, "
                                                                    "counting other workers' (default 60)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes here (default 1)")
-    p.add_argument("--storage", default="sqlite:///search.db",
-                   help="any SQLAlchemy URL (default sqlite:///search.db); several hosts: postgresql://...")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"any SQLAlchemy URL (default {DEFAULT_STORAGE}); several hosts: postgresql+psycopg://...")
     p.add_argument("--study", default="search", help="study name: created, or resumed/joined (default search)")
     p.add_argument("--epochs", default="15", help="epoch counts the built-in space chooses from, e.g. 6,8,10 "
                                                   "(default 15)")
@@ -143,7 +134,7 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("search-export", help="write a study as JSON (settings, every trial) for docs and audit")
-    p.add_argument("--storage", default="sqlite:///search.db", help="SQLAlchemy URL (default sqlite:///search.db)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
     p.add_argument("--study", default="search", help="study name (default search)")
     p.add_argument("--out", help="JSON file (default evidence/studies/STUDY.json)")
     p.set_defaults(func=cmd_search_export)

@@ -21,15 +21,14 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from .data import VALIDATION, load_validation_split
 from .errors import TinyMnistError, TrainingError, UsageError
-from .models import count_params, create_model, format_args, is_user_model, split_user_model, user_space
+from .models import count_params, create_model, format_args, split_user_model, user_space
 from .recipes import Options, Recipe
+from .records import recipe_from_dict
 from .targets import LAST_K
 
-DEFAULT_STORAGE = "sqlite:///search.db"
 HEARTBEAT = 10  # seconds between a running trial's heartbeats; after 3 missed ones it is failed and retried
 MAX_RETRY = 2  # a failed trial is tried again this many times, each as a new trial linked to it
 PRUNE_WARMUP = 3  # epochs before a trial may be pruned
@@ -108,13 +107,10 @@ def sample(trial, config: SearchConfig) -> Recipe:  # noqa: ANN001
     else:
         path, name, _ = split_user_model(config.space)
         try:
-            result = user_space(path, name)(trial)
-            _, settings = result
-        except TinyMnistError:
+            _, settings = user_space(path, name)(trial)
+        except (TinyMnistError, optuna_module().TrialPruned):
             raise
         except Exception as e:  # noqa: BLE001 - whatever the user's space raises, one sentence names it
-            if type(e).__name__ == "TrialPruned":
-                raise
             raise UsageError(f"the search space {config.space} failed ({type(e).__name__}: {e}); fix the "
                              f"function (it takes an Optuna trial and returns (model, recipe settings)).") from None
         if not isinstance(settings, dict):
@@ -256,7 +252,8 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa
 
     def run(trial) -> float:  # noqa: ANN001
         recipe = sample(trial, config)
-        params = count_params(create_model(recipe.model))
+        trainer = Trainer(recipe, data, options)  # builds the model (cheap): its size decides whether it trains
+        params = count_params(trainer.model)
         trial.set_user_attr("model", recipe.model)
         trial.set_user_attr("params", params)
         trial.set_user_attr("epochs", recipe.epochs)
@@ -266,7 +263,6 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa
         if params > config.max_params:
             trial.set_user_attr(OVER_BUDGET, True)
             raise optuna.TrialPruned(f"{params} parameters > {config.max_params}")
-        trainer = Trainer(recipe, data, options)
         trial.set_user_attr("precision", trainer.precision)
         accs, start = [], time.perf_counter()
         while trainer.epoch < recipe.epochs:
@@ -438,13 +434,6 @@ def trial_recipe(exported: dict, number: int) -> Recipe:
             if not t.get("recipe"):
                 raise UsageError(f"trial {number} of study {exported['study']!r} sampled no recipe (state "
                                  f"{t['state']}).")
-            return Recipe(**t["recipe"])
+            return recipe_from_dict(t["recipe"])
     raise UsageError(f"study {exported['study']!r} has no trial {number}.")
 
-
-def is_user_space(space: str) -> bool:
-    return space != "builtin" and is_user_model(space)
-
-
-def space_path(space: str) -> Path | None:
-    return split_user_model(space)[0] if is_user_space(space) else None

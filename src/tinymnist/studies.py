@@ -23,9 +23,12 @@ def read_exports(paths: list[Path]) -> list[dict]:
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UsageError(f"{path} does not exist; give a study export (tinymnist search-export writes one).") \
+                from None
         except (OSError, ValueError) as e:
             raise UsageError(f"{path} is not a readable study export ({e}).") from None
-        if not isinstance(data, dict) or "trials" not in data:
+        if not isinstance(data, dict) or "trials" not in data or "config" not in data:
             raise UsageError(f"{path} is not a study export (no trials); tinymnist search-export writes one.")
         data["path"] = str(path)
         exports.append(data)
