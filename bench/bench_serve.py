@@ -25,6 +25,8 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw
 
+from tinymnist.machine import cpu_name
+
 
 def digit_png() -> bytes:
     """A 7 drawn with a thick stroke on white, as the page sends it."""
@@ -107,14 +109,7 @@ def measure(run: str, requests: int = 2000, clients: int = 16, warmup: int = 200
             "p50_ms": 1000 * statistics.median(ordered), "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
             "rss_after_warmup_mb": rss_warm, "rss_samples_mb": samples,
             "rss_max_drift_mb": max(abs(s - rss_warm) for s in samples),
-            "cpu": _cpu(), "threads": os.cpu_count(), "command": "python " + " ".join(sys.argv)}
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+            "cpu": cpu_name(), "threads": os.cpu_count(), "command": "python " + " ".join(sys.argv)}
 
 
 def main() -> int:

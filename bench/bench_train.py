@@ -32,10 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from tinymnist.data import load_mnist
-from tinymnist.engine import Trainer, fit
+from tinymnist.executor import Sink, execute
+from tinymnist.machine import cpu_name
 from tinymnist.models import count_params, create_model
-from tinymnist.recipes import Options, get_step
+from tinymnist.recipes import Options, RunSpec
 from tinymnist.runner import run_seeds
+from tinymnist.steps import get_step
 
 
 class PerImageMNIST(Dataset):
@@ -138,8 +140,7 @@ def measure(args: argparse.Namespace) -> dict:
         runs["baseline"]["train"].append(tr)
         runs["baseline"]["eval"].append(ev)
         for p, options in configs.items():
-            trainer = Trainer(dataclasses.replace(recipe, epochs=1, cycle_epochs=None), data, options)
-            m = trainer.run_epoch()
+            m = execute(RunSpec(dataclasses.replace(recipe, epochs=1, cycle_epochs=None), options), data).history[0]
             runs[p]["train"].append(m["train_seconds"])
             runs[p]["eval"].append(m["eval_seconds"])
     base_epoch = median(runs["baseline"]["train"]) + median(runs["baseline"]["eval"])
@@ -155,7 +156,7 @@ def measure(args: argparse.Namespace) -> dict:
             walls, accs = [], []
             for _ in range(args.full):
                 start = time.perf_counter()
-                history = fit(recipe, data, options)
+                history = execute(RunSpec(recipe, options), data).history
                 walls.append(time.perf_counter() - start)
                 accs.append([m["test_acc"] for m in history])
             result["configs"][p]["full_wall_seconds"] = median(walls)
@@ -183,8 +184,8 @@ def measure_parallel(args: argparse.Namespace) -> dict:
         for (jobs, threads), key in zip(settings, walls, strict=True):
             with tempfile.TemporaryDirectory() as out:
                 start = time.perf_counter()
-                run_seeds(args.step, recipe, seeds, Path(out), data,
-                          Options(device=args.device, threads=threads), last_k=1, jobs=jobs)
+                run_seeds(RunSpec(recipe, Options(device=args.device, threads=threads), args.step), seeds, Path(out),
+                          data, last_k=1, jobs=jobs)
                 walls[key].append(time.perf_counter() - start)
     base = median(next(iter(walls.values())))
     return {"kind": "parallel", "step": args.step, "seeds": len(seeds), "epochs": args.epochs_parallel,
@@ -217,12 +218,23 @@ def measure_profile(args: argparse.Namespace, steps: int = 200) -> dict:
     result = {"kind": "profile", "step": args.step, "model": recipe.model, "batch_size": recipe.batch_size,
               "device": args.device, "threads": args.threads, "torch": torch.__version__, "cpu": _cpu_name(),
               "command": "python " + " ".join(sys.argv), "steps": steps, "precisions": {}}
+    class SecondEpochProfile(Sink):
+        """torch.profiler over the training batches of epoch 2 (epoch 1 warms up; evaluation is left out)."""
+
+        def epoch(self, trainer, metrics: dict) -> None:  # noqa: ANN001
+            if trainer.epoch == 1:
+                self.prof = profile(activities=[ProfilerActivity.CPU]).__enter__()
+
+        def batch(self, done: int, total: int) -> None:
+            if getattr(self, "prof", None) and done == total:
+                self.prof.__exit__(None, None, None)
+
     for precision in args.precisions:
-        trainer = Trainer(dataclasses.replace(recipe, epochs=2, cycle_epochs=None), data,
-                          Options(device=args.device, precision=precision, threads=args.threads))
-        trainer.train_epoch()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            trainer.train_epoch()
+        spec = RunSpec(dataclasses.replace(recipe, epochs=2, cycle_epochs=None),
+                       Options(device=args.device, precision=precision, threads=args.threads))
+        profiled = SecondEpochProfile()
+        execute(spec, data, [profiled])
+        prof = profiled.prof
         ops = [(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()]
         total = sum(t for _, t, _ in ops)
         top = sorted(ops, key=lambda o: -o[1])[:args.profile_top]
@@ -248,13 +260,7 @@ def render_profile(r: dict) -> list[str]:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return f"{cpu_name()} ({os.cpu_count()} cores)"
 
 
 # The project's speed targets: full-recipe wall seconds on 2 CPU cores, and the speed-up over the baseline.

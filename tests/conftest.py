@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from tinymnist.data import MNIST, load_mnist
-from tinymnist.recipes import Options, Recipe
-from tinymnist.records import NewRun, RunRecord, run_dir
+from tinymnist.executor import execute
+from tinymnist.recipes import Options, Recipe, RunSpec
+from tinymnist.records import RunRecord, run_dir
 from tinymnist.runner import create_run, train_run
 
 CPU = Options(device="cpu")
@@ -91,8 +92,13 @@ def _threads() -> None:
 def start_run(root: Path, step: str, recipe: Recipe, data: MNIST, options: Options = CPU) -> RunRecord:
     """A new run of ``recipe`` under ``root``, created as the CLI creates one (not trained yet)."""
     run = RunRecord(run_dir(root, step, recipe.seed))
-    create_run(run, NewRun(step, recipe, options), data)
+    create_run(run, RunSpec(recipe, options, step), data)
     return run
+
+
+def fit(recipe: Recipe, data: MNIST, options: Options = CPU) -> list[dict]:
+    """The per-epoch history of ``recipe`` trained on ``data`` by the executor, with no sink."""
+    return execute(RunSpec(recipe, options), data).history
 
 
 @pytest.fixture(scope="session")

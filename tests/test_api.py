@@ -19,6 +19,7 @@ class Small(nn.Module):
         return self.head(self.features(x))
 
 
+@pytest.mark.integration
 def test_train_a_class_and_a_factory(small_mnist) -> None:  # noqa: ANN001
     recipe = tm.recipe("compact_step3", epochs=2)
     cpu = tm.Options(device="cpu")
@@ -31,6 +32,7 @@ def test_train_a_class_and_a_factory(small_mnist) -> None:  # noqa: ANN001
     assert "targets NOT met" in repr(a) and a.plot()._repr_png_()[:4] == b"\x89PNG"
 
 
+@pytest.mark.integration
 def test_consistency_and_layers(small_mnist) -> None:  # noqa: ANN001
     result = tm.consistency(Small, tm.recipe("compact_step3", epochs=2), small_mnist, seeds=[1001, 1002],
                             options=tm.Options(device="cpu"), last_k=1)

@@ -6,14 +6,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CPU, start_run
-from tinymnist.engine import Trainer, fit
+from conftest import CPU, fit, start_run
+from tinymnist.engine import Trainer
 from tinymnist.errors import TrainingError
-from tinymnist.recipes import Recipe, get_step
-from tinymnist.records import load_weights
+from tinymnist.loading import load_weights
+from tinymnist.recipes import Recipe
 from tinymnist.runner import train_run
+from tinymnist.schedule import lr_at
+from tinymnist.steps import get_step
 
 
+@pytest.mark.integration
 def test_overfits_one_small_batch(small_mnist) -> None:  # noqa: ANN001
     one_batch = small_mnist.subset(32, 32)
     # Train and test on the same 32 images: a working engine drives them to (near) zero loss.
@@ -23,6 +26,7 @@ def test_overfits_one_small_batch(small_mnist) -> None:  # noqa: ANN001
     assert history[-1]["train_loss"] < 0.05 and history[-1]["test_acc"] == 100.0
 
 
+@pytest.mark.integration
 def test_same_seed_same_history(small_mnist) -> None:  # noqa: ANN001
     recipe = Recipe(model="original_step4", epochs=2, batch_size=128, seed=3, rotate=8, shift=0.1, scale=0.1)
     strip = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
@@ -34,13 +38,13 @@ def test_same_seed_same_history(small_mnist) -> None:  # noqa: ANN001
 
 def test_step_schedule_as_the_original() -> None:
     r = get_step("original_step4").recipe
-    lrs = [r.lr_at(epoch, 0, 938) for epoch in range(15)]
+    lrs = [lr_at(r, epoch, 0, 938) for epoch in range(15)]
     assert lrs[:10] == [0.01] * 10 and all(lr == pytest.approx(1e-4) for lr in lrs[10:])
 
 
 def test_onecycle_rises_then_falls_to_final() -> None:
     r = Recipe(model="original_step4", epochs=10, lr=0.1, schedule="onecycle", warmup=0.2, final_lr=0.01)
-    lrs = [r.lr_at(e, b, 100) for e in range(10) for b in range(100)]
+    lrs = [lr_at(r, e, b, 100) for e in range(10) for b in range(100)]
     peak = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(0.1) and peak == 199
     assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1], strict=True))
@@ -49,16 +53,17 @@ def test_onecycle_rises_then_falls_to_final() -> None:
 
 
 def test_short_run_writes_complete_readable_run_directory(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    data = small_mnist.subset(600, 400)
     recipe = Recipe(model="original_step4", epochs=2, batch_size=64, seed=1)
-    run = start_run(tmp_path, "original_step4", recipe, small_mnist)
+    run = start_run(tmp_path, "original_step4", recipe, data)
     seen = []
-    summary = train_run(run, small_mnist, on_epoch=seen.append)
+    summary = train_run(run, data, on_epoch=seen.append)
     assert [m["epoch"] for m in seen] == [1, 2]
     names = {p.name for p in run.path.iterdir()}
     assert names == {"recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json",
                      "summary.json", ".lock"}
     header = json.loads((run / "recipe.json").read_text())
-    assert run.recipe() == recipe and header["data"] == {"train_images": 2000, "test_images": 1000}  # of 60k/10k
+    assert run.recipe() == recipe and header["data"] == {"train_images": 600, "test_images": 400}  # of 60k/10k
     assert header["options"]["device"] == "cpu" and header["step"] == "original_step4"
     assert [m["epoch"] for m in run.metrics()] == [1, 2]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"):
@@ -67,7 +72,7 @@ def test_short_run_writes_complete_readable_run_directory(small_mnist, tmp_path:
     assert summary["last_test_acc"] == run.metrics()[-1]["test_acc"]
     assert summary["verdict"]["met"] is False  # two epochs cannot show five consistent ones
     model = load_weights(run / "weights.safetensors", "original_step4")
-    trainer = Trainer(recipe, small_mnist, CPU)
+    trainer = Trainer(recipe, data, CPU)
     trainer.model.load_state_dict(model.state_dict())
     assert trainer.evaluate()["test_acc"] == summary["last_test_acc"]
 
@@ -81,6 +86,6 @@ def test_nan_loss_stops_with_clear_error(small_mnist) -> None:  # noqa: ANN001
 def test_onecycle_can_end_early_and_hold() -> None:
     r = Recipe(model="original_step4", epochs=15, lr=0.05, schedule="onecycle", warmup=0.2, final_lr=0.02,
                cycle_epochs=11)
-    lrs = [r.lr_at(e, b, 10) for e in range(15) for b in range(10)]
+    lrs = [lr_at(r, e, b, 10) for e in range(15) for b in range(10)]
     assert lrs[109] == pytest.approx(0.001) and all(lr == pytest.approx(0.001) for lr in lrs[110:])
     assert max(lrs) == pytest.approx(0.05) and lrs.index(max(lrs)) == 21

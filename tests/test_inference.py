@@ -11,8 +11,9 @@ from conftest import start_run
 from tinymnist.cli import main
 from tinymnist.errors import UsageError
 from tinymnist.inference import MAX_IMAGE_PIXELS, predict_images, preprocess
+from tinymnist.loading import load_model
 from tinymnist.recipes import Recipe
-from tinymnist.records import RunRecord, load_model
+from tinymnist.records import RunRecord
 from tinymnist.runner import train_run
 
 
@@ -55,6 +56,7 @@ def variants(digit: np.ndarray, tmp: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.integration
 def test_predict_matches_the_mnist_original(real_mnist, trained: Path, tmp_path: Path) -> None:  # noqa: ANN001
     loaded = load_model(RunRecord(trained))
     originals = real_mnist.test_images[:200].numpy()
@@ -119,6 +121,7 @@ def test_bad_images(tmp_path: Path, content: str, message: str) -> None:
         preprocess(path)
 
 
+@pytest.mark.integration
 def test_predict_cli_refuses_a_decompression_bomb(trained_run: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
     path = bomb(tmp_path / "huge.png", 30_000)
@@ -128,6 +131,7 @@ def test_predict_cli_refuses_a_decompression_bomb(trained_run: Path, tmp_path: P
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and "huge.png" in err
 
 
+@pytest.mark.integration
 def test_onnx_parity(trained_run: Path, mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
     pytest.importorskip("onnxscript", reason="the [onnx] extra is not installed")

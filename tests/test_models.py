@@ -60,9 +60,9 @@ def test_separable_layer_counts_its_weights() -> None:
 
 def test_old_model_names_still_build_with_a_note() -> None:
     from tinymnist.errors import NameNote
-    from tinymnist.models import RENAMED
+    from tinymnist.names import RENAMED
 
-    for old, new in RENAMED.items():
+    for old, new in RENAMED["model"].items():
         with pytest.warns(NameNote, match=f"'{old}' is now called '{new}'"):
             model = create_model(old)
         assert count_params(model) == DOCUMENTED_PARAMS[new]

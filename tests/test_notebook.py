@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration
 NOTEBOOK = Path(__file__).parents[1] / "examples" / "small_journey.ipynb"
 
 

@@ -6,18 +6,11 @@ import dataclasses
 
 import pytest
 
-from tinymnist.errors import NameNote, UsageError
+from tinymnist.errors import NameNote, Note, UsageError
 from tinymnist.models import list_models
-from tinymnist.recipes import (
-    JOURNEYS,
-    RECIPES,
-    RENAMED_JOURNEYS,
-    RENAMED_STEPS,
-    Recipe,
-    all_steps,
-    get_journey,
-    get_step,
-)
+from tinymnist.names import RENAMED
+from tinymnist.recipes import Recipe
+from tinymnist.steps import JOURNEYS, RECIPES, all_steps, get_journey, get_step
 
 
 def test_every_journey_has_four_steps_with_known_models_and_tuning_seeds() -> None:
@@ -36,10 +29,10 @@ def test_names_are_unique_and_never_collide_with_reserved_run_folders() -> None:
 
 
 def test_old_names_resolve_with_a_note() -> None:
-    for old, new in RENAMED_STEPS.items():
+    for old, new in RENAMED["step"].items():
         with pytest.warns(NameNote, match=f"step '{old}' is now called '{new}'"):
             assert get_step(old).name == new
-    for old, new in RENAMED_JOURNEYS.items():
+    for old, new in RENAMED["journey"].items():
         with pytest.warns(NameNote, match=f"journey '{old}'"):
             assert get_journey(old) == JOURNEYS[new]
 
@@ -60,5 +53,14 @@ def test_overrides_are_checked_and_unknown_ones_refused() -> None:
     assert recipe.with_overrides(lr=0.1, epochs=None).lr == 0.1
     with pytest.raises(UsageError, match="unknown recipe setting"):
         recipe.with_overrides(momentm=0.5)
-    with pytest.raises(UsageError, match="LR cycle spans 11 epochs"):
-        recipe.with_overrides(epochs=5)
+    with pytest.raises(UsageError, match="unknown recipe setting"):
+        recipe.with_overrides(epochs=5, momentm=0.5)
+
+
+def test_fewer_epochs_than_the_lr_cycle_scale_the_cycle_with_a_note() -> None:
+    recipe = get_step("compact_step4").recipe  # 15 epochs, the LR cycle over the first 11
+    with pytest.warns(Note, match="spans 11 of its 15 epochs; with 5 epochs it spans 4"):
+        assert recipe.with_overrides(epochs=5).cycle_epochs == 4
+    with pytest.warns(Note, match="with 1 epoch it spans 1"):
+        assert recipe.with_overrides(epochs=1).cycle_epochs == 1
+    assert recipe.with_overrides(epochs=12).cycle_epochs == 11  # the cycle still fits: as it was

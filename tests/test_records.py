@@ -31,6 +31,7 @@ WRITTEN_BEFORE = {"legacy_run": "step 'valid_step2' is now called 'compact_step2
 
 
 @pytest.mark.parametrize("fixture", sorted(WRITTEN_BEFORE))
+@pytest.mark.integration
 def test_a_run_of_an_earlier_version_shows_resumes_and_evaluates_as_it_did(
         fixture: str, tmp_path: Path, full_synthetic_dir: Path, capsys: pytest.CaptureFixture) -> None:
     """tests/fixtures/*/ hold a run written by an earlier version and what that version printed for the same
@@ -95,6 +96,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.integration
 def test_resume_while_the_run_trains_elsewhere_exits_2(small_mnist, tmp_path: Path, full_synthetic_dir: Path,
                                                         capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
     run = start_run(tmp_path, "original_step4", Recipe(model="original_step4", epochs=2, seed=0), small_mnist)

@@ -18,7 +18,7 @@ from tinymnist.models import count_params, create_model
 
 optuna = pytest.importorskip("optuna", reason="the [search] extra is not installed")
 
-from tinymnist import search  # noqa: E402 - after the skip
+from tinymnist import search_space, search_study  # noqa: E402 - after the skip
 
 TINY = ["--epochs", "2,3", "--subset", "1500", "--validation", "500", "--max-params", "3000"]
 
@@ -62,10 +62,10 @@ def check_complete(data: dict, trained: int) -> None:
 
 def test_builtin_space_samples_valid_recipes() -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
-    config = search.SearchConfig(max_params=10_000, epochs=(6, 8, 10))
+    config = search_space.SearchConfig(max_params=10_000, epochs=(6, 8, 10))
     for _ in range(50):
         trial = study.ask()
-        recipe = search.sample(trial, config)
+        recipe = search_space.sample(trial, config)
         recipe.check()
         assert recipe.epochs in (6, 8, 10) and 1 <= recipe.cycle_epochs <= recipe.epochs
         count_params(create_model(recipe.model))
@@ -73,7 +73,7 @@ def test_builtin_space_samples_valid_recipes() -> None:
 
 
 def test_pruner_compares_trials_of_the_same_length_only() -> None:
-    study = optuna.create_study(direction="maximize", pruner=search.pruner())
+    study = optuna.create_study(direction="maximize", pruner=search_study.pruner())
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
     for epochs, accs in [(15, [90, 95, 97, 98.0]), (15, [90, 95, 97, 98.2]), (15, [90, 95, 97, 98.6]),
                          (15, [90, 95, 97, 98.8]), (6, [96, 98, 99, 99.2])] + [(6, [96, 98, 99, 99.3])] * 3:
@@ -99,13 +99,14 @@ def test_pruner_compares_trials_of_the_same_length_only() -> None:
 
 # --- studies with two workers, a killed worker, on SQLite and on PostgreSQL ----------------------------------
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'studies.db'}"
     return request.getfixturevalue("postgres_url")
 
 
+@pytest.mark.integration
 def test_two_workers_and_a_killed_one_leave_a_complete_study(storage: str, train_only: Path,
                                                              tmp_path: Path) -> None:
     """Two worker processes; one is killed with SIGKILL after its trial reported an epoch. Its trial is failed
@@ -143,6 +144,7 @@ def test_two_workers_and_a_killed_one_leave_a_complete_study(storage: str, train
     assert {t["worker"] for t in data["trials"] if t["worker"]} >= {by_number[killed]["worker"]}
 
 
+@pytest.mark.integration
 def test_search_reads_no_test_files_and_joins_an_existing_study(train_only: Path, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 's.db'}"
     first = tinymnist("search", "--storage", storage, "--study", "s", "--trials", "3", *TINY, data=train_only)
@@ -183,6 +185,7 @@ def broken(trial):
 '''
 
 
+@pytest.mark.integration
 def test_user_space_trials_confirm_and_reload_without_the_study(full_synthetic_dir: Path, tmp_path: Path) -> None:
     data_dir = full_synthetic_dir
     (tmp_path / "spaces.py").write_text(SPACE)
@@ -204,6 +207,7 @@ def test_user_space_trials_confirm_and_reload_without_the_study(full_synthetic_d
     assert evaluated.returncode == 0 and "matches the recorded" in evaluated.stdout, evaluated.stderr
 
 
+@pytest.mark.integration
 def test_a_diverging_trial_is_pruned_and_the_search_goes_on(train_only: Path, tmp_path: Path) -> None:
     (tmp_path / "spaces.py").write_text(SPACE)
     storage = f"sqlite:///{tmp_path / 'w.db'}"
@@ -234,6 +238,7 @@ def existing(train_only: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     (["--max-params", "50"], "is below every model sampled"),
     (["--epochs", "20"], "from 1 to 15"),
 ])
+@pytest.mark.integration
 def test_bad_input_is_one_sentence_and_leaves_the_study_readable(args: list[str], words: str, train_only: Path,
                                                                  existing: tuple[str, Path]) -> None:
     storage, where = existing
@@ -247,6 +252,7 @@ def test_bad_input_is_one_sentence_and_leaves_the_study_readable(args: list[str]
     check_complete(data, 2)
 
 
+@pytest.mark.integration
 def test_a_missing_optuna_is_one_sentence(train_only: Path, tmp_path: Path) -> None:
     (tmp_path / "optuna.py").write_text("raise ImportError('not installed')\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "TINYMNIST_DATA": str(train_only)}

@@ -87,6 +87,7 @@ def test_a_multipart_form_without_a_file(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.integration
 def test_a_chunked_upload_over_the_cap_on_a_real_server(trained_run: Path, mnist_dir: Path) -> None:
     """No Content-Length: the cap must hold while the body streams in."""
     import httpx
@@ -105,6 +106,7 @@ def test_a_chunked_upload_over_the_cap_on_a_real_server(trained_run: Path, mnist
         assert ok.status_code == 200 and len(ok.json()["top3"]) == 3
 
 
+@pytest.mark.integration
 def test_under_load_no_errors_and_no_growth(trained_run: Path) -> None:
     """2,000 requests from 16 concurrent clients on loopback after a 200-request warm-up (bench/bench_serve.py):
     no errors, and the server's RSS while serving requests 1,000-2,000 stays within 20 MB of its RSS after the

@@ -8,8 +8,9 @@ import pytest
 
 from conftest import start_run
 from tinymnist.models import count_params, create_model
-from tinymnist.recipes import Options, get_step
+from tinymnist.recipes import Options
 from tinymnist.runner import train_run
+from tinymnist.steps import get_step
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import CPU
 from tinymnist.data import MNIST
-from tinymnist.recipes import Recipe
-from tinymnist.records import NewRun, RunRecord, run_dir
+from tinymnist.recipes import Recipe, RunSpec
+from tinymnist.records import RunRecord, run_dir
 from tinymnist.render import results_markdown
 from tinymnist.runner import create_run, train_run
 from tinymnist.studies import pareto, read_exports, search_markdown
@@ -45,7 +45,8 @@ def confirm(root: Path, data: MNIST, seeds: list[int]) -> None:
     for seed in seeds:
         recipe = Recipe(**{**RECIPE, "seed": seed})
         run = RunRecord(run_dir(root, "search/demo/trial-2", seed))
-        create_run(run, NewRun("search/demo/trial-2", recipe, CPU, {"tuned_seed": 1, "seed": seed}), data)
+        origin = {"study": "demo", "trial": 2, "export": "evidence/studies/demo.json"}
+        create_run(run, RunSpec(recipe, CPU, "search/demo/trial-2", tuned_seeds=(1,), origin=origin), data)
         train_run(run, data, last_k=2)
 
 
@@ -56,6 +57,7 @@ def confirmed(small_mnist: MNIST, tmp_path_factory: pytest.TempPathFactory) -> P
     return root
 
 
+@pytest.mark.integration
 def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: Path, tmp_path: Path) -> None:
     path = tmp_path / "studies" / "demo.json"
     path.parent.mkdir()
@@ -80,6 +82,7 @@ def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: 
     assert [line.split(" | ")[0] for line in listed.splitlines() if "tiny:" in line] == ["| 2", "| 4", "| 7"]
 
 
+@pytest.mark.integration
 def test_results_rows_for_a_searched_trial_name_its_command_and_tuning_seed(confirmed: Path) -> None:
     text = results_markdown(confirmed, "tinymnist results")
     row = next(line for line in text.splitlines() if line.startswith("| `search/demo/trial-2"))

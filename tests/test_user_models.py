@@ -94,7 +94,26 @@ def user_run(model_file: Path, mnist_dir: Path, tmp_path: Path, capsys: pytest.C
     return tmp_path / "runs" / "user" / "my_models" / "TinyNet" / "seed-121"
 
 
+@pytest.mark.integration
+def test_a_quick_look_at_one_epoch_scales_the_lr_cycle_with_a_note(model_file: Path, mnist_dir: Path,
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """The default recipe (compact_step4's) ends its LR cycle with epoch 11 of 15; --epochs 1 used to be refused."""
+    from tinymnist.records import RunRecord
+
+    code = main(["train", f"{model_file}:TinyNet", "--epochs", "1", "--subset", "500", "--device", "cpu",
+                 "--data-dir", str(mnist_dir), "--runs", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "LR cycle" in line] == [
+        "tinymnist: note: this recipe's LR cycle spans 11 of its 15 epochs; with 1 epoch it spans 1 (scaled to the "
+        "same share)."]
+    run = RunRecord(tmp_path / "runs" / "user" / "my_models" / "TinyNet" / "seed-1")
+    assert [m["epoch"] for m in run.metrics()] == [1] and run.recipe().cycle_epochs == 1 and run.finished()
+
+
 @pytest.mark.parametrize("change", ["deleted", "edited"])
+@pytest.mark.integration
 def test_a_run_outlives_its_model_file_only_with_the_switch(change: str, user_run: Path, model_file: Path,
                                                             mnist_dir: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
@@ -140,15 +159,18 @@ def main_output(argv: list[str], capsys: pytest.CaptureFixture) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.integration
 def test_an_unchanged_file_needs_no_switch(user_run: Path, mnist_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert "matches the recorded" in main_output(["eval", str(user_run), "--data-dir", str(mnist_dir)], capsys)
 
 
 # --- the starter and journey files ---------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_the_starter_trains_exactly_as_the_original_steps(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
-    from tinymnist.engine import fit
-    from tinymnist.recipes import Options, get_journey, get_step
+    from conftest import fit
+    from tinymnist.recipes import Options
+    from tinymnist.steps import get_journey, get_step
 
     assert main(["init", str(tmp_path / "mine")]) == 0
     strip = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
@@ -198,7 +220,7 @@ def test_bad_journey_files_get_one_sentence_and_exit_2(case: str, model_file: Pa
 
 
 def test_a_good_journey_file_reads_into_steps(model_file: Path, tmp_path: Path) -> None:
-    from tinymnist.recipes import get_journey
+    from tinymnist.steps import get_journey
 
     path = tmp_path / "j.toml"
     path.write_text(journey(GOOD_STEP + "lr = 0.05\n", "[recipe]\nepochs = 3\n"))
@@ -233,6 +255,7 @@ def readme_section() -> tuple[str, str, list[list[str]]]:
     return model, journey_file, commands
 
 
+@pytest.mark.integration
 def test_the_readme_your_own_model_section_works(mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture) -> None:
     model, journey_file, commands = readme_section()

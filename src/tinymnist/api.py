@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from torch import nn
 
 from .data import MNIST
-from .engine import Trainer, fit
+from .executor import Callbacks, execute
 from .models import count_params, create_model, prepare_model
-from .recipes import Options, Recipe, get_step
+from .recipes import Options, Recipe, RunSpec
 from .render import epoch_table, layer_lines, over_seeds_lines, verdict_lines
+from .steps import get_step
 from .targets import LAST_K, Verdict, first_epoch_holding, fresh_seeds, judge, over_seeds
 
 ModelLike = type[nn.Module] | Callable[[], nn.Module] | str
@@ -106,11 +107,9 @@ def train(model: ModelLike, recipe: Recipe | None = None, data: MNIST | None = N
     from .data import load_mnist
 
     name, build = _builder(model)
-    recipe = dataclasses.replace(recipe or get_step("compact_step4").recipe, model=name)
-    data = data or load_mnist()
-    trainer = Trainer(recipe, data, options or Options(), build=build)
-    fit(recipe, data, options or Options(), (lambda t, m: on_epoch(m)) if on_epoch else None, trainer=trainer)
-    return Result(recipe, trainer.history, count_params(trainer.model), trainer.model)
+    spec = RunSpec(dataclasses.replace(recipe or get_step("compact_step4").recipe, model=name), options or Options())
+    trainer = execute(spec, data or load_mnist(), [Callbacks(on_epoch)], build=build)
+    return Result(spec.recipe, trainer.history, count_params(trainer.model), trainer.model)
 
 
 @dataclass

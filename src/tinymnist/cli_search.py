@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli import (
+from .cli_common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     add_run_args,
@@ -20,6 +20,7 @@ from .cli import (
     seeds_shown,
 )
 from .errors import UsageError
+from .recipes import RunSpec
 from .render import over_seeds_lines
 from .targets import LAST_K, fresh_seeds
 
@@ -27,7 +28,7 @@ DEFAULT_STORAGE = "sqlite:///search.db"
 
 
 def search_config(args: argparse.Namespace) -> object:
-    from .search import SearchConfig
+    from .search_space import SearchConfig
 
     try:
         epochs = tuple(sorted({int(e) for e in args.epochs.split(",")}))
@@ -43,7 +44,8 @@ def search_config(args: argparse.Namespace) -> object:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .render import trial_line
-    from .search import counts, search, shown_url
+    from .search import search
+    from .search_study import counts, shown_url
 
     config = search_config(args)
     say(f"study {args.study!r} in {shown_url(args.storage)}: {args.trials} trained trials, {args.workers} "
@@ -62,8 +64,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_search_export(args: argparse.Namespace) -> int:
-    from .records import write_atomic
-    from .search import export, open_storage, open_study
+    from .files import write_atomic
+    from .search_study import export, open_storage, open_study
 
     data = export(open_study(open_storage(args.storage), args.study))
     out = Path(args.out or f"evidence/studies/{args.study}.json")
@@ -74,20 +76,21 @@ def cmd_search_export(args: argparse.Namespace) -> int:
 
 
 def cmd_search_confirm(args: argparse.Namespace) -> int:
-    from .search import trial_recipe
+    from .search_study import trial_recipe
     from .studies import read_exports
 
     exported = read_exports([Path(args.export)])[0]
     recipe = trial_recipe(exported, args.trial)
     tuned = (exported["config"]["seed"],)  # every trial trained this seed: fresh seeds skip it
     seeds = parse_seeds(args, fresh_seeds(args.seeds, tuned))
-    step = f"search/{exported['study']}/trial-{args.trial}"
+    step = f"search/{exported['study']}/trial-{args.trial}"  # its runs' directory: RUNS/search/STUDY/trial-N
+    spec = RunSpec(recipe, run_options(args), step, tuned_seeds=tuned,
+                   origin={"study": exported["study"], "trial": args.trial, "export": args.export})
     data = load_data(args, args.subset)
     say(f"trial {args.trial} of study {exported['study']!r}: {recipe.model}, on the full training set, judged on "
         f"the test set")
     last_k = exported["config"]["last_k"]
-    figures = seeds_shown(step, recipe, seeds, Path(args.runs), data, run_options(args), last_k, args.jobs,
-                          {"tuned_seed": tuned[0]}, args.trust_remote_code)
+    figures = seeds_shown(spec, seeds, Path(args.runs), data, last_k, args.jobs, args.trust_remote_code)
     if figures is None:
         return EXIT_INTERRUPTED
     say("", f"{step}: {figures['params']:,} params, {recipe.epochs} epochs, {len(seeds)} seeds",

@@ -161,6 +161,8 @@ class MNIST:
     test_labels: torch.Tensor
     source: Path | None = None
     full_sizes: tuple[int, int] | None = None  # (train, test) images in the files this came from
+    # what test_images are: "test" (the test files) or "validation" (the training files' last images)
+    held_out: str = "test"
 
     def __post_init__(self) -> None:
         if self.full_sizes is None:
@@ -173,7 +175,7 @@ class MNIST:
         """The first ``train`` training and ``test`` test images (for quick runs and tests)."""
         test = len(self.test_labels) if test is None else test
         return MNIST(self.train_images[:train], self.train_labels[:train], self.test_images[:test],
-                     self.test_labels[:test], self.source, self.full_sizes)
+                     self.test_labels[:test], self.source, self.full_sizes, self.held_out)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.mean, self.std)
@@ -234,7 +236,7 @@ def load_validation_split(directory: str | os.PathLike | None = None, validation
         raise DataError(f"{found['train_images']} has {len(images)} images: too few for {train} to train on and "
                         f"the last {validation} to validate on.")
     images, labels = torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()).long()
-    return MNIST(images[:train], labels[:train], images[rest:], labels[rest:], where, (len(images), 0))
+    return MNIST(images[:train], labels[:train], images[rest:], labels[rest:], where, (len(images), 0), "validation")
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, rotate: float = 0.0, shift: float = 0.0,

@@ -1,4 +1,5 @@
-"""Training and evaluation. Prints nothing: progress goes to callbacks, errors are raised.
+"""Training and evaluation: the Trainer (one run's model, optimizer, generators and history) and the one
+``evaluate``. Prints nothing, owns no files: executor.execute drives a Trainer and hands its events to sinks.
 
 The training set is held on the device as one uint8 tensor, shuffled every epoch with a dedicated
 generator and sliced into batches; augmentation (when the recipe asks for it) is batched and per-sample.
@@ -19,9 +20,12 @@ from torch import nn
 
 from .data import MNIST, augment, normalize
 from .errors import TrainingError, UsageError
+from .machine import cpu_flags
 from .models import create_model
 from .recipes import Options, Recipe
+from .schedule import lr_at
 
+SCORE_PREFIX = {"test": "test", "validation": "val"}  # a metric's key names what it was measured on
 EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/performance.md)
 
 
@@ -47,11 +51,7 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
     return False
 
 
@@ -70,10 +70,12 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, data: MNIST, options: Options = Options(),
                  normalization: tuple[float, float] | None = None, model_source: Path | None = None,
-                 build: Callable[[], nn.Module] | None = None) -> None:
+                 build: Callable[[], nn.Module] | None = None, held_out: str = "test") -> None:
         """``normalization`` (mean, std) defaults to the training images' own; a reloaded run passes the one it
         recorded. ``model_source``: where a user's model file is read from (a run's kept copy); ``build``: a
-        function that builds the model instead of the recipe's name (a notebook's own class)."""
+        function that builds the model instead of the recipe's name (a notebook's own class). ``held_out``
+        names what ``data``'s second part is, "test" or "validation", and so the metrics' keys (``test_acc``,
+        ``val_acc``)."""
         recipe.check(train_size=len(data.train_labels), model=build is None)
         self.recipe = recipe
         self.device = pick_device(options.device)
@@ -90,8 +92,9 @@ class Trainer:
         self.mean, self.std = normalization or (data.mean, data.std)
         self.train_images = data.train_images.to(self.device)
         self.train_labels = data.train_labels.to(self.device)
-        self.test_images = data.test_images.to(self.device)
-        self.test_labels = data.test_labels.to(self.device)
+        self.held_out_images = data.test_images.to(self.device)
+        self.held_out_labels = data.test_labels.to(self.device)
+        self.score_prefix = SCORE_PREFIX[held_out]
         self.history: list[dict] = []
 
     @property
@@ -124,7 +127,7 @@ class Trainer:
         losses = torch.zeros(batches, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for b in range(batches):
-            lr = r.lr_at(epoch, b, batches)
+            lr = lr_at(r, epoch, b, batches)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             x = self._inputs(images[b * r.batch_size:(b + 1) * r.batch_size], augmented)
@@ -151,10 +154,11 @@ class Trainer:
                 "lr": lr, "train_seconds": time.perf_counter() - start}
 
     def evaluate(self) -> dict:
-        """Test loss and accuracy over the whole test set."""
+        """Loss and accuracy over all the held-out images (``test_acc``, or ``val_acc`` on the validation split)."""
         start = time.perf_counter()
-        result = evaluate(self.model, self.test_images, self.test_labels, self._inputs, self._autocast)
-        return {"test_loss": result.loss, "test_acc": result.acc, "eval_seconds": time.perf_counter() - start}
+        result = evaluate(self.model, self.held_out_images, self.held_out_labels, self._inputs, self._autocast)
+        p = self.score_prefix
+        return {f"{p}_loss": result.loss, f"{p}_acc": result.acc, "eval_seconds": time.perf_counter() - start}
 
     def run_epoch(self, on_batch: Callable[[int, int], None] | None = None) -> dict:
         train = self.train_epoch(on_batch)
@@ -242,16 +246,3 @@ def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
                                 weight_decay=recipe.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                            weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
-
-
-def fit(recipe: Recipe, data: MNIST, options: Options = Options(),
-        on_epoch: Callable[[Trainer, dict], None] | None = None,
-        on_batch: Callable[[int, int], None] | None = None, trainer: Trainer | None = None,
-        build: Callable[[], nn.Module] | None = None) -> list[dict]:
-    """Train ``recipe`` to its last epoch (continuing ``trainer`` when given); returns the history."""
-    trainer = trainer or Trainer(recipe, data, options, build=build)
-    while trainer.epoch < recipe.epochs:
-        metrics = trainer.run_epoch(on_batch)
-        if on_epoch:
-            on_epoch(trainer, metrics)
-    return trainer.history

@@ -32,13 +32,10 @@ def unknown_name(kind: str, name: str, known: list[str]) -> UsageError:
     return UsageError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")
 
 
-class NameNote(UserWarning):
-    """An old name was used and accepted; the CLI shows it as one note line."""
+class Note(UserWarning):
+    """Something the user should know that is not an error (a schedule scaled to fewer epochs, an old name);
+    the library warns, the CLI shows it as one note line, once."""
 
 
-def renamed(kind: str, old: str, new: str) -> str:
-    """Accept an old ``kind`` name: warn (as a NameNote) and return the new one."""
-    import warnings
-
-    warnings.warn(NameNote(f"{kind} {old!r} is now called {new!r}; the old name still works."), stacklevel=3)
-    return new
+class NameNote(Note):
+    """An old name was used and accepted."""

@@ -14,7 +14,9 @@ import torch
 from .data import MNIST
 from .engine import Evaluation, autocast, evaluate, log_probs, model_inputs, pick_device, resolve_precision
 from .errors import UsageError
-from .records import LoadedModel, RunRecord, data_for, load_model
+from .executor import cut
+from .loading import LoadedModel, load_model
+from .records import RunRecord
 
 MAX_IMAGE_PIXELS = 50_000_000  # a 50-megapixel photo of a digit is plenty; larger images are refused unread
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # likewise for the file
@@ -38,7 +40,7 @@ def evaluate_loaded(loaded: LoadedModel, images: torch.Tensor, labels: torch.Ten
 
 def evaluate_run(run: RunRecord, data: MNIST, device: str = "auto", trust: bool = False) -> dict:
     """Reload a finished run and recompute its test loss, accuracy and per-class accuracy."""
-    data = data_for(run.require(finished=True), data)
+    data = cut(run.require(finished=True).spec(), data)
     result = evaluate_loaded(load_model(run, trust), data.test_images, data.test_labels, device)
     predicted, labels = result.predicted.cpu(), data.test_labels
     return {"test_loss": result.loss, "test_acc": result.acc, "recorded": run.summary()["last_test_acc"],

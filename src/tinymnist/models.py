@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UsageError, renamed, unknown_name
+from .errors import UsageError, unknown_name
+from .names import current
 from .user_models import (  # noqa: F401 - re-exported: the rest of the package imports them from here
     build_user_model,
     file_sha256,
@@ -30,9 +31,6 @@ from .user_models import (  # noqa: F401 - re-exported: the rest of the package 
 _REGISTRY: dict[str, Callable[[], nn.Module]] = {}
 # Parametric families: ``FAMILY:key=value,...`` builds FAMILY(key=value, ...) (what the search records).
 _FAMILIES: dict[str, Callable[..., nn.Module]] = {}
-# Names this registry had before: run records store them, and people typed them.
-RENAMED = {**{f"seed_step{n}": f"original_step{n}" for n in range(1, 5)},
-           "valid_8k7": "compact_8k7", "valid_7k4": "compact_7k4", "valid_3k8": "compact_3k8"}
 
 
 def register_model(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -71,8 +69,7 @@ def model_name(name: str) -> str:
     user's ``FILE.py:NAME`` as it is."""
     if is_user_model(name) or family_model(name):
         return name
-    if name in RENAMED:
-        return renamed("model", name, RENAMED[name])
+    name = current("model", name)
     if name not in _REGISTRY:
         raise unknown_name("model", name, list_models())
     return name

@@ -1,7 +1,8 @@
 """The run record: one directory per run, its schema, and the one way to name it.
 
-    recipe.json          the header: step, recipe, what was overridden, run options, the data it trained on,
-                         the normalization it uses, the user's model file it ran (written when the run starts)
+    recipe.json          the header, written when the run starts: its RunSpec (step, recipe, options, the images
+                         it trains and is tested on, tuning seeds, what the user overrode, where the recipe came
+                         from), the normalization it uses, the user's model file it ran
     model.py             for a user's model: a copy of its file (recipe.json has its SHA-256 and origin)
     journey.toml         for a step of a user's journey file: a copy of that file, likewise
     metrics.jsonl        one line appended (and fsynced) as each epoch ends
@@ -13,19 +14,19 @@
 
 Every file is written atomically (temporary file, fsync, rename) with the mode the umask gives any new file;
 nothing is pickled. Records written by earlier versions are read through ``_upgrade_header`` and
-``_upgrade_summary``, so no caller ever sees an old shape.
+``_upgrade_summary``, so no caller ever sees an old shape. This module stores and reads; building a run's
+model from its artifacts is loading.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -33,75 +34,26 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from . import __version__
-from .data import MNIST
-from .errors import CheckpointError, UsageError, renamed
-from .models import RENAMED as RENAMED_MODELS
-from .models import count_params, create_model, file_sha256, is_user_model, model_name, split_user_model
-from .recipes import RENAMED_STEPS, Options, Recipe
+from .errors import CheckpointError, UsageError
+from .files import exclusive, read_json, write_atomic, write_json
+from .machine import cpu_name
+from .models import file_sha256, is_user_model, split_user_model
+from .names import current
+from .recipes import Options, Recipe, RunSpec
+from .steps import all_steps
 
 HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK, MODEL_FILE, JOURNEY_FILE = (
     "recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json", "summary.json",
     ".lock", "model.py", "journey.toml")
-SCHEMA = 2  # 1: tinymnist 0.1.0 (subset inside options, normalization only in summary.json, verdict "targets")
+# 1: tinymnist 0.1.0 (subset inside options, normalization only in summary.json, verdict "targets");
+# 2: 0.2.0 (no tuning seeds; a search trial's origin only in its step name, its tuning seed in "overrides")
+SCHEMA = 3
 
 
 def run_dir(root: str | os.PathLike, step: str, seed: int) -> Path:
     """Where the run of ``step`` with ``seed`` lives under ``root``: ROOT/STEP/seed-N. Built-in steps have
     plain names; names from elsewhere (a user's journey, a search) carry their own first path segment."""
     return Path(root, *step.split("/"), f"seed-{seed}")
-
-
-# --- files -------------------------------------------------------------------------------------------------
-
-def _file_mode() -> int:
-    """The mode the umask gives a new file (0o666 less the umask), as open() would."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _file_mode())  # mkstemp creates 0600, and rename keeps the mode
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_json(path: Path, obj: object) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist; is {path.parent} a tinymnist run directory?") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} cannot be read ({e}); the run record is corrupt.") from None
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what the platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str | None:
@@ -126,32 +78,33 @@ def _from_dict(cls: type, d: dict) -> object:
 
 def recipe_from_dict(d: dict) -> Recipe:
     recipe = _from_dict(Recipe, d)
-    if recipe.model in RENAMED_MODELS:
-        return Recipe(**{**asdict(recipe), "model": model_name(recipe.model)})
-    return recipe
+    return dataclasses.replace(recipe, model=current("model", recipe.model))
 
 
-@dataclass(frozen=True)
-class NewRun:
-    """What starts a run: the step it belongs to, the recipe (seed included), how to run it, and what the user
-    overrode."""
-
-    step: str
-    recipe: Recipe
-    options: Options = Options()
-    overrides: dict | None = None
-    journey_file: Path | None = None  # a user's journey file the step comes from (a copy is kept)
-
-
-def _upgrade_header(header: dict) -> dict:
-    """A recipe.json of any schema, in the current one."""
-    if header.get("schema", 1) >= SCHEMA:
+def _upgrade_header(header: dict, summary: dict | None) -> dict:
+    """A recipe.json of any schema, in the current one (``summary``: the run's summary.json, if it ended)."""
+    schema = header.get("schema", 1)
+    if schema >= SCHEMA:
         return header
-    options = dict(header.get("options", {}))
-    subset = options.pop("subset", None)
-    return {**header, "schema": SCHEMA, "options": options,
-            "data": {"train_images": subset, "test_images": None},  # None: the whole split
-            "normalization": None}  # schema 1 recorded it in summary.json only
+    if schema == 1:
+        options = dict(header.get("options", {}))
+        subset = options.pop("subset", None)
+        norm = (summary or {}).get("normalization")  # schema 1 recorded it in summary.json only, at the end
+        header = {**header, "options": options, "data": {"train_images": subset, "test_images": None},
+                  "normalization": norm}
+    # Schema 2 knew tuning seeds only by the built-in step's name, or as "tuned_seed" among the overrides of a
+    # confirmed search trial, whose study and trial were its step name: the one place a name is parsed.
+    overrides = dict(header.get("overrides") or {})
+    tuned = overrides.pop("tuned_seed", None)
+    step, origin = current("step", header.get("step", ""), note=False), None
+    if step.startswith("search/") and step.count("/") == 2:
+        _, study, trial = step.split("/")
+        origin = {"study": study, "trial": int(trial.removeprefix("trial-")),
+                  "export": f"evidence/studies/{study}.json"}
+    known = all_steps().get(step)
+    tuned_seeds = [tuned] if tuned is not None else list(known.tuned_seeds) if known else []
+    return {**header, "schema": SCHEMA, "overrides": overrides, "held_out": "test", "tuned_seeds": tuned_seeds,
+            "origin": origin}
 
 
 def _upgrade_summary(summary: dict) -> dict:
@@ -159,7 +112,7 @@ def _upgrade_summary(summary: dict) -> dict:
     if "targets" in verdict:
         verdict = {"met": verdict["met"], "checks": verdict["targets"]}
     model = summary.get("model")
-    return {**summary, "verdict": verdict, "model": model_name(model) if model in RENAMED_MODELS else model}
+    return {**summary, "verdict": verdict, "model": current("model", model) if model else model}
 
 
 class RunRecord:
@@ -190,23 +143,29 @@ class RunRecord:
 
     # --- the header --------------------------------------------------------------------------------------
 
-    def create(self, new: NewRun, data_sizes: tuple[int, int], full_sizes: tuple[int, int],
+    def create(self, spec: RunSpec, data_sizes: tuple[int, int], full_sizes: tuple[int, int],
                normalization: tuple[float, float]) -> None:
-        """Start a new run here; refuses a directory that already holds one. Call with the lock held."""
+        """Start a new run of ``spec`` here, trained on ``data_sizes`` (train, test) images of ``full_sizes``;
+        refuses a directory that already holds one. Call with the lock held."""
+        if spec.held_out != "test":
+            raise UsageError("a run record holds a run judged on the test set; a run scored on the validation "
+                             "split belongs to a search trial.")
         if self.exists():
-            same = self.recipe() == new.recipe
+            same = self.recipe() == spec.recipe
             how = (f"resume it with --resume {self.path}" if same and not self.finished()
                    else "choose another --out")
             what = "this same recipe" if same else "a different run"
             raise UsageError(f"{self.path} already holds {what}; {how}.")
         train, test = data_sizes
-        model_file = split_user_model(new.recipe.model)[0] if is_user_model(new.recipe.model) else None
-        source, journey = self._keep_copy(model_file, MODEL_FILE), self._keep_copy(new.journey_file, JOURNEY_FILE)
+        model_file = split_user_model(spec.recipe.model)[0] if is_user_model(spec.recipe.model) else None
+        journey_file = Path(spec.journey_file) if spec.journey_file else None
+        source, journey = self._keep_copy(model_file, MODEL_FILE), self._keep_copy(journey_file, JOURNEY_FILE)
         write_json(self / HEADER, {
-            "schema": SCHEMA, "step": new.step, "recipe": asdict(new.recipe), "overrides": new.overrides or {},
-            "options": asdict(new.options),
+            "schema": SCHEMA, "step": spec.step, "recipe": asdict(spec.recipe), "overrides": spec.overrides or {},
+            "options": asdict(spec.options), "held_out": spec.held_out,
             "data": {"train_images": train if train != full_sizes[0] else None,
                      "test_images": test if test != full_sizes[1] else None},
+            "tuned_seeds": list(spec.tuned_seeds), "origin": spec.origin,
             "normalization": {"mean": normalization[0], "std": normalization[1]},
             "model_source": source, "journey_source": journey, "tinymnist": __version__})
         write_atomic(self / METRICS, b"")
@@ -219,11 +178,22 @@ class RunRecord:
         return {"file": name, "origin": str(origin.resolve()), "sha256": file_sha256(self / name)}
 
     def header(self) -> dict:
-        return _upgrade_header(read_json(self / HEADER))
+        raw = read_json(self / HEADER)
+        if raw.get("schema", 1) >= SCHEMA:
+            return raw
+        return _upgrade_header(raw, read_json(self / RUN_SUMMARY) if self.finished() else None)
 
     def step(self) -> str:
-        name = self.header().get("step", "")
-        return renamed("step", name, RENAMED_STEPS[name]) if name in RENAMED_STEPS else name
+        return current("step", self.header().get("step", ""))
+
+    def spec(self) -> RunSpec:
+        """The RunSpec this run was started with (what ``execute`` needs to train or resume it)."""
+        header = self.header()
+        train, test = self.data_sizes()
+        journey = header.get("journey_source")
+        return RunSpec(self.recipe(), self.options(), self.step(), header["held_out"], train, test,
+                       tuple(header["tuned_seeds"]), header.get("overrides") or {}, header.get("origin"),
+                       journey["origin"] if journey else None)
 
     def recipe(self) -> Recipe:
         return recipe_from_dict(self.header().get("recipe", {}))
@@ -255,10 +225,15 @@ class RunRecord:
         raise UsageError(f"the model file {origin} {why}; using this run means running the copy of it kept in "
                          f"{kept}, code you may not have written: read it, then pass --trust-remote-code.")
 
+    def record_normalization(self, mean: float, std: float) -> None:
+        """Write the normalization into a header that lacks it (an unfinished run of schema 1, resumed), in the
+        current schema. Call with the lock held."""
+        write_json(self / HEADER, {**self.header(), "normalization": {"mean": mean, "std": std}})
+
     def normalization(self) -> tuple[float, float] | None:
         """The mean and std the run normalizes its inputs with; None for an unfinished run of schema 1, which
         used its training images' own (what ``Trainer`` computes when given None)."""
-        norm = self.header().get("normalization") or (self.summary() if self.finished() else {}).get("normalization")
+        norm = self.header().get("normalization")
         return (norm["mean"], norm["std"]) if norm else None
 
     # --- metrics and checkpoints ---------------------------------------------------------------------------
@@ -317,8 +292,7 @@ class RunRecord:
     # --- the end -------------------------------------------------------------------------------------------
 
     def finish(self, *, params: int, history: list[dict], verdict: dict, first_epoch_holding: int | None,
-               last_k: int, device: str, precision: str, wall_seconds: float,
-               normalization: tuple[float, float]) -> dict:
+               last_k: int, device: str, precision: str, wall_seconds: float) -> dict:
         """Write summary.json (the judged figures come from the caller: the record does not judge)."""
         test_accs = [m["test_acc"] for m in history]
         summary = {
@@ -332,7 +306,6 @@ class RunRecord:
             "threads": torch.get_num_threads() if device == "cpu" else None,
             "commit": git_commit(), "wall_seconds": wall_seconds,
             "train_seconds": sum(m["train_seconds"] for m in history),
-            "normalization": {"mean": normalization[0], "std": normalization[1]},
         }
         write_json(self / RUN_SUMMARY, summary)
         return summary
@@ -342,43 +315,11 @@ class RunRecord:
 
     # --- one writer at a time ------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager:
         """Hold the run's advisory lock while writing it; the system drops it when the process ends, crash
         included. A second writer gets a UsageError naming the process that holds it."""
-        import fcntl
-
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self / LOCK, os.O_RDWR | os.O_CREAT, _file_mode())
-        except OSError as e:
-            raise UsageError(f"cannot write the run directory {self.path} ({e.strerror}); choose another --out.") \
-                from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-                raise UsageError(f"{self.path} is being written by process {holder}; wait for it to finish "
-                                 f"(or stop it) before training this run again.") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} on {platform.node()}\n".encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-
-
-def data_for(run: RunRecord, data: MNIST) -> MNIST:
-    """``data`` cut to the images ``run`` trained and was tested on (a run on a subset resumes, and is
-    evaluated, on the same subset)."""
-    train, test = run.data_sizes()
-    want = (train or len(data.train_labels), test or len(data.test_labels))
-    if want == (len(data.train_labels), len(data.test_labels)):
-        return data
-    if want[0] > len(data.train_labels) or want[1] > len(data.test_labels):
-        raise UsageError(f"{run.path} trained on {want[0]:,} training and {want[1]:,} test images, more than the "
-                         f"data given has; point --data-dir at the full MNIST.")
-    return data.subset(*want)
+        return exclusive(self.path, LOCK, f"{self.path} is being written by process {{holder}}; wait for it to "
+                                           f"finish (or stop it) before training this run again.")
 
 
 # --- weights ---------------------------------------------------------------------------------------------------
@@ -394,55 +335,6 @@ def read_safetensors(path: Path, model: str) -> dict[str, torch.Tensor]:
     except (SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is corrupt.") from None
     recorded = metadata.get("model")
-    if RENAMED_MODELS.get(recorded, recorded) != RENAMED_MODELS.get(model, model):
+    if current("model", recorded or "", note=False) != current("model", model, note=False):
         raise CheckpointError(f"{path} holds weights of model {recorded!r}, not {model!r}.")
     return tensors
-
-
-def load_weights(path: Path, model: str, source: Path | None = None) -> torch.nn.Module:
-    """Build ``model`` (a user's from ``source``) and load ``path`` into it, checking every tensor's name, shape
-    and dtype."""
-    tensors = read_safetensors(path, model)
-    module = create_model(model, source)
-    expected = module.state_dict()
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{path} does not match model {model!r} (missing: {missing[:3]}, "
-                              f"unexpected: {extra[:3]}).")
-    for name, ref in expected.items():
-        got = tensors[name]
-        if got.shape != ref.shape or got.dtype != ref.dtype:
-            raise CheckpointError(f"{path}: tensor {name} is {tuple(got.shape)} {got.dtype}, model {model!r} "
-                                  f"expects {tuple(ref.shape)} {ref.dtype}.")
-    module.load_state_dict(tensors)
-    return module.eval()
-
-
-@dataclass
-class LoadedModel:
-    """A run's trained model with everything needed to feed it as it was trained."""
-
-    name: str
-    model: torch.nn.Module
-    mean: float
-    std: float
-    precision: str  # what it trained with: evaluating with the same gives the recorded accuracy
-    channels_last: bool
-
-    @property
-    def params(self) -> int:
-        return count_params(self.model)
-
-
-def load_model(run: RunRecord, trust: bool = False) -> LoadedModel:
-    """The one way to load a run's model: its weights, with its recorded normalization and precision (a user's
-    model under the trust rule of ``RunRecord.model_source``)."""
-    recipe, options = run.require().recipe(), run.options()
-    precision = run.summary().get("precision") if run.finished() else None
-    normalization = run.normalization()
-    if normalization is None:
-        raise UsageError(f"{run.path} records no normalization (an unfinished run of an earlier version); "
-                         f"finish it with: tinymnist train --resume {run.path}")
-    mean, std = normalization
-    return LoadedModel(recipe.model, load_weights(run / WEIGHTS, recipe.model, run.model_source(trust)), mean, std,
-                       precision or options.precision, options.channels_last)

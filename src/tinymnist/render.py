@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import UsageError
-from .recipes import all_steps
 from .records import RunRecord
+from .steps import all_steps
 from .targets import BONUS_PARAMS, LAST_K, MAX_PARAMS, TARGET, holds_last_k, over_seeds
 
 HEADER = f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'lr':>9} {'seconds':>7}"
@@ -188,7 +188,8 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
         "count sums in another order, and the run becomes another draw from the same recipe).", "",
         RESULTS_HEAD, *rows, "",
         "## Seeds each recipe was tuned on", "",
-        "Recorded with each step (`Step.tuned_seeds` in `src/tinymnist/recipes.py`); `tinymnist consistency "
+        "Recorded in each run's header (from `Step.tuned_seeds` in `src/tinymnist/steps.py`, or the seed a search's "
+        "trials trained, for a confirmed trial); `tinymnist consistency "
         "STEP --seeds N` never picks them (its seeds count up from 1001, skipping them).", "",
         tuning, ""])
 
@@ -211,16 +212,12 @@ def results_markdown(root: Path, command: str) -> str:
         groups.setdefault((run.step(), flags), {})[run.recipe().seed] = run
     if not groups:
         raise UsageError(f"no finished runs under {root}; run `tinymnist consistency STEP --out {root}` first.")
-    known = all_steps()
-    order = {name: i for i, name in enumerate(known)}
+    order = {name: i for i, name in enumerate(all_steps())}
     rows, tuned_by_step = [], {}
     for (name, flags), runs in sorted(groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0])):
-        tuned = set(known[name].tuned_seeds) if name in known else set()
-        first = next(iter(runs.values()))
-        if name.startswith("search/"):  # a search's trial, confirmed: the trials' own seed was its tuning seed
-            tuned = {first.header().get("overrides", {}).get("tuned_seed")}
-        if name in known or name.startswith("search/"):
-            tuned_by_step[name] = tuple(sorted(s for s in tuned if s is not None))
+        header = next(iter(runs.values())).header()
+        tuned, origin = set(header["tuned_seeds"]), header["origin"]
+        tuned_by_step[name] = tuple(sorted(tuned))
         for kind, seeds in (("tuning", sorted(s for s in runs if s in tuned)),
                             ("fresh", sorted(s for s in runs if s not in tuned))):
             if not seeds:
@@ -228,11 +225,8 @@ def results_markdown(root: Path, command: str) -> str:
             summaries = {s: runs[s].summary() for s in seeds}
             figures = over_seeds(seeds, [runs[s].metrics() for s in seeds], summaries[seeds[0]]["params"])
             how = {s: (summaries[s].get("precision", "?"), summaries[s].get("threads")) for s in seeds}
-            cmd = f"tinymnist consistency {name} --seed-list {','.join(map(str, seeds))}"
-            if name.startswith("search/"):
-                _, study, trial = name.split("/")
-                cmd = (f"tinymnist search-confirm evidence/studies/{study}.json --trial {trial.removeprefix('trial-')} "
-                       f"--seed-list {','.join(map(str, seeds))}")
+            cmd = (f"tinymnist search-confirm {origin['export']} --trial {origin['trial']}" if origin
+                   else f"tinymnist consistency {name}") + f" --seed-list {','.join(map(str, seeds))}"
             cmd += f" {flags}" if flags else ""
             if len(set(how.values())) == 1:  # one precision and thread count: the command reproduces every seed
                 precision, threads = next(iter(how.values()))

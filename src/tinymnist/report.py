@@ -13,8 +13,9 @@ from matplotlib.figure import Figure
 
 from .data import MNIST
 from .inference import evaluate_loaded
+from .loading import load_model
 from .recipes import Step
-from .records import RunRecord, load_model
+from .records import RunRecord
 from .render import analyse, over_seeds_lines, pass_count, seed_list
 from .targets import LAST_K, TARGET, TARGET_ACC, first_epoch_holding, judge, over_seeds
 
@@ -200,10 +201,10 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
         confirmed = (fresh or {}).get(name)
         if confirmed:
             seeds = [run.recipe().seed for run in confirmed]
-            figures = over_seeds(seeds, [run.metrics() for run in confirmed], params[name], last_k)
+            confirmation = over_seeds(seeds, [run.metrics() for run in confirmed], params[name], last_k)
             lines += ["", f"**Confirmation on fresh seeds** (seeds {seed_list(seeds)}, none used to choose this "
-                          f"recipe): passes on {pass_count(figures)}.", "", "```text",
-                      *over_seeds_lines(figures), "```"]
+                          f"recipe): passes on {pass_count(confirmation)}.", "", "```text",
+                      *over_seeds_lines(confirmation), "```"]
         if step.notes:
             lines += ["", "Notes:", ""] + [f"- {note}" for note in step.notes]
         lines += ["", f"![curves](figures/{label}-curves.png)", "",

@@ -1,24 +1,23 @@
-"""Running things: one run (new, resumed or reused), a list of seeds in order or in processes. Progress goes to
-callbacks; nothing here prints."""
+"""Running recorded trainings: one run (new, resumed or reused), a list of seeds in order or in processes.
+Every training goes through executor.execute; the run record is its sink here. Progress goes to callbacks;
+nothing here prints."""
 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import os
-import queue
-import signal
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from .data import MNIST, load_mnist
-from .engine import Trainer, fit, pick_device, resolve_precision
+from .engine import Trainer, pick_device, resolve_precision
 from .errors import CheckpointError, TrainingError, UsageError
+from .executor import Callbacks, Sink, cut, execute
+from .machine import cpu_cores
 from .models import count_params
-from .recipes import Options, Recipe
-from .records import NewRun, RunRecord, data_for, run_dir
+from .recipes import Options, RunSpec
+from .records import RunRecord, run_dir
+from .supervise import Supervisor
 from .targets import LAST_K, first_epoch_holding, judge, over_seeds
 
 EpochCallback = Callable[[dict], None]
@@ -30,18 +29,51 @@ def check_options(options: Options) -> None:
     resolve_precision(options.precision, pick_device(options.device))
 
 
-def create_run(run: RunRecord, new: NewRun, data: MNIST) -> None:
-    """Write a new run's header (recipe, options, the images it trains on, their normalization), under its lock."""
-    new.recipe.check(train_size=len(data.train_labels))
+class RecordSink(Sink):
+    """A run record as the executor's sink: its checkpoint is restored before the first epoch, every epoch is
+    checkpointed as it ends, and the summary (with the verdict) is written after the last."""
+
+    def __init__(self, run: RunRecord, last_k: int = LAST_K) -> None:
+        self.run, self.last_k = run, last_k
+        self.summary: dict | None = None
+
+    def start(self, trainer: Trainer) -> None:
+        self.started = time.perf_counter()
+        if self.run.normalization() is None:  # a run of schema 1 used its training images' own, as trainer does
+            self.run.record_normalization(trainer.mean, trainer.std)
+        model = trainer.recipe.model
+        tensors, history = self.run.load_checkpoint(model)
+        if history:
+            try:
+                trainer.load_state(tensors, history)
+            except (KeyError, RuntimeError, ValueError) as e:
+                raise CheckpointError(f"the checkpoint in {self.run.path} does not fit model {model!r} ({e}).") \
+                    from None
+
+    def epoch(self, trainer: Trainer, metrics: dict) -> None:
+        self.run.save_checkpoint(trainer.recipe.model, trainer.state_tensors(), trainer.history)
+
+    def finish(self, trainer: Trainer) -> None:
+        params, accs = count_params(trainer.model), [m["test_acc"] for m in trainer.history]
+        self.summary = self.run.finish(
+            params=params, history=trainer.history, verdict=judge(params, accs, self.last_k).to_dict(),
+            first_epoch_holding=first_epoch_holding(accs), last_k=self.last_k, device=str(trainer.device),
+            precision=trainer.precision, wall_seconds=time.perf_counter() - self.started)
+
+
+def create_run(run: RunRecord, spec: RunSpec, data: MNIST) -> None:
+    """Write a new run's header (its spec, the images it trains on, their normalization), under its lock."""
+    data = cut(spec, data)
+    spec.recipe.check(train_size=len(data.train_labels))
     with run.lock():
-        run.create(new, (len(data.train_labels), len(data.test_labels)), data.full_sizes, (data.mean, data.std))
+        run.create(spec, (len(data.train_labels), len(data.test_labels)), data.full_sizes, (data.mean, data.std))
 
 
 def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None,
               on_batch: BatchCallback | None = None, last_k: int = LAST_K, trust: bool = False) -> dict:
     """Train the run recorded in ``run`` to its end, continuing from its checkpoint when it has one, with the
-    options and on the images it records (``data`` is cut to them); return its summary. A finished run is
-    returned as it is. All of it happens under the run's lock: no second process writes the same run."""
+    spec it records (``data`` is cut to its images); return its summary. A finished run is returned as it is.
+    All of it happens under the run's lock: no second process writes the same run."""
     if run.finished():
         return run.summary()
     if not run.exists():
@@ -50,66 +82,43 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
     with run.lock():
         if run.finished():  # finished by another process in the meantime
             return run.summary()
-        recipe, options = run.recipe(), run.options()
-        data = data_for(run, data)
-        start = time.perf_counter()
-        trainer = Trainer(recipe, data, options, run.normalization(), run.model_source(trust))
-        tensors, history = run.load_checkpoint(recipe.model)
-        if history:
-            try:
-                trainer.load_state(tensors, history)
-            except (KeyError, RuntimeError, ValueError) as e:
-                raise CheckpointError(f"the checkpoint in {run.path} does not fit model {recipe.model!r} "
-                                      f"({e}).") from None
-        for metrics in history:
-            if on_epoch:
-                on_epoch(metrics)
-
-        def end_of_epoch(t: Trainer, metrics: dict) -> None:
-            run.save_checkpoint(recipe.model, t.state_tensors(), t.history)
-            if on_epoch:
-                on_epoch(metrics)
-
-        fit(recipe, data, options, end_of_epoch, on_batch, trainer)
-        params, accs = count_params(trainer.model), [m["test_acc"] for m in trainer.history]
-        return run.finish(params=params, history=trainer.history, verdict=judge(params, accs, last_k).to_dict(),
-                          first_epoch_holding=first_epoch_holding(accs), last_k=last_k,
-                          device=str(trainer.device), precision=trainer.precision,
-                          wall_seconds=time.perf_counter() - start, normalization=(trainer.mean, trainer.std))
+        record = RecordSink(run, last_k)
+        execute(run.spec(), data, [record, Callbacks(on_epoch, on_batch)], normalization=run.normalization(),
+                model_source=run.model_source(trust))
+        return record.summary
 
 
 # --- many seeds ------------------------------------------------------------------------------------------
 
-def seed_runs(root: Path, step: str, recipe: Recipe, seeds: list[int]) -> dict[int, RunRecord]:
-    """The run of each seed under ``root``; a directory holding another recipe of ``step`` is refused before
+def seed_runs(root: Path, spec: RunSpec, seeds: list[int]) -> dict[int, RunRecord]:
+    """The run of each seed under ``root``; a directory holding another recipe of the step is refused before
     anything trains (a finished one is reused, an unfinished one resumed)."""
     runs = {}
     for seed in seeds:
-        run = RunRecord(run_dir(root, step, seed))
-        if run.exists() and run.recipe() != recipe.with_overrides(seed=seed):
-            raise UsageError(f"{run.path} holds a different recipe of {step}; choose another --out.")
+        run = RunRecord(run_dir(root, spec.step, seed))
+        if run.exists() and run.recipe() != spec.with_seed(seed).recipe:
+            raise UsageError(f"{run.path} holds a different recipe of {spec.step}; choose another --out.")
         runs[seed] = run
     return runs
 
 
-def run_seeds(step: str, recipe: Recipe, seeds: list[int], root: Path, data: MNIST, options: Options,
+def run_seeds(spec: RunSpec, seeds: list[int], root: Path, data: MNIST,
               on_run: Callable[[int, RunRecord], None] | None = None, on_epoch: EpochCallback | None = None,
               on_batch: BatchCallback | None = None, last_k: int = LAST_K, jobs: int = 1,
-              overrides: dict | None = None, trust: bool = False, journey_file: Path | None = None) -> dict:
-    """Train (or reuse) one run per seed and judge them together (targets.over_seeds). ``overrides`` are the
-    settings the user changed in the step's recipe (recorded with each run).
+              trust: bool = False) -> dict:
+    """Train (or reuse) one run of ``spec`` per seed and judge them together (targets.over_seeds).
 
     ``jobs`` > 1 trains that many seeds at once, each in its own process (see ``train_parallel``); then
     ``on_epoch`` gets each epoch's metrics with a "seed" key added and ``on_run``/``on_batch`` are not called."""
-    if last_k > recipe.epochs:
-        raise UsageError(f"K = {last_k} last epochs is more than the recipe's {recipe.epochs} epochs.")
+    if last_k > spec.recipe.epochs:
+        raise UsageError(f"K = {last_k} last epochs is more than the recipe's {spec.recipe.epochs} epochs.")
     if jobs > 1:
-        options = dataclasses.replace(options, threads=options.threads or max(1, cpu_cores() // jobs))
-    runs = seed_runs(root, step, recipe, seeds)
+        threads = spec.options.threads or max(1, cpu_cores() // jobs)
+        spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, threads=threads))
+    runs = seed_runs(root, spec, seeds)
     for seed, run in runs.items():
         if not run.exists():
-            seeded = recipe.with_overrides(seed=seed)
-            create_run(run, NewRun(step, seeded, options, {**(overrides or {}), "seed": seed}, journey_file), data)
+            create_run(run, spec.with_seed(seed), data)
     if jobs > 1:
         train_parallel(runs, data, jobs, on_epoch, last_k, trust)
     else:
@@ -120,20 +129,12 @@ def run_seeds(step: str, recipe: Recipe, seeds: list[int], root: Path, data: MNI
     return over_seeds(seeds, [run.metrics() for run in runs.values()], runs[seeds[0]].summary()["params"], last_k)
 
 
-def confirmation_runs(root: Path, step: str, recipe: Recipe, exclude: set[int]) -> list[RunRecord]:
-    """The finished runs of ``recipe`` under ``root`` on seeds outside ``exclude`` (its tuning seeds, and those a
-    report already shows): the step's confirmation, in seed order."""
+def confirmation_runs(root: Path, step: str, spec: RunSpec, exclude: set[int]) -> list[RunRecord]:
+    """The finished runs of ``spec``'s recipe under ``root`` on seeds outside ``exclude`` (its tuning seeds, and
+    those a report already shows): the step's confirmation, in seed order."""
     found = [RunRecord(p.parent) for p in run_dir(root, step, 0).parent.glob("seed-*/summary.json")]
     return sorted((r for r in found if r.recipe().seed not in exclude
-                   and r.recipe() == recipe.with_overrides(seed=r.recipe().seed)), key=lambda r: r.recipe().seed)
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+                   and r.recipe() == spec.with_seed(r.recipe().seed).recipe), key=lambda r: r.recipe().seed)
 
 
 def train_parallel(runs: dict[int, RunRecord], data: MNIST, jobs: int,
@@ -145,45 +146,26 @@ def train_parallel(runs: dict[int, RunRecord], data: MNIST, jobs: int,
     Results stay per process, so a seed's numbers depend only on its seed and its options."""
     if data.source is None:
         raise UsageError("parallel seeds need data loaded from files (their directory is reloaded in each process).")
-    ctx = multiprocessing.get_context("spawn")  # never fork a process whose torch has started its threads
-    messages = ctx.Queue()
     waiting = [seed for seed, run in runs.items() if not run.finished()]
-    running: dict[int, multiprocessing.process.BaseProcess] = {}
-    try:
-        while waiting or running:
-            while waiting and len(running) < jobs:
+    with Supervisor() as pool:
+        def fill() -> None:
+            while waiting and len(pool.running) < jobs:
                 seed = waiting.pop(0)
-                running[seed] = ctx.Process(target=_train_worker, daemon=True,
-                                            args=(seed, str(runs[seed].path), str(data.source), last_k, trust,
-                                                  messages))
-                running[seed].start()
-            try:
-                kind, seed, payload = messages.get(timeout=0.5)
-            except queue.Empty:
-                for seed, process in list(running.items()):
-                    if process.exitcode not in (None, 0):  # killed (0 = exited after sending "done")
-                        raise TrainingError(f"the process training seed {seed} stopped (exit code "
-                                            f"{process.exitcode}); run the same command again to resume it.") from None
-                continue
-            if kind == "epoch" and on_epoch:
-                on_epoch({"seed": seed, **payload})
-            elif kind == "error":
-                raise payload
-            elif kind == "done":
-                running.pop(seed).join()
-    finally:
-        for process in running.values():
-            process.terminate()
-            process.join()
+                pool.start(seed, _train_worker, str(runs[seed].path), str(data.source), last_k, trust)
+
+        fill()
+        for event in pool.events():
+            if event.kind == "epoch" and on_epoch:
+                on_epoch({"seed": event.key, **event.payload})
+            elif event.kind == "error":
+                raise event.payload
+            elif event.kind == "exit":
+                if event.payload != 0:
+                    raise TrainingError(f"the process training seed {event.key} stopped (exit code {event.payload}); "
+                                        f"run the same command again to resume it.")
+                fill()
 
 
-def _train_worker(seed: int, path: str, source: str, last_k: int, trust: bool,
-                  messages: multiprocessing.Queue) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
-    warnings.simplefilter("ignore")  # notes on old names are the parent's to show
-    try:
-        data = load_mnist(source, allow_download=False, expect_counts=None)
-        train_run(RunRecord(Path(path)), data, lambda m: messages.put(("epoch", seed, m)), None, last_k, trust)
-        messages.put(("done", seed, None))
-    except Exception as e:  # noqa: BLE001 - handed to the parent, which raises it
-        messages.put(("error", seed, e))
+def _train_worker(send: Callable, path: str, source: str, last_k: int, trust: bool) -> None:
+    data = load_mnist(source, allow_download=False, expect_counts=None)
+    train_run(RunRecord(Path(path)), data, lambda m: send("epoch", m), None, last_k, trust)

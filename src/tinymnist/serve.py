@@ -2,7 +2,9 @@
 
 The model is loaded once, when the app is made. Predictions go through the same code as `tinymnist predict`
 (``preprocess_bytes``, then ``predict_images``), so the page, the API and the command line agree. Every error
-a client can cause is a 4xx with ``{"error": "one sentence"}``; the server keeps serving.
+a client can cause is a 4xx with ``{"error": "one sentence"}``; the server keeps serving. Reading the upload is
+asynchronous (its size is capped as it streams in); decoding the image and running the model block, so they
+run in the thread pool, off the event loop.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from .errors import TinyMnistError
 from .inference import MAX_IMAGE_BYTES, predict_images, preprocess_bytes
-from .records import RunRecord, load_model
+from .loading import load_model
+from .records import RunRecord
 
 MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024  # the image cap, plus room for a multipart envelope
 
@@ -47,15 +52,54 @@ async def image_bytes(request: Request) -> bytes:
     body = await read_capped(request)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return body
-    request._body = body  # noqa: SLF001 - Starlette parses the form from the body already read (and capped)
+
+    async def replay() -> dict:  # the body already read (and capped), handed to a new Request to parse
+        return {"type": "http.request", "body": body, "more_body": False}
+
     try:
-        form = await request.form()
+        form = await Request(request.scope, replay).form()
     except Exception as e:  # noqa: BLE001 - a malformed form is the client's
         raise ClientError(400, f"the multipart form cannot be read ({e}).") from None
     upload = next((v for v in form.values() if hasattr(v, "read")), None)
     if upload is None:
         raise ClientError(400, "the multipart form holds no file; send the image as a file field.")
     return await upload.read()
+
+
+class Digit(BaseModel):
+    digit: int
+    probability: float
+
+
+class Prediction(BaseModel):
+    top3: list[Digit]
+    input: list[list[int]]  # the 28x28 image the model saw (uint8)
+
+
+class Normalization(BaseModel):
+    mean: float
+    std: float
+
+
+class ModelInfo(BaseModel):
+    name: str
+    params: int
+    run: str
+    recorded_test_acc: float | None
+    normalization: Normalization
+    precision: str
+    test_digits: bool
+    test_digits_off_because: str | None
+
+
+class TestDigit(BaseModel):
+    index: int
+    label: int
+    image: list[list[int]]
+
+
+class Health(BaseModel):
+    status: str
 
 
 def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: bool = False) -> FastAPI:
@@ -72,10 +116,10 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
         test_images, test_labels = data.test_images.numpy(), data.test_labels.numpy()
     except TinyMnistError as e:
         missing = f"no MNIST test images here ({e})"
-    info = {"name": loaded.name, "params": loaded.params, "run": str(run.path),
-            "recorded_test_acc": summary.get("last_test_acc"),
-            "normalization": {"mean": loaded.mean, "std": loaded.std}, "precision": loaded.precision,
-            "test_digits": missing is None, "test_digits_off_because": missing}
+    info = ModelInfo(name=loaded.name, params=loaded.params, run=str(run.path),
+                     recorded_test_acc=summary.get("last_test_acc"),
+                     normalization=Normalization(mean=loaded.mean, std=loaded.std), precision=loaded.precision,
+                     test_digits=missing is None, test_digits_off_because=missing)
 
     app = FastAPI(title="tinymnist", docs_url="/api/docs", openapi_url="/api/openapi.json")
     static = files("tinymnist") / "static"
@@ -94,28 +138,29 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
         return (static / "index.html").read_text()
 
     @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok"}
+    def healthz() -> Health:
+        return Health(status="ok")
 
     @app.get("/model")
-    def model() -> dict:
+    def model() -> ModelInfo:
         return info
 
+    def classify(image: bytes) -> Prediction:  # blocking: decoding up to 50 megapixels, then the model
+        seen = preprocess_bytes(image, "the uploaded image")
+        values, classes = predict_images(loaded, seen[None])[0].topk(3)
+        return Prediction(top3=[Digit(digit=int(c), probability=round(float(v), 6))
+                                for v, c in zip(values, classes, strict=True)], input=seen.tolist())
+
     @app.post("/predict")
-    async def predict(request: Request) -> dict:
-        seen = preprocess_bytes(await image_bytes(request), "the uploaded image")
-        probs = predict_images(loaded, seen[None])[0]
-        values, classes = probs.topk(3)
-        return {"top3": [{"digit": int(c), "probability": round(float(v), 6)} for v, c in zip(values, classes,
-                                                                                              strict=True)],
-                "input": seen.tolist()}
+    async def predict(request: Request) -> Prediction:
+        return await run_in_threadpool(classify, await image_bytes(request))
 
     @app.get("/test-digit")
-    def test_digit() -> dict:
+    def test_digit() -> TestDigit:
         if test_images is None:
             raise ClientError(404, f"test digits are off: {missing}")
         index = random.randrange(len(test_labels))
-        return {"index": index, "label": int(test_labels[index]), "image": np.asarray(test_images[index]).tolist()}
+        return TestDigit(index=index, label=int(test_labels[index]), image=np.asarray(test_images[index]).tolist())
 
     return app
 

@@ -1,0 +1,122 @@
+"""What a study asks (SearchConfig) and the space it samples: the built-in space (the `tiny` family and the
+compact journey's recipe shape) or a user's (FILE.py:NAME, a function of an Optuna trial)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .data import VALIDATION
+from .errors import TinyMnistError, UsageError
+from .models import count_params, create_model, format_args, split_user_model, user_space
+from .recipes import Recipe
+from .targets import LAST_K
+
+PROBE = 300  # models sampled from a space before a study starts: the space works and fits --max-params
+OVER_BUDGET = "over_budget"  # the user attribute of a sampled model above --max-params (pruned untrained)
+
+# The built-in space: tinymnist's `tiny` family and the compact journey's recipe shape (SGD, Nesterov momentum
+# 0.9, a one-cycle LR that rises for 20% of its cycle and decays linearly to 0.005 x its peak).
+LAYERS, POOLS, SEPS, SQUEEZES = (4, 6), (1, 3), (2, 3, 4, 99), (0, 8, 16)
+FIRST_WIDTHS, SECOND_WIDTHS, BODY_WIDTHS = (4, 8), (8, 12, 16), (12, 16, 20, 24, 32)
+LR_RANGE, BATCHES, AUGMENT_RANGE = (0.03, 0.6), (32, 64, 128, 256), (0.0, 1.5)
+HOLD_RANGE = (0, 4)  # epochs after the LR cycle ends, at its final LR
+ROTATE, SHIFT, SCALE = 7.0, 0.05, 0.05  # augmentation strength 1 (the compact journey's)
+
+
+def optuna_module():  # noqa: ANN201 - optuna, imported on first use (an optional extra)
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError("the search needs Optuna: pip install 'tinymnist[search]'.") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What a study asks; recorded in the study when it is created, and every worker that joins must agree."""
+
+    max_params: int
+    space: str = "builtin"  # or FILE.py:NAME, a function of a trial returning (model, recipe settings)
+    epochs: tuple[int, ...] = (15,)  # the epoch counts the built-in space chooses from
+    validation: int = VALIDATION  # the last this-many training images score the trials
+    train_size: int | None = None  # train on the first N of the rest (default: all of it)
+    seed: int = 1  # every trial trains this one seed (docs/search.md says why)
+    last_k: int = LAST_K
+    precision: str = "auto"
+
+    def to_attrs(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> SearchConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items() if k in fields}
+        return cls(**values)
+
+
+# --- spaces ---------------------------------------------------------------------------------------------------
+
+def builtin_space(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # noqa: ANN001 - an optuna Trial
+    """A model of the `tiny` family (models.tiny) and recipe settings for ``trial``."""
+    layers = trial.suggest_int("layers", *LAYERS)
+    widths = [trial.suggest_categorical("w1", FIRST_WIDTHS), trial.suggest_categorical("w2", SECOND_WIDTHS)]
+    widths += [trial.suggest_categorical("body", BODY_WIDTHS)] * (layers - 2)
+    arch = {"w": ".".join(map(str, widths)), "pool": trial.suggest_int("pool", *POOLS),
+            "sep": trial.suggest_categorical("sep", SEPS), "sq": trial.suggest_categorical("sq", SQUEEZES)}
+    n_epochs = trial.suggest_categorical("epochs", epochs) if len(epochs) > 1 else epochs[0]
+    hold = trial.suggest_int("hold", HOLD_RANGE[0], min(HOLD_RANGE[1], n_epochs - 1))
+    strength = trial.suggest_float("augment", *AUGMENT_RANGE)
+    settings = {"epochs": n_epochs, "batch_size": trial.suggest_categorical("batch_size", BATCHES),
+                "lr": trial.suggest_float("lr", *LR_RANGE, log=True), "cycle_epochs": n_epochs - hold,
+                "rotate": round(ROTATE * strength, 3), "shift": round(SHIFT * strength, 4),
+                "scale": round(SCALE * strength, 4)}
+    return f"tiny:{format_args(arch)}", settings
+
+
+BASE_RECIPE = Recipe(model="tiny:w=8", optimizer="sgd", momentum=0.9, nesterov=True, schedule="onecycle",
+                     warmup=0.2, final_lr=0.005)
+
+
+def sample(trial, config: SearchConfig) -> Recipe:  # noqa: ANN001
+    """The recipe (model included) ``config``'s space gives ``trial``; a user space's failure is one sentence."""
+    if config.space == "builtin":
+        model, settings = builtin_space(trial, config.epochs)
+    else:
+        path, name, _ = split_user_model(config.space)
+        try:
+            _, settings = user_space(path, name)(trial)
+        except (TinyMnistError, optuna_module().TrialPruned):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the user's space raises, one sentence names it
+            raise UsageError(f"the search space {config.space} failed ({type(e).__name__}: {e}); fix the "
+                             f"function (it takes an Optuna trial and returns (model, recipe settings)).") from None
+        if not isinstance(settings, dict):
+            raise UsageError(f"the search space {config.space} returned {type(settings).__name__} as recipe "
+                             f"settings; return (model, dict of recipe settings), e.g. (net, {{'lr': 0.1}}).")
+        model = f"{config.space}:{format_args(trial.params)}"
+    try:
+        return BASE_RECIPE.with_overrides(model=model, seed=config.seed, **settings)
+    except UsageError as e:
+        raise UsageError(f"the search space {config.space} gave a recipe that cannot train: {e}") from None
+
+
+def probe_space(config: SearchConfig, samples: int = PROBE) -> int:
+    """Sample ``samples`` models from the space at random (no training): a space that fails, or whose every
+    model is above ``max_params``, is refused before a study starts. Returns the smallest parameter count."""
+    optuna = optuna_module()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    smallest = None
+    for _ in range(samples):
+        trial = study.ask()
+        recipe = sample(trial, config)
+        params = count_params(create_model(recipe.model))
+        smallest = params if smallest is None else min(smallest, params)
+        study.tell(trial, 0.0)
+        if smallest <= config.max_params:
+            return smallest
+    raise UsageError(f"--max-params {config.max_params:,} is below every model sampled from the space "
+                     f"{config.space} ({samples} samples, the smallest has {smallest:,} parameters); raise it.")
+
+

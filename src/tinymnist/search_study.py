@@ -1,0 +1,166 @@
+"""The search's study: where it is stored (any SQLAlchemy URL, with heartbeats), how it samples and prunes,
+what it has done (counts), and its export as plain JSON (evidence/studies/*.json)."""
+
+from __future__ import annotations
+
+import statistics
+import warnings
+
+from .errors import UsageError
+from .recipes import Recipe
+from .records import recipe_from_dict
+from .search_space import OVER_BUDGET, SearchConfig, optuna_module
+
+HEARTBEAT = 10  # seconds between a running trial's heartbeats; after 3 missed ones it is failed and retried
+MAX_RETRY = 2  # a failed trial is tried again this many times, each as a new trial linked to it
+PRUNE_WARMUP = 3  # epochs before a trial may be pruned
+PRUNE_PEERS = 4  # finished trials of the same length needed before one is pruned
+
+
+def shown_url(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - shown as given when it does not even parse
+        return url
+
+
+def open_storage(url: str, heartbeat: int = HEARTBEAT):  # noqa: ANN201 - an optuna RDBStorage
+    """An RDB storage with heartbeats: a trial whose worker stops beating for 3 heartbeats is failed and retried
+    (up to MAX_RETRY times) as a new trial linked to it. Bad URLs and unreachable databases are one sentence."""
+    optuna = optuna_module()
+    import sqlalchemy.exc
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat and its retry
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+    except (sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError) as e:
+        raise UsageError(f"--storage {shown_url(url)!r} is not a database URL SQLAlchemy knows ({e}); use e.g. "
+                         f"sqlite:///search.db or postgresql://USER@HOST/DB.") from None
+    except ImportError as e:
+        raise UsageError(f"--storage {shown_url(url)!r} needs a database driver that is not installed ({e}).") \
+            from None
+    except Exception as e:  # noqa: BLE001 - connection refused, unknown host, bad password, unwritable file
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise UsageError(f"cannot open the study storage {shown_url(url)} ({reason}); check the URL and that "
+                         f"the database is running and reachable.") from None
+
+
+def open_study(storage, name: str, config: SearchConfig | None = None):  # noqa: ANN001, ANN201
+    """Load study ``name``; with ``config``, create it when new, or check that it asks the same question."""
+    optuna = optuna_module()
+    if config is None:
+        try:
+            return optuna.load_study(study_name=name, storage=storage, sampler=sampler(), pruner=pruner())
+        except KeyError:
+            known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            raise UsageError(f"no study {name!r} in this storage (studies: {', '.join(known) or 'none'}).") from None
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=sampler(), pruner=pruner())
+    recorded = study.user_attrs
+    if not recorded:
+        for key, value in config.to_attrs().items():
+            study.set_user_attr(key, value)
+        study.set_user_attr("pruner", PRUNER)
+    else:
+        mine = config.to_attrs()
+        for key, value in mine.items():
+            if recorded.get(key) != value:
+                raise UsageError(f"study {name!r} was created with {key} = {recorded.get(key)!r}, not {value!r}; "
+                                 f"give the same settings to join it, or another --study name.")
+    return study
+
+
+def sampler():  # noqa: ANN201
+    """TPE; with several workers, a running trial counts as a bad result (constant liar) so that they spread."""
+    optuna = optuna_module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate TPE is marked experimental
+        return optuna.samplers.TPESampler(n_startup_trials=10, multivariate=True, group=True, constant_liar=True)
+
+
+PRUNER = (f"a trial is stopped after epoch e when its validation accuracy is below the median of the finished "
+          f"trials with the same number of epochs at epoch e (at least {PRUNE_PEERS} of them), from epoch "
+          f"{PRUNE_WARMUP + 1} until the last K epochs begin: those are the score, and a trial that reached them "
+          f"finishes")
+
+
+def pruner():  # noqa: ANN201
+    """Prune a trial whose validation accuracy at epoch e is below the median of the finished trials with the
+    same number of epochs at epoch e. Optuna's MedianPruner compares every trial at the same epoch, which
+    would cut a 15-epoch one-cycle run (still at a high LR at epoch 5) against 6-epoch runs already decayed.
+    No pruning before epoch PRUNE_WARMUP + 1, nor with fewer than PRUNE_PEERS such trials, nor once the
+    trial's last K epochs (its score) have begun (its user attribute ``prune_until``)."""
+    optuna = optuna_module()
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+    class SameLengthMedianPruner(optuna.pruners.BasePruner):
+        def prune(self, study, trial) -> bool:  # noqa: ANN001
+            step = trial.last_step
+            if step is None or step < PRUNE_WARMUP or step > trial.user_attrs.get("prune_until", step):
+                return False
+            epochs = trial.user_attrs.get("epochs")
+            peers = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=finished)
+                     if t.user_attrs.get("epochs") == epochs and step in t.intermediate_values]
+            return len(peers) >= PRUNE_PEERS and trial.intermediate_values[step] < statistics.median(peers)
+
+    return SameLengthMedianPruner()
+
+
+def counts(study) -> dict[str, int]:  # noqa: ANN001
+    """Trials by state; ``trained``: complete or pruned after training (over-budget samples are not)."""
+    optuna = optuna_module()
+    states = optuna.trial.TrialState
+    result = {s.name.lower(): 0 for s in states}
+    result["trained"] = 0
+    for t in study.get_trials(deepcopy=False):
+        result[t.state.name.lower()] += 1
+        if t.state in (states.COMPLETE, states.PRUNED) and not t.user_attrs.get(OVER_BUDGET):
+            result["trained"] += 1
+    return result
+
+
+def export(study) -> dict:  # noqa: ANN001
+    """A study as plain JSON data: its settings and every trial with its parameters, state, value and curve."""
+    optuna = optuna_module()
+
+    def retried(trial) -> int | None:  # noqa: ANN001
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+    return {
+        "study": study.study_name, "direction": study.direction.name.lower(),
+        "config": {k: v for k, v in study.user_attrs.items() if k != "pruner"},
+        "pruner": study.user_attrs.get("pruner"),
+        "optuna": optuna.__version__,
+        "trials": [{
+            "number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
+            "model": t.user_attrs.get("model"), "n_params": t.user_attrs.get("params"),
+            "recipe": t.user_attrs.get("recipe"), "val_acc": t.user_attrs.get("val_acc", []),
+            "seconds": t.user_attrs.get("seconds"), "over_budget": bool(t.user_attrs.get(OVER_BUDGET)),
+            "retry_of": retried(t), "worker": t.user_attrs.get("worker"), "diverged": t.user_attrs.get("diverged"),
+            "precision": t.user_attrs.get("precision"),
+            # set by hand with study.enqueue_trial (a retry has fixed parameters too, and says so above)
+            "enqueued": "fixed_params" in t.system_attrs and "failed_trial" not in t.system_attrs,
+            "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+            "end": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None,
+        } for t in study.get_trials(deepcopy=False)],
+    }
+
+
+def trial_recipe(exported: dict, number: int) -> Recipe:
+    """The recipe trial ``number`` of an exported study trained (its model rebuildable from the name alone)."""
+    for t in exported["trials"]:
+        if t["number"] == number:
+            if not t.get("recipe"):
+                raise UsageError(f"trial {number} of study {exported['study']!r} sampled no recipe (state "
+                                 f"{t['state']}).")
+            return recipe_from_dict(t["recipe"])
+    raise UsageError(f"study {exported['study']!r} has no trial {number}.")
+

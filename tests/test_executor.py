@@ -1,0 +1,67 @@
+"""The one executor: a RunSpec trained once, whoever watches it. The same spec on the same images gives the same
+epochs through every sink: a run record, the notebook API's result, an Optuna trial and plain callbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import CPU, start_run
+from tinymnist import api
+from tinymnist.errors import UsageError
+from tinymnist.executor import Callbacks, execute
+from tinymnist.recipes import Recipe, RunSpec
+from tinymnist.runner import train_run
+
+RECIPE = Recipe(model="compact_7k4", epochs=2, batch_size=32, lr=0.05, seed=3, rotate=5.0, shift=0.05)
+
+
+def without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if "seconds" not in k} for m in history]
+
+
+def test_the_same_spec_gives_the_same_epochs_through_every_sink(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    optuna = pytest.importorskip("optuna")
+    from tinymnist.search import TrialSink
+    from tinymnist.search_space import SearchConfig
+
+    data = small_mnist.subset(500, 200)
+    spec = RunSpec(RECIPE, CPU, "compact_step2")
+
+    run = start_run(tmp_path, "compact_step2", RECIPE, data)
+    train_run(run, data)
+    recorded = without_seconds(run.metrics())
+
+    result = api.train("compact_7k4", RECIPE, data, CPU)
+
+    seen: list[dict] = []
+    execute(spec, data, [Callbacks(seen.append)])
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    sink = TrialSink(trial, SearchConfig(max_params=10_000, last_k=1))
+    execute(spec, data, [sink])
+    study.tell(trial, sink.score())
+
+    assert len(recorded) == 2 and recorded[0]["train_loss"] != recorded[1]["train_loss"]
+    assert without_seconds(result.history) == recorded
+    assert without_seconds(seen) == recorded
+    reported = study.trials[0].intermediate_values
+    assert [reported[e] for e in (1, 2)] == [m["test_acc"] for m in recorded] == study.trials[0].user_attrs["val_acc"]
+
+
+def test_a_run_is_scored_on_the_images_its_spec_names(small_mnist) -> None:  # noqa: ANN001
+    spec = RunSpec(RECIPE, CPU, held_out="validation")
+    with pytest.raises(UsageError, match="scored on validation images, but the data given holds test images"):
+        execute(spec, small_mnist)
+    with pytest.raises(UsageError, match="a run is scored on test or validation"):
+        RunSpec(RECIPE, CPU, held_out="train")
+
+
+def test_validation_scores_are_called_validation_scores(small_mnist) -> None:  # noqa: ANN001
+    import dataclasses
+
+    validation = dataclasses.replace(small_mnist.subset(500, 200), held_out="validation")
+    history = execute(RunSpec(dataclasses.replace(RECIPE, epochs=1), CPU, held_out="validation"), validation).history
+    assert "val_acc" in history[0] and "val_loss" in history[0] and "test_acc" not in history[0]
