@@ -132,15 +132,18 @@ def measure(args: argparse.Namespace) -> dict:
         "peak_gflops": peak_gflops(), "configs": {},
     }
     runs: dict[str, dict[str, list[float]]] = {"baseline": {"train": [], "eval": []}}
-    configs = {p: Options(device=args.device, precision=p, threads=args.threads) for p in args.precisions}
+    configs = {p: (recipe, Options(device=args.device, precision=p, threads=args.threads)) for p in args.precisions}
+    if args.ema:  # the same configurations with weight averaging on, interleaved with them
+        configs.update({f"{p}, EMA {args.ema:g}": (dataclasses.replace(r, ema=args.ema), options)
+                        for p, (r, options) in list(configs.items())})
     for p in configs:
         runs[p] = {"train": [], "eval": []}
     for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits every configuration alike
         tr, ev = baseline_epoch(recipe.model, data, recipe.batch_size, recipe.lr)
         runs["baseline"]["train"].append(tr)
         runs["baseline"]["eval"].append(ev)
-        for p, options in configs.items():
-            m = execute(RunSpec(dataclasses.replace(recipe, epochs=1, cycle_epochs=None), options), data).history[0]
+        for p, (r, options) in configs.items():
+            m = execute(RunSpec(dataclasses.replace(r, epochs=1, cycle_epochs=None), options), data).history[0]
             runs[p]["train"].append(m["train_seconds"])
             runs[p]["eval"].append(m["eval_seconds"])
     base_epoch = median(runs["baseline"]["train"]) + median(runs["baseline"]["eval"])
@@ -152,11 +155,11 @@ def measure(args: argparse.Namespace) -> dict:
             "speedup_vs_baseline": base_epoch / (train_s + eval_s), "samples": r,
         }
     if args.full:
-        for p, options in configs.items():
+        for p, (r, options) in configs.items():
             walls, accs = [], []
             for _ in range(args.full):
                 start = time.perf_counter()
-                history = execute(RunSpec(recipe, options), data).history
+                history = execute(RunSpec(r, options), data).history
                 walls.append(time.perf_counter() - start)
                 accs.append([m["test_acc"] for m in history])
             result["configs"][p]["full_wall_seconds"] = median(walls)
@@ -281,6 +284,12 @@ def verdicts(r: dict) -> list[str]:
             met = c["speedup_vs_baseline"] >= target["ratio"]
             lines.append(f"- {name}: >= {target['ratio']}x the baseline: **{'met' if met else 'missed'}** "
                          f"({c['speedup_vs_baseline']:.2f}x)")
+    for name, c in r["configs"].items():  # weight averaging's cost: a training epoch with it against without
+        plain = r["configs"].get(name.split(", EMA")[0])
+        if ", EMA" in name and plain:
+            extra = c["train_seconds"] / plain["train_seconds"] - 1
+            lines.append(f"- {name}: a training epoch within 5% of {name.split(',')[0]} without weight averaging: "
+                         f"**{'met' if extra <= 0.05 else 'missed'}** ({100 * extra:+.1f}%, medians)")
     return lines
 
 
@@ -361,6 +370,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=3, help="one-epoch measurements per configuration")
+    parser.add_argument("--ema", type=float, help="also time each configuration with weight averaging at this decay")
     parser.add_argument("--full", type=int, default=0, help="also time the full recipe this many times")
     parser.add_argument("--parallel", type=int, default=0,
                         help="instead: time this many seeds trained one at a time and N at a time")

@@ -89,3 +89,54 @@ def test_onecycle_can_end_early_and_hold() -> None:
     lrs = [lr_at(r, e, b, 10) for e in range(15) for b in range(10)]
     assert lrs[109] == pytest.approx(0.001) and all(lr == pytest.approx(0.001) for lr in lrs[110:])
     assert max(lrs) == pytest.approx(0.05) and lrs.index(max(lrs)) == 21
+
+
+EMA = Recipe(model="compact_7k4", epochs=3, batch_size=64, lr=0.05, seed=2, rotate=5.0, ema=0.99)
+
+
+def test_a_weight_averaged_run_and_its_resumed_twin_are_identical(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    from safetensors.torch import load_file
+
+    data = small_mnist.subset(600, 300)
+    whole = start_run(tmp_path / "whole", "compact_step2", EMA, data)
+    train_run(whole, data)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(metrics: dict) -> None:
+        if metrics["epoch"] == 1:
+            raise Stop
+
+    twin = start_run(tmp_path / "twin", "compact_step2", EMA, data)
+    with pytest.raises(Stop):
+        train_run(twin, data, on_epoch=stop_after_one)
+    assert len(twin.metrics()) == 1
+    train_run(twin, data)  # resumed from its epoch-1 checkpoint, the average and its step count included
+    strip = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
+    assert strip(whole.metrics()) == strip(twin.metrics())
+    for name in ("weights.safetensors", "state.safetensors"):
+        a, b = load_file(whole / name), load_file(twin / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_the_weight_average_is_what_a_run_scores_saves_and_serves(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    from safetensors.torch import load_file
+
+    from tinymnist.inference import evaluate_run
+    from tinymnist.loading import load_model
+
+    data = small_mnist.subset(600, 300)
+    run = start_run(tmp_path, "compact_step2", EMA, data)
+    summary = train_run(run, data)
+    state, weights = load_file(run / "state.safetensors"), load_file(run / "weights.safetensors")
+    assert int(state["ema_steps"]) == 3 * 10  # one update per batch: 600 images in batches of 64
+    averaged = {k[4:]: v for k, v in state.items() if k.startswith("ema.")}
+    trained = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
+    assert averaged.keys() == weights.keys() == trained.keys()
+    assert all(torch.equal(weights[k], averaged[k]) for k in weights)
+    assert not all(torch.equal(weights[k], trained[k]) for k in weights)  # the average is not the last step
+    # eval, predict, export and serve all load the run's model through load_model: the average
+    loaded = load_model(run)
+    assert all(torch.equal(v, averaged[k]) for k, v in loaded.model.state_dict().items())
+    assert evaluate_run(run, data, "cpu")["test_acc"] == summary["last_test_acc"]

@@ -31,9 +31,6 @@ def train_args(epochs: int) -> list[str]:
     return ["train", "original_step3", "--subset", "2000", "--epochs", str(epochs), "--device", "cpu", "--threads", "1"]
 
 
-TRAIN = train_args(4)
-
-
 def cli(*args: str, data: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # A test runner started in the background inherits an ignored SIGINT, and Python then never raises
@@ -60,12 +57,14 @@ def wait_for_rows(proc: subprocess.Popen, n: int) -> None:
 
 
 @pytest.mark.integration
-def test_sigkill_mid_epoch_then_resume_is_identical(full_synthetic_dir: Path, tmp_path: Path) -> None:
-    whole = cli(*TRAIN, "--out", str(tmp_path / "whole"), data=full_synthetic_dir)
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.99"]], ids=["raw", "weight-average"])
+def test_sigkill_mid_epoch_then_resume_is_identical(ema: list[str], full_synthetic_dir: Path, tmp_path: Path) -> None:
+    train = [*train_args(4), *ema]
+    whole = cli(*train, "--out", str(tmp_path / "whole"), data=full_synthetic_dir)
     assert whole.wait(300) == 0, whole.communicate()
     killed_dir = tmp_path / "killed"
     run = killed_dir / "original_step3" / "seed-121"
-    proc = cli(*TRAIN, "--out", str(killed_dir), data=full_synthetic_dir)
+    proc = cli(*train, "--out", str(killed_dir), data=full_synthetic_dir)
     wait_for_rows(proc, 1)
     proc.send_signal(signal.SIGKILL)  # somewhere after epoch 1's checkpoint, before the run's end
     proc.wait()

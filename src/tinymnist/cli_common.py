@@ -88,10 +88,11 @@ def run_options(args: argparse.Namespace) -> Options:
     return options
 
 
+OVERRIDES = ("epochs", "lr", "batch_size", "ema", "seed")  # recipe settings a training command may change
+
+
 def recipe_overrides(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in {"epochs": getattr(args, "epochs", None), "lr": getattr(args, "lr", None),
-                              "batch_size": getattr(args, "batch_size", None),
-                              "seed": getattr(args, "seed", None)}.items() if v is not None}
+    return {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
 
 
 def parse_seeds(args: argparse.Namespace, default: list[int]) -> list[int]:
@@ -186,6 +187,9 @@ def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
         p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
         p.add_argument("--lr", type=positive_float, help="override the recipe's (peak) learning rate")
         p.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
+        p.add_argument("--ema", type=float, metavar="DECAY",
+                       help="keep an exponential moving average of the weights with this decay per batch (e.g. "
+                            "0.999; 0: none), scored and saved in place of the trained weights")
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],

@@ -9,6 +9,7 @@ is reproduced exactly from its seed, and resumed exactly from an epoch-end check
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -65,6 +66,27 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics (its whole floating-point
+    state; counters are copied), updated after every optimizer step with decay min(ema, (1 + t) / (10 + t)) at
+    step t: the warm-up keeps the first, random weights from dragging the average for thousands of steps."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay, self.steps = decay, 0
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        live, mine = model.state_dict(), self.model.state_dict()  # views of the tensors, updated in place
+        self._floats = [(mine[k], live[k]) for k in live if live[k].is_floating_point()]
+        self._others = [(mine[k], live[k]) for k in live if not live[k].is_floating_point()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.steps += 1
+        weight = 1 - min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_([a for a, _ in self._floats], [b for _, b in self._floats], weight)
+        for a, b in self._others:
+            a.copy_(b)
+
+
 class Trainer:
     """One training run: model, optimizer, random generators and the history so far."""
 
@@ -87,6 +109,7 @@ class Trainer:
         model = build() if build else create_model(recipe.model, model_source)
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.optimizer = _make_optimizer(recipe, self.model)
+        self.average = WeightAverage(self.model, recipe.ema) if recipe.ema else None
         self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
         self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)
         self.mean, self.std = normalization or (data.mean, data.std)
@@ -101,6 +124,11 @@ class Trainer:
     def epoch(self) -> int:
         """Completed epochs."""
         return len(self.history)
+
+    @property
+    def saved_model(self) -> nn.Module:
+        """The model each epoch is scored with and a run saves: the weight average when the recipe keeps one."""
+        return self.average.model if self.average else self.model
 
     def batches_per_epoch(self) -> int:
         return -(-len(self.train_labels) // self.recipe.batch_size)
@@ -139,6 +167,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.average:
+                self.average.update()
             losses[b] = loss.detach()
             correct += (out.argmax(1) == y).sum()
             if on_batch:
@@ -156,7 +186,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Loss and accuracy over all the held-out images (``test_acc``, or ``val_acc`` on the validation split)."""
         start = time.perf_counter()
-        result = evaluate(self.model, self.held_out_images, self.held_out_labels, self._inputs, self._autocast)
+        result = evaluate(self.saved_model, self.held_out_images, self.held_out_labels, self._inputs, self._autocast)
         p = self.score_prefix
         return {f"{p}_loss": result.loss, f"{p}_acc": result.acc, "eval_seconds": time.perf_counter() - start}
 
@@ -177,11 +207,22 @@ class Trainer:
                 tensors[f"optim.{i}.{key}"] = torch.as_tensor(value)
         tensors["rng.shuffle"] = self.shuffle_gen.get_state()
         tensors["rng.augment"] = self.augment_gen.get_state()
+        if self.average:
+            tensors.update({f"ema.{k}": v for k, v in self.average.model.state_dict().items()})
+            tensors["ema_steps"] = torch.tensor(self.average.steps)
         return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The saved model's weights (the average, when kept), for weights.safetensors."""
+        return {k: v.detach().contiguous().cpu() for k, v in self.saved_model.state_dict().items()}
+
     def load_state(self, tensors: dict[str, torch.Tensor], history: list[dict]) -> None:
+        """Raises KeyError when ``tensors`` lack a part this trainer has (the average, a generator's state)."""
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
+        if self.average:
+            self.average.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+            self.average.steps = int(tensors["ema_steps"])
         optim = self.optimizer.state_dict()
         optim["state"] = {}
         for key, value in tensors.items():

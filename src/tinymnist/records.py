@@ -263,9 +263,12 @@ class RunRecord:
     def test_accs(self) -> list[float]:
         return [m["test_acc"] for m in self.metrics()]
 
-    def save_checkpoint(self, model: str, tensors: dict[str, torch.Tensor], history: list[dict]) -> None:
-        """Weights and training state at the end of an epoch; state.json is written last and names the epoch."""
-        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    def save_checkpoint(self, model: str, tensors: dict[str, torch.Tensor], history: list[dict],
+                        weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Weights (``weights``: the model a run saves, default the trained one in ``tensors``) and training
+        state at the end of an epoch; state.json is written last and names the epoch."""
+        if weights is None:
+            weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         write_atomic(self / WEIGHTS, st_save(weights, metadata={"model": model, "epoch": str(len(history))}))
         write_atomic(self / STATE, st_save(tensors, metadata={"model": model, "epoch": str(len(history))}))
         write_json(self / STATE_JSON, {"epoch": len(history), "history": history})

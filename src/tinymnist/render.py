@@ -194,7 +194,7 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
         tuning, ""])
 
 
-OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size"}
+OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "ema": "--ema"}
 
 
 def results_markdown(root: Path, command: str) -> str:

@@ -51,7 +51,7 @@ class RecordSink(Sink):
                     from None
 
     def epoch(self, trainer: Trainer, metrics: dict) -> None:
-        self.run.save_checkpoint(trainer.recipe.model, trainer.state_tensors(), trainer.history)
+        self.run.save_checkpoint(trainer.recipe.model, trainer.state_tensors(), trainer.history, trainer.weights())
 
     def finish(self, trainer: Trainer) -> None:
         params, accs = count_params(trainer.model), [m["test_acc"] for m in trainer.history]
