@@ -36,3 +36,22 @@ def test_epoch_table_markdown_and_verdict() -> None:
     summary = {"verdict": judge(7_000, [99.5] * 5).to_dict(), "first_epoch_holding": 1}
     assert verdict_lines(summary)[-2:] == ["first epoch from which every later epoch holds 99.40%: 1",
                                            "all targets met"]
+
+
+def test_paired_rows_compare_two_rows_of_a_step_on_their_common_seeds() -> None:
+    from tinymnist.render import paired_rows
+
+    class Run:  # what paired_rows reads of a run record
+        def __init__(self, accs: list[float]) -> None:
+            self.accs = accs
+
+        def test_accs(self) -> list[float]:
+            return self.accs
+
+    plain = {1: Run([99.0, 99.45, 99.38, 99.5, 99.42, 99.41]), 2: Run([99.5] * 5), 3: Run([99.35] * 5)}
+    averaged = {1: Run([99.48] * 5), 2: Run([99.6] * 5), 4: Run([99.0] * 5)}
+    groups = {("s", "", "fp32", None): plain, ("s", "--ema 0.999", "fp32", None): averaged,
+              ("other", "", "fp32", None): plain}
+    [row] = paired_rows(groups)
+    # seeds 1 and 2 ran both: worst of last 5 99.38 -> 99.48 and 99.50 -> 99.60, mean +0.100, no spread
+    assert row.startswith("| `s` | as defined, fp32 | --ema 0.999, fp32 | 1-2 | 1 / 2 | +0.100 | +0.100 to +0.100 |")

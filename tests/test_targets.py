@@ -74,3 +74,20 @@ def test_over_seeds_counts_passes_with_the_interval() -> None:
     assert figures["seeds_passing"] == 1 and figures["seeds_run"] == 2 and figures["min_last_k"] == 99.39
     assert figures["pass_interval"] == list(pass_interval(1, 2))
     assert [s["passed"] for s in figures["seeds"]] == [True, False]
+
+
+@pytest.mark.parametrize("df,quantile", [(1, 12.7062), (4, 2.7764), (9, 2.2622), (19, 2.0930)])
+def test_t_quantiles_as_tabulated(df: int, quantile: float) -> None:
+    from tinymnist.targets import t_quantile
+
+    assert t_quantile(0.975, df) == pytest.approx(quantile, abs=1e-4)
+
+
+def test_mean_interval_of_paired_differences() -> None:
+    from tinymnist.targets import mean_interval
+
+    mean, low, high = mean_interval([0.1, 0.3, 0.2, 0.0, 0.4])  # mean 0.2, sd 0.1581, t(0.975, 4) 2.7764
+    assert mean == pytest.approx(0.2) and high - mean == pytest.approx(mean - low)
+    assert high - mean == pytest.approx(2.7764 * 0.158114 / 5 ** 0.5, abs=1e-4)
+    with pytest.raises(ValueError):
+        mean_interval([0.1])

@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import UsageError
 from .records import RunRecord
 from .steps import all_steps
-from .targets import BONUS_PARAMS, LAST_K, MAX_PARAMS, TARGET, holds_last_k, over_seeds
+from .targets import BONUS_PARAMS, LAST_K, MAX_PARAMS, TARGET, holds_last_k, mean_interval, over_seeds
 
 HEADER = f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'lr':>9} {'seconds':>7}"
 COLUMNS = ("epoch", "train loss", "train acc", "test loss", "test acc", "lr", "seconds")
@@ -159,12 +159,47 @@ def arithmetic(runs: dict[int, tuple[str, int | None]]) -> str:
                      for part, seeds in zip(parts, groups.values(), strict=True))
 
 
-def results_row(name: str, kind: str, figures: dict, how: dict[int, tuple[str, int | None]], command: str) -> str:
+def results_row(name: str, kind: str, figures: dict, how: dict[int, tuple[str, int | None]], cpu: str | None,
+                command: str) -> str:
     seeds = [s["seed"] for s in figures["seeds"]]
     firsts = ", ".join(str(s["first_holding"]) if s["first_holding"] else "none" for s in figures["seeds"])
     return (f"| `{name}` | {figures['params']:,} | {seed_list(seeds)} ({kind}) | {pass_count(figures)} | "
             f"{figures['final_mean']:.2f} ± {figures['final_std']:.2f} | {figures['min_last_k']:.2f} "
-            f"(K = {figures['last_k']}) | {firsts} | {arithmetic(how)} | `{command}` |")
+            f"(K = {figures['last_k']}) | {firsts} | {arithmetic(how)}{', ' + cpu if cpu else ''} | `{command}` |")
+
+
+RunGroup = tuple[str, str, str, str | None]  # (step, flags, precision, CPU): one row's runs, by seed
+
+
+def paired_rows(groups: dict[RunGroup, dict[int, RunRecord]], last_k: int = LAST_K) -> list[str]:
+    """For two rows of one step that ran the same seeds (at least two): the mean difference, second minus
+    first, of each seed's lowest test accuracy over its last K epochs, with its 95% t interval."""
+    def worst(run: RunRecord) -> float:
+        return min(run.test_accs()[-last_k:])
+
+    def label(group: RunGroup) -> str:
+        _, flags, precision, cpu = group
+        return f"{flags or 'as defined'}, {precision}{', ' + cpu if cpu else ''}"
+
+    rows = []
+    keys = list(groups)
+    for i, first in enumerate(keys):
+        for second in keys[i + 1:]:
+            common = sorted(set(groups[first]) & set(groups[second]))
+            if first[0] != second[0] or len(common) < 2:
+                continue
+            diffs = [worst(groups[second][s]) - worst(groups[first][s]) for s in common]
+            mean, low, high = mean_interval(diffs)
+            passes = [sum(holds_last_k(g[s].test_accs(), last_k) for s in common) for g in (groups[first],
+                                                                                          groups[second])]
+            rows.append(f"| `{first[0]}` | {label(first)} | {label(second)} | {seed_list(common)} | "
+                        f"{passes[0]} / {passes[1]} | {mean:+.3f} | {low:+.3f} to {high:+.3f} |")
+    return rows
+
+
+PAIRED_HEAD = ("| Step | First | Second | Seeds (both) | Seeds passing, first / second | Mean difference in the lowest "
+               "test acc of the last K epochs (second - first, points) | 95% interval (t) |\n"
+               "|---|---|---|---|---|---|---|")
 
 
 RESULTS_HEAD = ("| Step / recipe | Params | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K "
@@ -172,7 +207,8 @@ RESULTS_HEAD = ("| Step / recipe | Params | Seeds | Seeds passing | Final test a
                 "|---|---|---|---|---|---|---|---|---|")
 
 
-def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command: str) -> str:
+def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command: str,
+                     paired: list[str] | None = None) -> str:
     tuning = "\n".join(f"- `{name}`: {seed_list(seeds) if seeds else 'none'}" for name, seeds in tuned.items())
     return "\n".join([
         "# Results over seeds", "",
@@ -187,6 +223,12 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
         "and CPU threads: the same numbers come back only with both, on the same kind of CPU (another thread "
         "count sums in another order, and the run becomes another draw from the same recipe).", "",
         RESULTS_HEAD, *rows, "",
+        *(["## Paired comparisons", "",
+           f"Two rows of one step on the same seeds (K = {LAST_K}): the per-seed difference of the lowest test "
+           "accuracy over the last K epochs, which decides a pass. A difference that changes how the arithmetic "
+           "runs (precision, threads, CPU) makes each seed another draw, so the pairing only removes what the "
+           "seed fixes (initial weights, data order, augmentation); the interval is what the comparison says.",
+           "", PAIRED_HEAD, *paired, ""] if paired else []),
         "## Seeds each recipe was tuned on", "",
         "Recorded in each run's header (from `Step.tuned_seeds` in `src/tinymnist/steps.py`, or the seed a search's "
         "trials trained, for a confirmed trial); `tinymnist consistency "
@@ -200,7 +242,7 @@ OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size"
 def results_markdown(root: Path, command: str) -> str:
     """docs/results.md from every finished run under ``root``: a row per step (and per set of overrides) and
     per kind of seed, tuning or fresh; journeys' steps first, in order."""
-    groups: dict[tuple[str, str], dict[int, RunRecord]] = {}
+    groups: dict[RunGroup, dict[int, RunRecord]] = {}
     for path in sorted(root.glob("**/recipe.json")):
         run = RunRecord(path.parent)
         if not run.finished():
@@ -209,12 +251,15 @@ def results_markdown(root: Path, command: str) -> str:
         flags = " ".join(f"{OPTION_FLAGS[k]} {v}" for k, v in sorted(overrides.items()))
         subset = run.data_sizes()[0]
         flags += f"{' ' if flags else ''}--subset {subset}" if subset else ""
-        groups.setdefault((run.step(), flags), {})[run.recipe().seed] = run
+        summary = run.summary()
+        groups.setdefault((run.step(), flags, summary.get("precision", "fp32"), summary.get("cpu")), {})[
+            run.recipe().seed] = run
     if not groups:
         raise UsageError(f"no finished runs under {root}; run `tinymnist consistency STEP --out {root}` first.")
     order = {name: i for i, name in enumerate(all_steps())}
     rows, tuned_by_step = [], {}
-    for (name, flags), runs in sorted(groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0])):
+    ordered = dict(sorted(groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0][:3], g[0][3] or "")))
+    for (name, flags, _, cpu), runs in ordered.items():
         header = next(iter(runs.values())).header()
         tuned, origin = set(header["tuned_seeds"]), header["origin"]
         tuned_by_step[name] = tuple(sorted(tuned))
@@ -231,8 +276,8 @@ def results_markdown(root: Path, command: str) -> str:
             if len(set(how.values())) == 1:  # one precision and thread count: the command reproduces every seed
                 precision, threads = next(iter(how.values()))
                 cmd += f" --precision {precision}" + (f" --threads {threads}" if threads else "")
-            rows.append(results_row(f"{name}{' ' + flags if flags else ''}", kind, figures, how, cmd))
-    return results_document(rows, tuned_by_step, command)
+            rows.append(results_row(f"{name}{' ' + flags if flags else ''}", kind, figures, how, cpu, cmd))
+    return results_document(rows, tuned_by_step, command, paired_rows(ordered))
 
 
 def trial_line(trial) -> str:  # noqa: ANN001 - an optuna FrozenTrial

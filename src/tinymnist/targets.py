@@ -98,6 +98,38 @@ def pass_interval(passes: int, runs: int, confidence: float = CONFIDENCE) -> tup
     return lower, upper
 
 
+def t_quantile(q: float, df: int) -> float:
+    """The ``q`` quantile (q > 0.5) of Student's t with ``df`` degrees of freedom: bisection on its CDF, the
+    density integrated by Simpson's rule on a substitution that keeps the heavy tail finite."""
+    norm = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x: float) -> float:  # P(T <= x) for x >= 0, through u = atan(t): dt = (1 + t^2) du
+        def f(u: float) -> float:
+            t = math.tan(u)
+            return norm * (1 + t * t / df) ** (-(df + 1) / 2) * (1 + t * t)
+        n, top = 2000, math.atan(x)
+        h = top / n
+        area = f(0) + f(top) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, n))
+        return 0.5 + area * h / 3
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < q:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """The mean of ``values`` (paired differences, say) with its two-sided t interval: (mean, low, high)."""
+    if len(values) < 2:
+        raise ValueError("an interval needs at least two values")
+    mean = statistics.fmean(values)
+    half = t_quantile(1 - (1 - confidence) / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
 def fresh_seeds(count: int, tuned: Iterable[int] = ()) -> list[int]:
     """``count`` confirmation seeds: FIRST_FRESH_SEED upwards, skipping the seeds a recipe was tuned on."""
     skip = set(tuned)
