@@ -288,8 +288,11 @@ def verdicts(r: dict) -> list[str]:
         plain = r["configs"].get(name.split(", EMA")[0])
         if ", EMA" in name and plain:
             extra = c["train_seconds"] / plain["train_seconds"] - 1
+            each = ", ".join(f"{100 * (a / b - 1):+.1f}%"
+                             for a, b in zip(c["samples"]["train"], plain["samples"]["train"], strict=True))
             lines.append(f"- {name}: a training epoch within 5% of {name.split(',')[0]} without weight averaging: "
-                         f"**{'met' if extra <= 0.05 else 'missed'}** ({100 * extra:+.1f}%, medians)")
+                         f"**{'met' if extra <= 0.05 else 'missed'}** ({100 * extra:+.1f}%, medians; per interleaved "
+                         f"repeat {each})")
     return lines
 
 
