@@ -164,7 +164,9 @@ def test_parallel_seeds_match_sequential_runs(capsys: pytest.CaptureFixture, ful
     assert run_cli(capsys, "results", "--runs", str(tmp_path / "two"), "--out", str(tmp_path / "r.md"))[0] == 0
     rows = [line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| `compact_step2")]
     assert [row.split(" | ")[2] for row in rows] == ["5 (tuning)", "6-7 (fresh)"]
-    assert "1 thread |" in rows[1] and "--seed-list 6,7 --epochs 2 --subset 300 --precision" in rows[1]
+    from tinymnist.machine import cpu_name
+
+    assert f"1 thread, {cpu_name()} |" in rows[1] and "--seed-list 6,7 --epochs 2 --subset 300 --precision" in rows[1]
     assert rows[1].endswith("--threads 1` |")
     # An error in a worker process reaches the user as the same one-line error.
     code, _, err = run_cli(capsys, "consistency", *common, "--jobs", "2", "--lr", "1e12",
