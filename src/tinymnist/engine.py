@@ -75,14 +75,15 @@ class WeightAverage:
         self.decay, self.steps = decay, 0
         self.model = copy.deepcopy(model).requires_grad_(False)
         live, mine = model.state_dict(), self.model.state_dict()  # views of the tensors, updated in place
-        self._floats = [(mine[k], live[k]) for k in live if live[k].is_floating_point()]
+        floats = [k for k in live if live[k].is_floating_point()]
+        self._mine, self._live = [mine[k] for k in floats], [live[k] for k in floats]  # built once: a per-step path
         self._others = [(mine[k], live[k]) for k in live if not live[k].is_floating_point()]
 
     @torch.no_grad()
     def update(self) -> None:
         self.steps += 1
         weight = 1 - min(self.decay, (1 + self.steps) / (10 + self.steps))
-        torch._foreach_lerp_([a for a, _ in self._floats], [b for _, b in self._floats], weight)
+        torch._foreach_lerp_(self._mine, self._live, weight)
         for a, b in self._others:
             a.copy_(b)
 
