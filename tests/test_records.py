@@ -110,3 +110,27 @@ def test_resume_while_the_run_trains_elsewhere_exits_2(small_mnist, tmp_path: Pa
         holder.wait()
     assert code == 2 and f"process {holder.pid}" in err and len(err.strip().splitlines()) == 1
     assert run.metrics() == []  # nothing was written by the refused writer
+
+
+def test_a_new_run_records_the_precision_it_resolved_and_an_earlier_auto_keeps_its_meaning(
+        small_mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """'auto' is fp32 now, and a header never records it; a header that says 'auto' (written by 0.3.0 or
+    earlier) resumes in what 'auto' meant then: bf16 on hardware with native bf16, else fp32."""
+    import dataclasses
+    import json
+
+    from conftest import CPU
+    from tinymnist import engine
+
+    run = start_run(tmp_path, "compact_step1", Recipe(model="compact_7k4", epochs=1, seed=3), small_mnist,
+                    dataclasses.replace(CPU, precision="auto"))
+    header = json.loads((run.path / "recipe.json").read_text())
+    assert header["options"]["precision"] == "fp32"
+    assert run.options().precision == "fp32"
+
+    header["options"]["precision"] = "auto"  # as 0.3.0 wrote it
+    (run.path / "recipe.json").write_text(json.dumps(header))
+    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
+    assert run.options().precision == "bf16"
+    monkeypatch.setattr(engine, "native_bf16", lambda device: False)
+    assert run.options().precision == "fp32"

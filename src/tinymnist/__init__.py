@@ -3,7 +3,7 @@
 From Python (a notebook): ``train``, ``consistency``, ``show_layers``, ``recipe`` and ``load_mnist``; see
 ``tinymnist.api``."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from .api import Consistency, Result, consistency, recipe, show_layers, train  # noqa: E402 - __version__ first
 from .data import load_mnist  # noqa: E402

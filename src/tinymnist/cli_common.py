@@ -193,7 +193,7 @@ def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): bf16 autocast where the hardware has native bf16, else fp32")
+                   help="auto (default): fp32; bf16: bf16 autocast (README, \"Precision\", says why)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: one per core)")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors (slower on CPU)")
     add_trust_arg(p)

@@ -34,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from . import __version__
+from .engine import earlier_auto, pick_device
 from .errors import CheckpointError, UsageError
 from .files import exclusive, read_json, write_atomic, write_json
 from .machine import cpu_name
@@ -199,7 +200,12 @@ class RunRecord:
         return recipe_from_dict(self.header().get("recipe", {}))
 
     def options(self) -> Options:
-        return _from_dict(Options, self.header().get("options", {}))
+        """The options the run trains with. Runs record the precision they resolved to; one recorded as 'auto'
+        (tinymnist 0.3.0 and earlier) keeps what 'auto' meant then."""
+        options = _from_dict(Options, self.header().get("options", {}))
+        if options.precision == "auto":
+            options = dataclasses.replace(options, precision=earlier_auto(pick_device(options.device)))
+        return options
 
     def data_sizes(self) -> tuple[int | None, int | None]:
         """(training images, test images) the run used; None where it used the whole split."""

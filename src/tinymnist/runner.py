@@ -65,6 +65,8 @@ def create_run(run: RunRecord, spec: RunSpec, data: MNIST) -> None:
     """Write a new run's header (its spec, the images it trains on, their normalization), under its lock."""
     data = cut(spec, data)
     spec.recipe.check(train_size=len(data.train_labels))
+    precision = resolve_precision(spec.options.precision, pick_device(spec.options.device))
+    spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, precision=precision))  # as trained
     with run.lock():
         run.create(spec, (len(data.train_labels), len(data.test_labels)), data.full_sizes, (data.mean, data.std))
 
