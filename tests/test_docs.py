@@ -47,7 +47,8 @@ def test_search_doc_is_rendered_from_the_committed_study_exports(tmp_path: Path,
                f"--figure docs/images/search-frontier.png --bar baseline-compact-step4")
     text = search_markdown(read_exports(exports), Path("evidence/runs"), tmp_path / "docs" / "images" / "f.png",
                            tmp_path / "docs" / "search.md", command, "baseline-compact-step4")
-    text = text.replace("](images/f.png)", "](images/search-frontier.png)")
+    text = text.replace("](images/f.png)", "](images/search-frontier.png)").replace(
+        "](images/f-pass-rate.png)", "](images/search-frontier-pass-rate.png)")
     assert (ROOT / "docs" / "search.md").read_text() == text, (
         "docs/search.md differs from the study exports and confirmation runs; regenerate it with the command "
         "at its top")

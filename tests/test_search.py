@@ -97,6 +97,97 @@ def test_pruner_compares_trials_of_the_same_length_only() -> None:
     assert not scoring.should_prune()
 
 
+@pytest.mark.parametrize("recipe", [
+    search_space.BASE_RECIPE.with_overrides(epochs=e, cycle_epochs=c, warmup=w, lr=0.2)
+    for e, c, w in [(15, 11, 0.2), (15, 15, 0.2), (15, 11, 0.5), (8, 6, 0.2), (6, 6, 0.1), (3, 2, 0.2)]
+] + [search_space.BASE_RECIPE.with_overrides(epochs=15, schedule="step", step_size=6, gamma=0.1, lr=0.05)])
+def test_the_pruner_never_cuts_before_the_lr_has_decayed_nor_inside_the_scoring_window(recipe) -> None:  # noqa: ANN001
+    from tinymnist.schedule import lr_at
+
+    last_k = 5
+    first, last = search_study.prune_window(recipe, last_k)
+    study = optuna.create_study(direction="maximize", pruner=search_study.pruner())
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for _ in range(6):  # good peers of the same length, every epoch
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": 0.5}, distributions=dist, value=99.5, user_attrs={"epochs": recipe.epochs},
+            intermediate_values={e: 99.5 for e in range(1, recipe.epochs + 1)}))
+    trial = study.ask()
+    for key, value in (("epochs", recipe.epochs), ("prune_from", first), ("prune_until", last)):
+        trial.set_user_attr(key, value)
+    cut = []
+    for epoch in range(1, recipe.epochs + 1):
+        trial.report(90.0, epoch)  # far below its peers at every epoch
+        if trial.should_prune():
+            cut.append(epoch)
+    for epoch in cut:
+        later = [lr_at(recipe, e, 99, 100) for e in range(epoch - 1, recipe.epochs)]
+        assert max(later) <= search_study.DECAYED * recipe.lr  # decayed by then, for good
+        assert epoch <= recipe.epochs - last_k  # before the scoring window
+    assert cut == list(range(first, last + 1))  # and inside its window it does cut a trial this bad
+
+
+def test_the_initial_design_is_in_budget_and_covers_every_axis() -> None:
+    from tinymnist.models import tiny_params
+
+    for budget in (2500, 4000, 8000):
+        config = search_space.SearchConfig(max_params=budget, epochs=(6, 8))
+        design = search_space.initial_design(config)
+        assert len(design) == search_space.DESIGN
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        for params in design:
+            study.enqueue_trial(params)
+            recipe = search_space.sample(study.ask(), config)
+            assert count_params(create_model(recipe.model)) <= budget  # trained, never pruned as over budget
+            assert recipe.epochs == 8 and recipe.lr == 0.2 and recipe.batch_size == 64
+        for axis, values in (("sep", search_space.SEPS), ("sq", search_space.SQUEEZES),
+                             ("pool", range(search_space.POOLS[0], search_space.POOLS[1] + 1)),
+                             ("layers", range(search_space.LAYERS[0], search_space.LAYERS[1] + 1))):
+            assert {p[axis] for p in design} == set(values), (budget, axis)
+    assert search_space.builtin_architectures(2500) == 936  # the count issue 24 measured for frontier-2k5
+    for model in ("tiny:w=8.16.24.24.24,pool=2,sep=2", "tiny:w=4.8.12.12,pool=1,sep=3,sq=16",
+                  "tiny:w=8.16.16.16.16,pool=2,sq=8", "tiny:w=8.12.20.20.20.20,pool=3,sep=4,sq=8"):
+        args = dict(kv.split("=") for kv in model[5:].split(","))
+        assert tiny_params(args.pop("w"), **{k: int(v) for k, v in args.items()}) == count_params(create_model(model))
+
+
+def test_rescoring_ranks_recipes_by_their_mean_level_over_seeds_not_by_one_draw() -> None:
+    """A fake objective: recipe x = 0 is lucky on the screening seed (1) and poor on others; x = 1 is steady.
+    Screening ranks 0 first; re-scoring on seeds 2-4 ranks 1 first, by its mean level."""
+    from tinymnist.studies import by_recipe, rescore_plan
+
+    level = {(0, 1): 99.60, (0, 2): 99.20, (0, 3): 99.25, (0, 4): 99.15,
+             (1, 1): 99.50, (1, 2): 99.45, (1, 3): 99.48, (1, 4): 99.44,
+             (2, 1): 99.00, (2, 2): 99.00, (2, 3): 99.00, (2, 4): 99.00}
+    config = search_space.SearchConfig(max_params=8000)
+
+    def fake(trial) -> float:  # noqa: ANN001
+        x, seed = trial.suggest_int("x", 0, 2), trial.user_attrs.get("seed", 1)
+        accs = [level[x, seed] - 0.5] * 10 + [level[x, seed]] * 5
+        for key, value in (("model", f"m{x}"), ("params", 1000 + x), ("seed", seed), ("val_acc", accs),
+                           ("recipe", {"model": f"m{x}", "lr": 0.1 * x, "seed": seed})):
+            trial.set_user_attr(key, value)
+        return config.value(accs)
+
+    study = optuna.create_study(direction="maximize")
+    for key, value in config.to_attrs().items():
+        study.set_user_attr(key, value)
+    for x in range(3):
+        study.enqueue_trial({"x": x})
+    study.optimize(fake, n_trials=3)
+    assert study.best_trial.params == {"x": 0}  # the screen alone picks the lucky draw
+    plan = rescore_plan(search_study.export(study), top=2, seeds=[1, 2, 3, 4])
+    assert sorted((p["x"], a["seed"]) for p, a in plan) == [(0, 2), (0, 3), (0, 4), (1, 2), (1, 3), (1, 4)]
+    for params, attrs in plan:
+        study.enqueue_trial(params, user_attrs=attrs)
+    study.optimize(fake, n_trials=len(plan))
+    assert rescore_plan(search_study.export(study), top=2, seeds=[2, 3, 4]) == []  # nothing left to add
+    ranked = by_recipe(search_study.export(study))
+    assert [g["model"] for g in ranked] == ["m1", "m0", "m2"]
+    assert ranked[0]["mean"] == pytest.approx((99.50 + 99.45 + 99.48 + 99.44) / 4)
+    assert sorted(ranked[0]["levels"]) == [1, 2, 3, 4] and ranked[0]["screen"] == 1
+
+
 # --- studies with two workers, a killed worker, on SQLite and on PostgreSQL ----------------------------------
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -250,6 +341,30 @@ def test_bad_input_is_one_sentence_and_leaves_the_study_readable(args: list[str]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
     data = exported(storage, "e", where)
     check_complete(data, 2)
+
+
+@pytest.mark.integration
+def test_a_new_study_starts_with_its_design_and_rescoring_trains_the_best_recipe_on_another_seed(
+        train_only: Path, existing: tuple[str, Path]) -> None:
+    storage, where = existing
+    before = exported(storage, "e", where)
+    config = search_space.SearchConfig.from_attrs(before["config"])
+    design = search_space.initial_design(config)
+    assert [t["design"] for t in before["trials"]] == [True, True]  # the study's 2 trials: its design's first 2
+    assert [{k: t["params"][k] for k in design[0]} for t in before["trials"]] == design[:2]
+    best = max((t for t in before["trials"] if t["state"] == "complete"), key=lambda t: t["value"])
+    result = tinymnist("search-rescore", "--storage", storage, "--study", "e", "--top", "1", "--seeds", "2",
+                       data=train_only)
+    assert result.returncode == 0, result.stderr
+    after = exported(storage, "e", where)
+    again = [t for t in after["trials"] if t.get("rescore_of") is not None]
+    assert [(t["rescore_of"], t["seed"], t["state"]) for t in again] == [(best["number"], 2, "complete")]
+    assert again[0]["recipe"] == {**best["recipe"], "seed": 2} and again[0]["model"] == best["model"]
+    assert "2 seeds" in result.stdout and f"trial {best['number']}" in result.stdout
+    repeat = tinymnist("search-rescore", "--storage", storage, "--study", "e", "--top", "1", "--seeds", "2",
+                       data=train_only)
+    assert repeat.returncode == 0 and "nothing to add" in repeat.stdout
+    check_complete(after, 2)
 
 
 @pytest.mark.integration

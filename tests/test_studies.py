@@ -50,6 +50,15 @@ def confirm(root: Path, data: MNIST, seeds: list[int]) -> None:
         train_run(run, data, last_k=2)
 
 
+def test_the_pass_rate_front_keeps_recipes_no_smaller_one_beats() -> None:
+    from tinymnist.studies import rate_front
+
+    rows = [{"label": label, "params": params, "passes": passes, "runs": runs} for label, params, passes, runs in (
+        ("a", 2108, 0, 10), ("b", 3768, 5, 10), ("c", 6696, 1, 10), ("d", 7432, 20, 20), ("e", 7432, 9, 10),
+        ("f", 8066, 0, 5))]
+    assert [r["label"] for r in rate_front(rows)] == ["a", "b", "d"]
+
+
 @pytest.fixture(scope="module")
 def confirmed(small_mnist: MNIST, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")

@@ -22,6 +22,7 @@ from .cli_common import (
 from .errors import UsageError
 from .recipes import RunSpec
 from .render import over_seeds_lines
+from .search_space import DESIGN
 from .targets import LAST_K, fresh_seeds
 
 DEFAULT_STORAGE = "sqlite:///search.db"
@@ -39,7 +40,7 @@ def search_config(args: argparse.Namespace) -> object:
         raise UsageError(f"--epochs {args.epochs!r}: each epoch count must be from 1 to 15.")
     return SearchConfig(max_params=args.max_params, space=args.space, epochs=epochs, validation=args.validation,
                         train_size=args.subset, seed=args.seed, last_k=min(LAST_K, epochs[0]),
-                        precision=args.precision)
+                        precision=args.precision, score=args.score, design=args.design)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -58,8 +59,36 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting.")
     if c["complete"]:
         best = study.best_trial
-        say(f"best: trial {best.number}, worst of the last epochs {best.value:.2f}% on validation, "
+        say(f"best: trial {best.number}, {SCORES[config.score]} {best.value:.2f}% on validation, "
             f"{best.user_attrs['params']:,} params, {best.user_attrs['model']}")
+    return EXIT_OK
+
+
+SCORES = {"level": "level (mean) of the last epochs", "worst": "worst of the last epochs"}
+
+
+def cmd_search_rescore(args: argparse.Namespace) -> int:
+    from .render import trial_line
+    from .search import rescore
+    from .search_study import export, shown_url
+    from .studies import by_recipe
+
+    try:
+        seeds = sorted({int(s) for s in args.seeds.split(",")})
+    except ValueError:
+        raise UsageError(f"--seeds {args.seeds!r} must be whole numbers separated by commas, like 2,3,4.") from None
+    say(f"study {args.study!r} in {shown_url(args.storage)}: its {args.top} best screened recipes on seeds "
+        f"{', '.join(map(str, seeds))} (validation split; the test set is not read).")
+    study, added = rescore(args.storage, args.study, args.top, seeds, args.workers, args.heartbeat, args.data_dir,
+                           on_trial=lambda t: say(trial_line(t)), on_note=lambda m: say(f"note: {m}"))
+    if not added:
+        say("every one of those recipe and seed pairs was already trained: nothing to add.")
+    say("", "recipes by mean level of the last epochs over their seeds (validation):")
+    for g in by_recipe(export(study)):
+        if len(g["levels"]) > 1:
+            levels = " ".join(f"{lv:.2f}" for _, lv in sorted(g["levels"].items()))
+            say(f"  {g['mean']:.3f} ± {g['sd']:.3f}  {len(g['levels'])} seeds ({levels})  "
+                f"{g['n_params']:>6,} params  trial {g['screen']}  {g['model']}")
     return EXIT_OK
 
 
@@ -131,10 +160,27 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", type=positive_int, help="train on the first N of the other training images")
     p.add_argument("--seed", type=int, default=1, help="the seed every trial trains (default 1)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--score", default="level", choices=list(SCORES),
+                   help="a trial's value: level, the mean of its last K validation epochs (default), or worst, "
+                        "their lowest")
+    p.add_argument("--design", type=int, default=DESIGN,
+                   help=f"trials of the initial design a new study starts with (built-in space; default {DESIGN}, "
+                        f"0: none)")
     p.add_argument("--heartbeat", type=positive_int, default=10,
                    help="seconds between a trial's heartbeats; 3 missed and it is failed and retried (default 10)")
     p.add_argument("--data-dir", help="directory with the MNIST training files (the test files are not needed)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("search-rescore", help="train a study's best screened recipes on further seeds and rank "
+                                              "them by their mean level (validation)")
+    p.add_argument("--study", default="search", help="study name (default search)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--top", type=positive_int, default=5, help="best screened recipes to re-score (default 5)")
+    p.add_argument("--seeds", default="2,3,4", help="further seeds each is trained on (default 2,3,4)")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes here (default 1)")
+    p.add_argument("--heartbeat", type=positive_int, default=10, help="seconds between a trial's heartbeats")
+    p.add_argument("--data-dir", help="directory with the MNIST training files (the test files are not needed)")
+    p.set_defaults(func=cmd_search_rescore)
 
     p = sub.add_parser("search-export", help="write a study as JSON (settings, every trial) for docs and audit")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")

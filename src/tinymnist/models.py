@@ -249,3 +249,18 @@ def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0) -> nn.Module:
                 layers.append(cbr(cin, sq, 1))
                 cin = sq
     return Net(*layers, nn.AdaptiveAvgPool2d(1), conv(cin, 10, 1, "c"))
+
+
+def tiny_params(w: str, pool: int = 2, sep: int = 99, sq: int = 0) -> int:
+    """The parameter count of ``tiny(w, pool, sep, sq)`` without building it (the search's initial design weighs
+    every layout against a budget): a 3x3 convolution has 9 x in x out weights, a separable layer 9 x in +
+    in x out, a 1x1 squeeze in x out, each BatchNorm 2 per channel; the head has 10 x in."""
+    widths, total, cin = [int(x) for x in str(w).split(".")], 0, 1
+    for i, cout in enumerate(widths, 1):
+        total += (9 * cin + cin * cout if i >= max(sep, 2) else 9 * cin * cout) + 2 * cout
+        cin = cout
+        if i == pool and sq:
+            total += cin * sq + 2 * sq
+            cin = sq
+    return total + 10 * cin
+

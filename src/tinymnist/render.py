@@ -239,9 +239,9 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
 OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "ema": "--ema"}
 
 
-def results_markdown(root: Path, command: str) -> str:
-    """docs/results.md from every finished run under ``root``: a row per step (and per set of overrides) and
-    per kind of seed, tuning or fresh; journeys' steps first, in order."""
+def run_groups(root: Path) -> dict[RunGroup, dict[int, RunRecord]]:
+    """Every finished run under ``root`` by (step, overrides as flags, precision, CPU), then seed; journeys'
+    steps first, in order. Raises UsageError when there is none."""
     groups: dict[RunGroup, dict[int, RunRecord]] = {}
     for path in sorted(root.glob("**/recipe.json")):
         run = RunRecord(path.parent)
@@ -257,8 +257,20 @@ def results_markdown(root: Path, command: str) -> str:
     if not groups:
         raise UsageError(f"no finished runs under {root}; run `tinymnist consistency STEP --out {root}` first.")
     order = {name: i for i, name in enumerate(all_steps())}
+    return dict(sorted(groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0][:3], g[0][3] or "")))
+
+
+def fresh(runs: dict[int, RunRecord]) -> list[int]:
+    """The seeds of ``runs`` that played no part in choosing their recipe (not among its tuning seeds)."""
+    tuned = set(next(iter(runs.values())).header()["tuned_seeds"])
+    return sorted(s for s in runs if s not in tuned)
+
+
+def results_markdown(root: Path, command: str) -> str:
+    """docs/results.md from every finished run under ``root``: a row per step (and per set of overrides) and
+    per kind of seed, tuning or fresh; journeys' steps first, in order."""
+    ordered = run_groups(root)
     rows, tuned_by_step = [], {}
-    ordered = dict(sorted(groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0][:3], g[0][3] or "")))
     for (name, flags, _, cpu), runs in ordered.items():
         header = next(iter(runs.values())).header()
         tuned, origin = set(header["tuned_seeds"]), header["origin"]
@@ -289,7 +301,10 @@ def trial_line(trial) -> str:  # noqa: ANN001 - an optuna FrozenTrial
     elif attrs.get("diverged"):
         what = "diverged: " + attrs["diverged"].split(";")[0]
     elif trial.state.name == "COMPLETE":
-        what = f"worst of last epochs {trial.value:.2f}% (validation), {attrs.get('seconds', 0):.0f} s"
+        last = (f"last epochs: level {attrs['level']:.2f}%, worst {attrs['worst']:.2f}%" if "level" in attrs
+                else f"worst of last epochs {trial.value:.2f}%")
+        seed = f", seed {attrs['seed']}" if attrs.get("rescore_of") is not None else ""
+        what = f"{last} (validation{seed}), {attrs.get('seconds', 0):.0f} s"
     else:
         accs = attrs.get("val_acc", [])
         what = f"after epoch {len(accs)}: {accs[-1]:.2f}%" if accs else ""

@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import os
 import socket
+import statistics
 import time
 from collections.abc import Callable
 
@@ -26,8 +27,9 @@ from .executor import Sink, execute
 from .machine import cpu_cores
 from .models import count_params
 from .recipes import Options, RunSpec
-from .search_space import OVER_BUDGET, SearchConfig, optuna_module, probe_space, sample
-from .search_study import HEARTBEAT, counts, open_storage, open_study
+from .search_space import OVER_BUDGET, SearchConfig, initial_design, optuna_module, probe_space, sample
+from .search_study import HEARTBEAT, counts, enqueue_design, export, open_storage, open_study, prune_window
+from .studies import rescore_plan
 from .supervise import Supervisor
 
 
@@ -45,8 +47,9 @@ class TrialSink(Sink):
 
     def start(self, trainer: Trainer) -> None:
         trial, recipe, params = self.trial, trainer.recipe, count_params(trainer.model)
+        first, last = prune_window(recipe, self.config.last_k)
         for key, value in (("model", recipe.model), ("params", params), ("epochs", recipe.epochs),
-                           ("prune_until", recipe.epochs - self.config.last_k),
+                           ("seed", recipe.seed), ("prune_from", first), ("prune_until", last),
                            ("recipe", dataclasses.asdict(recipe)), ("worker", worker_id())):
             trial.set_user_attr(key, value)
         if params > self.config.max_params:
@@ -65,8 +68,12 @@ class TrialSink(Sink):
             raise optuna_module().TrialPruned(f"epoch {trainer.epoch}")
 
     def score(self) -> float:
-        """The worst validation accuracy of the last K epochs: the trial's value."""
-        return min(self.accs[-min(self.config.last_k, len(self.accs)):])
+        """The trial's value: the level (mean) of its last K validation epochs, or their lowest (a study's
+        ``score``); both are kept as user attributes."""
+        last = self.accs[-min(self.config.last_k, len(self.accs)):]
+        self.trial.set_user_attr("level", statistics.fmean(last))
+        self.trial.set_user_attr("worst", min(last))
+        return self.config.value(self.accs)
 
 
 def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa: ANN001 - MNIST's validation split
@@ -75,7 +82,10 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa
     optuna = optuna_module()
 
     def run(trial) -> float:  # noqa: ANN001
-        spec = RunSpec(sample(trial, config), options, held_out="validation", tuned_seeds=(config.seed,))
+        recipe = sample(trial, config)
+        seed = trial.user_attrs.get("seed", config.seed)  # a re-scoring trial trains another seed (rescore)
+        recipe = dataclasses.replace(recipe, seed=seed)
+        spec = RunSpec(recipe, options, held_out="validation", tuned_seeds=(seed,))
         sink = TrialSink(trial, config)
         try:
             execute(spec, data, [sink])
@@ -87,9 +97,13 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa
     return run
 
 
+def waiting(study) -> bool:  # noqa: ANN001
+    """Whether a trial waits to be trained (a retry of a failed one, a re-scoring or a design trial)."""
+    return bool(study.get_trials(deepcopy=False, states=(optuna_module().trial.TrialState.WAITING,)))
+
+
 def work_left(study, trials: int) -> bool:  # noqa: ANN001
-    c = counts(study)
-    return c["trained"] < trials or c["waiting"] > 0
+    return counts(study)["trained"] < trials or waiting(study)
 
 
 def worker_loop(url: str, name: str, trials: int, threads: int, heartbeat: int, data_dir: str | None) -> None:
@@ -100,7 +114,10 @@ def worker_loop(url: str, name: str, trials: int, threads: int, heartbeat: int, 
     data = load_validation_split(data_dir, config.validation, config.train_size)
     options = Options(precision=config.precision, threads=threads)
     run = objective(config, data, options)
+    design = initial_design(config)
     while work_left(study, trials):
+        if design and counts(study)["trained"] < trials and not waiting(study):
+            enqueue_design(study, design)
         study.optimize(run, n_trials=1, catch=(), gc_after_trial=False)
 
 
@@ -168,4 +185,19 @@ def _orphans(study, dead: set[str]) -> bool:  # noqa: ANN001
     return any(t.user_attrs.get("worker") in dead
                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
+
+def rescore(url: str, name: str, top: int, seeds: list[int], workers: int = 1, heartbeat: int = HEARTBEAT,
+            data_dir: str | None = None, on_trial: Callable[[object], None] | None = None,
+            on_note: Callable[[str], None] | None = None) -> tuple[object, int]:
+    """Train the ``top`` best screened recipes of study ``name`` again on each of ``seeds`` (validation split,
+    as every trial): the trials are enqueued in the study and trained by its workers (heartbeats and retries
+    included). Returns the study and how many trials were added (0: every pair was already there)."""
+    study = open_study(open_storage(url, heartbeat), name)
+    plan = rescore_plan(export(study), top, seeds)
+    for params, attrs in plan:
+        study.enqueue_trial(params, user_attrs=attrs)
+    if plan:
+        search(url, name, SearchConfig.from_attrs(study.user_attrs), 0, workers, heartbeat, data_dir, on_trial,
+               on_note)
+    return study, len(plan)
 

@@ -4,14 +4,19 @@ compact journey's recipe shape) or a user's (FILE.py:NAME, a function of an Optu
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import random
+import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 from .data import VALIDATION
 from .errors import TinyMnistError, UsageError
-from .models import count_params, create_model, format_args, split_user_model, user_space
+from .models import count_params, create_model, format_args, split_user_model, tiny_params, user_space
 from .recipes import Recipe
 from .targets import LAST_K
 
+DESIGN = 16  # trials of a new study's initial design (the built-in space)
 PROBE = 300  # models sampled from a space before a study starts: the space works and fits --max-params
 OVER_BUDGET = "over_budget"  # the user attribute of a sampled model above --max-params (pruned untrained)
 
@@ -45,15 +50,26 @@ class SearchConfig:
     seed: int = 1  # every trial trains this one seed (docs/search.md says why)
     last_k: int = LAST_K
     precision: str = "auto"
+    score: str = "level"  # a trial's value: "level", the mean of its last K epochs, or "worst", their lowest
+    design: int = DESIGN  # trials of the initial design enqueued when the study is created (built-in space)
 
     def to_attrs(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> SearchConfig:
+        """The config a study recorded; a setting it lacks is what studies did before the setting existed."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items() if k in fields}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in {**EARLIER, **attrs}.items() if k in fields}
         return cls(**values)
+
+    def value(self, accs: list[float]) -> float:
+        """A trial's value from its per-epoch validation accuracies (its last K epochs: all it has, if fewer)."""
+        last = accs[-min(self.last_k, len(accs)):]
+        return statistics.fmean(last) if self.score == "level" else min(last)
+
+
+EARLIER = {"score": "worst", "design": 0}  # what a study created by tinymnist 0.3.0 or earlier did
 
 
 # --- spaces ---------------------------------------------------------------------------------------------------
@@ -100,6 +116,61 @@ def sample(trial, config: SearchConfig) -> Recipe:  # noqa: ANN001
         return BASE_RECIPE.with_overrides(model=model, seed=config.seed, **settings)
     except UsageError as e:
         raise UsageError(f"the search space {config.space} gave a recipe that cannot train: {e}") from None
+
+
+# The initial design: the architecture axes crossed, each at its widest widths in budget, with the compact
+# journey's recipe (batch 64, peak LR 0.2, augmentation strength 1, the cycle ending 4 epochs before the end).
+DESIGN_RECIPE = {"batch_size": 64, "lr": 0.2, "augment": 1.0}
+DESIGN_HOLD = 4
+
+
+def architectures() -> list[tuple[dict, int]]:
+    """Every architecture of the built-in space (its parameters) with its parameter count."""
+    found = []
+    for layers, pool, sq, sep in itertools.product(range(LAYERS[0], LAYERS[1] + 1), range(POOLS[0], POOLS[1] + 1),
+                                                   SQUEEZES, SEPS):
+        for w1, w2, body in itertools.product(FIRST_WIDTHS, SECOND_WIDTHS, BODY_WIDTHS):
+            params = tiny_params(".".join(map(str, [w1, w2] + [body] * (layers - 2))), pool, sep, sq)
+            found.append(({"layers": layers, "pool": pool, "sq": sq, "sep": sep, "w1": w1, "w2": w2, "body": body},
+                          params))
+    return found
+
+
+def builtin_architectures(max_params: int) -> int:
+    """How many distinct models the built-in space has within ``max_params`` (sep at or past the last layer is
+    the plain model: counted once)."""
+    return len({_model_name(a) for a, params in architectures() if params <= max_params})
+
+
+def _model_name(a: dict) -> str:
+    widths = ".".join(map(str, [a["w1"], a["w2"]] + [a["body"]] * (a["layers"] - 2)))
+    return f"w={widths},pool={a['pool']},sep={min(a['sep'], a['layers'] + 1)},sq={a['sq']}"
+
+
+def initial_design(config: SearchConfig) -> list[dict]:
+    """Up to ``config.design`` parameter sets of the built-in space, every one in budget: the architecture axes
+    (layers, pool position, squeeze, where separable layers start) crossed, each combination at the widest
+    widths that fit ``max_params``, then chosen greedily so that every value of every axis is covered as
+    evenly as it can be (ties broken by a fixed shuffle: the design is the same on every host)."""
+    if config.space != "builtin" or not config.design:
+        return []
+    epochs = max(config.epochs)
+    fixed = {**DESIGN_RECIPE, "hold": min(DESIGN_HOLD, epochs - 1), **({"epochs": epochs} if len(config.epochs) > 1
+                                                                      else {})}
+    widest: dict[tuple, tuple[int, dict]] = {}
+    for a, params in architectures():
+        layout = (a["layers"], a["pool"], a["sq"], a["sep"])
+        if params <= config.max_params and params > widest.get(layout, (0, {}))[0]:
+            widest[layout] = (params, a)
+    combos = [a for _, a in widest.values()]
+    random.Random(0).shuffle(combos)
+    axes, chosen, used = ("layers", "pool", "sq", "sep"), [], Counter()
+    while combos and len(chosen) < config.design:
+        best = min(combos, key=lambda c: sum(used[(a, c[a])] for a in axes))
+        combos.remove(best)
+        used.update((a, best[a]) for a in axes)
+        chosen.append({**best, **fixed})
+    return chosen
 
 
 def probe_space(config: SearchConfig, samples: int = PROBE) -> int:

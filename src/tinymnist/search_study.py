@@ -9,12 +9,14 @@ import warnings
 from .errors import UsageError
 from .recipes import Recipe
 from .records import recipe_from_dict
+from .schedule import lr_at
 from .search_space import OVER_BUDGET, SearchConfig, optuna_module
 
 HEARTBEAT = 10  # seconds between a running trial's heartbeats; after 3 missed ones it is failed and retried
 MAX_RETRY = 2  # a failed trial is tried again this many times, each as a new trial linked to it
-PRUNE_WARMUP = 3  # epochs before a trial may be pruned
+DECAYED = 0.25  # a trial may be cut once its LR has fallen to this share of its peak, not before
 PRUNE_PEERS = 4  # finished trials of the same length needed before one is pruned
+EARLIER_PRUNE_FROM = 3  # the first epoch a trial could be cut at up to 0.3.0 (its trials carry no window)
 
 
 def shown_url(url: str) -> str:
@@ -52,64 +54,97 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT):  # noqa: ANN201 - an opt
 
 
 def open_study(storage, name: str, config: SearchConfig | None = None):  # noqa: ANN001, ANN201
-    """Load study ``name``; with ``config``, create it when new, or check that it asks the same question."""
+    """Load study ``name``; with ``config``, create it when new, or check that it asks the same question. A
+    setting the study did not record reads as what studies did before it existed."""
     optuna = optuna_module()
     if config is None:
         try:
-            return optuna.load_study(study_name=name, storage=storage, sampler=sampler(), pruner=pruner())
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler(), pruner=pruner())
         except KeyError:
             known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
             raise UsageError(f"no study {name!r} in this storage (studies: {', '.join(known) or 'none'}).") from None
+        study.sampler = sampler(SearchConfig.from_attrs(study.user_attrs).design)
+        return study
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=sampler(), pruner=pruner())
+                                sampler=sampler(config.design), pruner=pruner())
     recorded = study.user_attrs
     if not recorded:
         for key, value in config.to_attrs().items():
             study.set_user_attr(key, value)
         study.set_user_attr("pruner", PRUNER)
     else:
-        mine = config.to_attrs()
+        mine, theirs = config.to_attrs(), SearchConfig.from_attrs(recorded).to_attrs()
         for key, value in mine.items():
-            if recorded.get(key) != value:
-                raise UsageError(f"study {name!r} was created with {key} = {recorded.get(key)!r}, not {value!r}; "
+            if theirs.get(key) != value:
+                raise UsageError(f"study {name!r} was created with {key} = {theirs.get(key)!r}, not {value!r}; "
                                  f"give the same settings to join it, or another --study name.")
     return study
 
 
-def sampler():  # noqa: ANN201
-    """TPE; with several workers, a running trial counts as a bad result (constant liar) so that they spread."""
+def sampler(design: int = 0):  # noqa: ANN201
+    """TPE; with several workers, a running trial counts as a bad result (constant liar) so that they spread.
+    Its random start-up is the study's initial design when it has one (``design`` enqueued trials, every one
+    in budget, so each is trained), else 10 samples."""
     optuna = optuna_module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is marked experimental
-        return optuna.samplers.TPESampler(n_startup_trials=10, multivariate=True, group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(n_startup_trials=design or 10, multivariate=True, group=True,
+                                          constant_liar=True)
 
 
-PRUNER = (f"a trial is stopped after epoch e when its validation accuracy is below the median of the finished "
-          f"trials with the same number of epochs at epoch e (at least {PRUNE_PEERS} of them), from epoch "
-          f"{PRUNE_WARMUP + 1} until the last K epochs begin: those are the score, and a trial that reached them "
-          f"finishes")
+def prune_window(recipe: Recipe, last_k: int) -> tuple[int, int]:
+    """(first, last): the epochs after which a trial of ``recipe`` may be cut. First: the first epoch that ends
+    with the LR at or below DECAYED x its peak (before it, accuracy swings with the LR, and a cut ranks noise).
+    Last: the epoch before the last ``last_k`` (those are the score: a trial that reaches them finishes).
+    first > last: never cut."""
+    batches = 100  # any count: the LR at an epoch's end does not depend on it
+    ends = [lr_at(recipe, e, batches - 1, batches) for e in range(recipe.epochs)]
+    first = next((e for e in range(1, recipe.epochs + 1) if max(ends[e - 1:]) <= DECAYED * recipe.lr),
+                 recipe.epochs + 1)  # from then on the LR stays low (a warm-up's low start does not count)
+    return first, recipe.epochs - last_k
+
+
+PRUNER = (f"successive halving with one late rung: a trial is stopped after epoch e when its validation accuracy "
+          f"is below the median of the finished trials with the same number of epochs at epoch e (at least "
+          f"{PRUNE_PEERS} of them), only once its LR has fallen to {DECAYED:g} x its peak and before its last K "
+          f"epochs begin: those are the score, and a trial that reached them finishes")
 
 
 def pruner():  # noqa: ANN201
     """Prune a trial whose validation accuracy at epoch e is below the median of the finished trials with the
-    same number of epochs at epoch e. Optuna's MedianPruner compares every trial at the same epoch, which
-    would cut a 15-epoch one-cycle run (still at a high LR at epoch 5) against 6-epoch runs already decayed.
-    No pruning before epoch PRUNE_WARMUP + 1, nor with fewer than PRUNE_PEERS such trials, nor once the
-    trial's last K epochs (its score) have begun (its user attribute ``prune_until``)."""
+    same number of epochs at epoch e, only inside the trial's window (user attributes ``prune_from`` and
+    ``prune_until``, from prune_window): never at peak LR, never inside the scoring window. Optuna's
+    MedianPruner compares every trial at the same epoch, which would cut a 15-epoch one-cycle run (still at a
+    high LR at epoch 5) against 6-epoch runs already decayed; its SuccessiveHalvingPruner places rungs from
+    the first epochs on."""
     optuna = optuna_module()
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
-    class SameLengthMedianPruner(optuna.pruners.BasePruner):
+    class LateMedianPruner(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:  # noqa: ANN001
-            step = trial.last_step
-            if step is None or step < PRUNE_WARMUP or step > trial.user_attrs.get("prune_until", step):
+            step, attrs = trial.last_step, trial.user_attrs
+            if step is None or not attrs.get("prune_from", EARLIER_PRUNE_FROM) <= step <= attrs.get(
+                    "prune_until", step):
                 return False
-            epochs = trial.user_attrs.get("epochs")
+            epochs = attrs.get("epochs")
             peers = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=finished)
                      if t.user_attrs.get("epochs") == epochs and step in t.intermediate_values]
             return len(peers) >= PRUNE_PEERS and trial.intermediate_values[step] < statistics.median(peers)
 
-    return SameLengthMedianPruner()
+    return LateMedianPruner()
+
+
+def enqueue_design(study, design: list[dict]) -> bool:  # noqa: ANN001
+    """Enqueue the first trial of ``design`` the study does not have yet (trained, running or waiting); False
+    when it has them all. Workers enqueue one before each trial they start, so the design is trained first
+    and only as far as the study's --trials go."""
+    have = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)
+            if t.state != optuna_module().trial.TrialState.FAIL]
+    for params in design:
+        if not any(p.items() >= params.items() for p in have):
+            study.enqueue_trial(params, user_attrs={"design": True})
+            return True
+    return False
 
 
 def counts(study) -> dict[str, int]:  # noqa: ANN001
@@ -145,7 +180,9 @@ def export(study) -> dict:  # noqa: ANN001
             "recipe": t.user_attrs.get("recipe"), "val_acc": t.user_attrs.get("val_acc", []),
             "seconds": t.user_attrs.get("seconds"), "over_budget": bool(t.user_attrs.get(OVER_BUDGET)),
             "retry_of": retried(t), "worker": t.user_attrs.get("worker"), "diverged": t.user_attrs.get("diverged"),
-            "precision": t.user_attrs.get("precision"),
+            "precision": t.user_attrs.get("precision"), "seed": t.user_attrs.get("seed"),
+            "level": t.user_attrs.get("level"), "worst": t.user_attrs.get("worst"),
+            "rescore_of": t.user_attrs.get("rescore_of"), "design": bool(t.user_attrs.get("design")),
             # set by hand with study.enqueue_trial (a retry has fixed parameters too, and says so above)
             "enqueued": "fixed_params" in t.system_attrs and "failed_trial" not in t.system_attrs,
             "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,

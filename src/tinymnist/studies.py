@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+from collections import Counter
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from .errors import UsageError
 from .records import RunRecord
-from .render import pass_count, seed_list
-from .targets import LAST_K, TARGET, TARGET_ACC, over_seeds
+from .render import fresh, pass_count, run_groups, seed_list
+from .targets import LAST_K, TARGET, TARGET_ACC, holds_last_k, over_seeds, pass_interval
 
 FINISHED = ("complete", "pruned")
+SCORED = {"level": "level (mean)", "worst": "worst"}  # a study's score; exports before 0.4.0 scored the worst
 
 
 def read_exports(paths: list[Path]) -> list[dict]:
@@ -65,6 +68,56 @@ def confirmations(export: dict, root: Path) -> dict[int, dict]:
     return found
 
 
+def trial_seed(t: dict, export: dict) -> int:
+    """The seed a trial trained (a re-scoring trial's own; exports before 0.4.0 did not record it: the study's)."""
+    return t.get("seed") or (t.get("recipe") or {}).get("seed") or export["config"]["seed"]
+
+
+def recipe_key(t: dict) -> str:
+    """What makes two trials the same recipe: every setting but the seed."""
+    return json.dumps({k: v for k, v in t["recipe"].items() if k != "seed"}, sort_keys=True)
+
+
+def by_recipe(export: dict) -> list[dict]:
+    """The complete trials grouped by recipe (every setting but the seed), each with the level (mean of the last
+    K validation epochs) of every seed it trained, their mean and spread; ranked by mean level, so that a
+    recipe's rank is its own and not one lucky draw's."""
+    k = export["config"].get("last_k", LAST_K)
+    groups: dict[str, dict] = {}
+    for t in trained(export):
+        if t["state"] != "complete":
+            continue
+        g = groups.setdefault(recipe_key(t), {"model": t["model"], "n_params": t["n_params"], "trials": [],
+                                               "levels": {}, "screen": None})
+        seed = trial_seed(t, export)
+        g["trials"].append(t["number"])
+        g["levels"][seed] = statistics.fmean(t["val_acc"][-k:])
+        if seed == export["config"]["seed"]:
+            g["screen"] = t["number"]
+    for g in groups.values():
+        levels = list(g["levels"].values())
+        g["mean"] = statistics.fmean(levels)
+        g["sd"] = statistics.stdev(levels) if len(levels) > 1 else 0.0
+    return sorted(groups.values(), key=lambda g: (-g["mean"], -len(g["levels"])))
+
+
+def rescore_plan(export: dict, top: int, seeds: list[int]) -> list[tuple[dict, dict]]:
+    """(parameters, user attributes) of the trials that re-score the ``top`` best screened recipes (complete
+    trials of the study's own seed, best value first, one per recipe) on each of ``seeds``, leaving out the
+    seed/recipe pairs already trained or waiting."""
+    first = export["config"]["seed"]
+    screened = sorted((t for t in trained(export) if t["state"] == "complete" and trial_seed(t, export) == first),
+                      key=lambda t: -t["value"])
+    chosen, keys = [], set()
+    for t in screened:
+        if recipe_key(t) not in keys and len(chosen) < top:
+            keys.add(recipe_key(t))
+            chosen.append(t)
+    have = {(t.get("rescore_of"), t.get("seed")) for t in export["trials"] if t["state"] != "fail"}
+    return [(t["params"], {"seed": s, "rescore_of": t["number"]}) for t in chosen for s in seeds
+            if s != first and (t["number"], s) not in have]
+
+
 def pareto(trials: list[dict]) -> list[dict]:
     """Complete trials that no other complete trial beats with as few parameters or fewer."""
     done = sorted((t for t in trials if t["state"] == "complete"), key=lambda t: (t["n_params"], -t["value"]))
@@ -77,7 +130,8 @@ def pareto(trials: list[dict]) -> list[dict]:
 
 
 def frontier_figure(exports: list[dict], confirmed: dict[str, dict[int, dict]], path: Path) -> None:
-    """Parameters vs accuracy: every trained trial (its worst of the last K validation epochs; a pruned trial at
+    """Parameters vs accuracy: every trained trial (its value: the level or the worst of its last K validation
+    epochs, as its study scores; a pruned trial at
     its last epoch, hollow), and each confirmed trial's test accuracy over fresh seeds (mean, min-max bar)."""
     fig = Figure(figsize=(9, 5.5))
     ax = fig.subplots()
@@ -106,13 +160,87 @@ def frontier_figure(exports: list[dict], confirmed: dict[str, dict[int, dict]], 
     ax.errorbar([], [], fmt="*", color="crimson", markersize=10, label="confirmed: test acc over fresh seeds")
     ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET} target (test)")
     ax.set(xlabel="parameters", ylabel="accuracy (%)", ylim=(low, 99.8),
-           title="Search trials: worst of the last K epochs on the validation split\n(pruned trials below the "
+           title="Search trials: value (level or worst of the last K epochs) on the validation split\n(pruned "
+                 "trials below the "
                  "axis are drawn on its bottom edge)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+
+
+FRONT_SEEDS = 5  # fresh seeds a recipe needs before it is placed against the others by pass rate
+
+
+def pass_rates(root: Path) -> list[dict]:
+    """Every recipe (step and overrides, precision, CPU) with at least FRONT_SEEDS fresh-seed runs on the full
+    training set under ``root``: its parameters, passes, seeds and the 95% interval of its pass rate."""
+    rows = []
+    for (name, flags, precision, cpu), runs in run_groups(root).items():
+        seeds = fresh(runs)
+        if len(seeds) < FRONT_SEEDS or "--subset" in flags:
+            continue
+        passes = sum(holds_last_k(runs[s].test_accs()) for s in seeds)
+        rows.append({"label": f"{name}{' ' + flags if flags else ''}", "how": f"{precision}{', ' + cpu if cpu else ''}",
+                     "params": runs[seeds[0]].summary()["params"], "passes": passes, "runs": len(seeds),
+                     "interval": pass_interval(passes, len(seeds)), "seeds": seeds})
+    return sorted(rows, key=lambda r: (r["params"], -r["passes"] / r["runs"]))
+
+
+def rate_front(rows: list[dict]) -> list[dict]:
+    """The rows no recipe with as few parameters or fewer beats on pass rate."""
+    front, best = [], -1.0
+    for r in rows:  # sorted by parameters, best rate first
+        if r["passes"] / r["runs"] > best:
+            front.append(r)
+            best = r["passes"] / r["runs"]
+    return front
+
+
+def pass_rate_figure(rows: list[dict], front: list[dict], path: Path) -> None:
+    """Parameters against the fresh-seed pass rate, with each rate's 95% interval; the front joined."""
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
+    for r in rows:
+        rate, (low, high) = 100 * r["passes"] / r["runs"], r["interval"]
+        on = r in front
+        ax.errorbar([r["params"]], [rate], yerr=[[rate - 100 * low], [100 * high - rate]], fmt="o" if on else ".",
+                    color="crimson" if on else "gray", capsize=3, alpha=0.9 if on else 0.5)
+        if on:
+            ax.annotate(f"{r['label']} ({r['passes']}/{r['runs']})", (r["params"], rate), textcoords="offset points",
+                        xytext=(6, -12), fontsize=7, color="crimson")
+    ax.plot([r["params"] for r in front], [100 * r["passes"] / r["runs"] for r in front], color="crimson",
+            drawstyle="steps-post", alpha=0.5)
+    ax.set(xscale="log", xlabel="parameters", ylabel=f"seeds holding {TARGET} in each of the last {LAST_K} epochs (%)",
+           ylim=(-5, 105), title="Recipes on fresh seeds (test set): pass rate with its 95% interval")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def front_lines(root: Path, figure: Path, out: Path) -> list[str]:
+    rows = pass_rates(root)
+    if not rows:
+        return []
+    front = rate_front(rows)
+    pass_rate_figure(rows, front, figure)
+    lines = ["## The frontier: parameters against pass rate", "",
+             f"Every recipe with at least {FRONT_SEEDS} fresh-seed runs on the full training set under `{root}/` "
+             f"(steps, their variants and confirmed trials alike), judged on the test set: a seed passes when it "
+             f"holds {TARGET} in each of its last {LAST_K} epochs. On the front: the recipes no recipe with as few "
+             f"parameters or fewer beats on pass rate. The search's own scores (validation) are in the studies "
+             f"below; this is what the recipes it and the journeys chose did on seeds nobody had looked at.", "",
+             f"![Parameters against fresh-seed pass rate]({os.path.relpath(figure, out.parent)})", "",
+             "| Recipe | Trained with | Params | Fresh seeds | Seeds passing | 95% interval | On the front |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        low, high = r["interval"]
+        lines.append(f"| `{r['label']}` | {r['how']} | {r['params']:,} | {seed_list(r['seeds'])} | "
+                     f"{r['passes']} of {r['runs']} | {100 * low:.0f}-{100 * high:.0f}% | "
+                     f"{'yes' if r in front else ''} |")
+    return lines + [""]
 
 
 def settings_text(trial: dict) -> str:
@@ -144,7 +272,7 @@ def trial_row(t: dict) -> str:
             f"{settings_text(t)} | {t['value']:.2f} | {t['seconds']:.0f} |")
 
 
-TRIALS_HEAD = ["| Trial | Params | Model | Recipe | Validation, worst of last K | Trial seconds |",
+TRIALS_HEAD = ["| Trial | Params | Model | Recipe | Validation value | Trial seconds |",
                "|---|---|---|---|---|---|"]
 
 
@@ -158,6 +286,34 @@ def bar_lines(done: list[dict], bar: tuple[str, float]) -> list[str]:
     if not over:
         return ["", f"No trial reached the bar (a validation score of at least {value:.2f}%, study `{name}`'s)."]
     return ["", head, "", *TRIALS_HEAD, *map(trial_row, over)]
+
+
+def exploration_lines(export: dict) -> list[str]:
+    """How much of the space a study saw: architectures trained (and, for the built-in space, how many there are
+    in budget), trials per architecture, the initial design, and the epochs trials were pruned after."""
+    done = trained(export)
+    arch = Counter(t["model"] for t in done)
+    if not arch:
+        return []
+    c = export["config"]
+    in_budget = (f" of the {builtin_architectures(c['max_params']):,} the built-in space has within "
+                 f"{c['max_params']:,} parameters" if c["space"] == "builtin" else "")
+    per = sorted(arch.values())
+    design = sum(t.get("design", False) for t in done)
+    pruned = Counter(len(t["val_acc"]) for t in done if t["state"] == "pruned")
+    return ["", f"Exploration: {len(arch)} architecture{'s' * (len(arch) != 1)} trained{in_budget}; trials per "
+                f"architecture: median "
+                f"{per[len(per) // 2]}, most {per[-1]}"
+                + (f"; {design} trials of the initial design" if design else "")
+                + "; pruned after epoch: "
+                + (", ".join(f"{e} ({n})" for e, n in sorted(pruned.items())) if pruned else "none") + "."]
+
+
+def builtin_architectures(max_params: int) -> int:
+    """Distinct architectures of the built-in space with at most ``max_params`` parameters."""
+    from .search_space import builtin_architectures as count
+
+    return count(max_params)
 
 
 def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
@@ -187,9 +343,21 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
           if enqueued else []),
         f"Reproduce: `{search_command(export)}` (TPE samples differently on every run: the same command gives "
         f"another study of the same question).", "",
-        f"Best trials (worst of the last {k} validation epochs):", "",
+        f"Best trials (value: the {SCORED[c.get('score', 'worst')]} of the last {k} validation epochs):", "",
         *TRIALS_HEAD, *map(trial_row, best),
     ]
+    lines += exploration_lines(export)
+    rescored = [g for g in by_recipe(export) if len(g["levels"]) > 1]
+    if rescored:
+        lines += ["", f"Re-scored over seeds (`tinymnist search-rescore`), by mean level of the last {k} "
+                      f"validation epochs:", "",
+                  "| Screened trial | Params | Model | Seeds | Level per seed | Mean ± sd |",
+                  "|---|---|---|---|---|---|"]
+        for g in rescored:
+            seeds = sorted(g["levels"])
+            levels = " ".join(f"{g['levels'][x]:.2f}" for x in seeds)
+            lines.append(f"| {g['screen']} | {g['n_params']:,} | `{g['model']}` | {seed_list(seeds)} | {levels} | "
+                         f"{g['mean']:.3f} ± {g['sd']:.3f} |")
     if bar and bar[0] != export["study"]:
         lines += bar_lines(done, bar)
     front = pareto(done)
@@ -225,22 +393,36 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
         "- **Trials never see the test set.** Each trains on the training images minus the last 10,000, and is "
         "scored on those 10,000 (the validation split). The search reads only the training files: it runs with "
         "the test files absent.",
-        "- **Objective**: the worst validation accuracy of the last K epochs (K = 5 unless a study has fewer "
-        "epochs) - the exercise's \"consistently in the last epochs\" measured where choosing is allowed. "
+        "- **Objective**: the level (mean) of the validation accuracy over the last K epochs (K = 5 unless a "
+        "study has fewer epochs), or, in studies made before 0.4.0, the worst of them - the exercise's "
+        "\"consistently in the last epochs\" measured where choosing is allowed. Across fresh seeds the level "
+        "decides a pass far more than the wobble around it does, and a mean over five epochs is a steadier "
+        "estimate of it than a minimum. "
         "Models above `--max-params` are sampled but not trained (pruned at once, marked over budget).",
         "- **Pruning**: after each epoch a trial reports its validation accuracy and may be stopped when it is "
         "below the median of the finished trials with the same number of epochs at the same epoch (each study "
-        "below gives its exact rule). Optuna's MedianPruner compares all trials at an epoch, which would cut a "
-        "15-epoch one-cycle run, still at a high learning rate, against shorter runs already decayed.",
-        "- **One seed per trial, the same for all**: a trial costs one training; with a common seed, two trials "
-        "differ by their settings, not by their draw. A winner can still be lucky on that seed, which is why "
-        "nothing is claimed from the search itself: chosen trials are trained again on the full training set "
-        "over fresh seeds (1001 up, never the trials' seed) and judged on the test set, as every other recipe.",
+        "below gives its exact rule). Since 0.4.0 only late: once the trial's LR has fallen to a quarter of its "
+        "peak and before its last K epochs (its score) begin - at peak LR the accuracy swings by points from "
+        "one epoch to the next, and a cut there ranks noise. Optuna's MedianPruner compares all trials at an "
+        "epoch, which would cut a 15-epoch one-cycle run, still at a high learning rate, against shorter runs "
+        "already decayed.",
+        "- **Exploration by design** (since 0.4.0): a new study on the built-in space starts with an initial "
+        "design - the architecture axes (layers, pool position, squeeze, where separable layers start) crossed, "
+        "each at its widest widths within the budget, chosen to cover every value of every axis, all with the "
+        "compact journey's recipe - so every start-up trial is trained, none is wasted over budget, and TPE "
+        "starts from the whole space, not one corner of it.",
+        "- **One seed to screen, more to rank**: a trial costs one training; with a common seed, two trials "
+        "differ by their settings, not by their draw. A winner can still be lucky on that seed, so "
+        "`tinymnist search-rescore` trains the best screened recipes again on further seeds (validation "
+        "split still) and ranks them by their mean level; then the chosen ones are trained on the full "
+        "training set over fresh seeds (1001 up, never a seed of the search) and judged on the test set, as "
+        "every other recipe. Nothing is claimed from the search itself.",
         "- **Validation is not test accuracy**: the validation images are another 10,000 digits and the model "
         "trained on 50,000, not 60,000. The search's scores rank trials; only the confirmation says whether a "
         "recipe holds.", "",
         f"![Search trials: parameters against accuracy]({os.path.relpath(figure, out.parent)})", "",
     ]
+    lines += front_lines(root, figure.with_name(f"{figure.stem}-pass-rate{figure.suffix}"), out)
     lines += ["## Summary", ""]
     for export in exports:
         done = [t for t in trained(export) if t["state"] == "complete"]
