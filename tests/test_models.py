@@ -81,7 +81,23 @@ def test_tiny_family_rebuilds_the_registered_designs(family: str, registered: st
     assert [tuple(v.shape) for v in a.state_dict().values()] == [tuple(v.shape) for v in b.state_dict().values()]
 
 
+def test_a_second_pool_halves_the_map_again() -> None:
+    import torch
+
+    from tinymnist.models import tiny_fits
+
+    one, two = create_model("tiny:w=8.16.16.16.16,pool=2"), create_model("tiny:w=8.16.16.16.16,pool=2,pool2=4")
+    assert count_params(one) == count_params(two)
+    x = torch.zeros(2, 1, 28, 28)
+    def side(net: torch.nn.Module) -> int:  # the map the global average pooling reads
+        return torch.nn.Sequential(*list(net)[:-2])(x).shape[-1]
+
+    assert side(two) == 2 and side(one) == 6  # 28 -2 -2 = 24, /2, -2 -2 = 8, /2, -2 = 2
+    assert tiny_fits(5, 2, 4) and not tiny_fits(6, 2, 4)
+
+
 @pytest.mark.parametrize("name", ["tiny:w=8.16.16.16.16.16.16.16,pool=2", "tiny:w=8,pool=3", "tiny:w=x.y",
+                                  "tiny:w=4.8.8.8.16.16,pool=2,pool2=4", "tiny:w=8.8.8,pool=2,pool2=2",
                                   "tiny:pool=2", "tinny:w=8"])
 def test_bad_family_arguments_are_one_sentence(name: str) -> None:
     with pytest.raises(UsageError):

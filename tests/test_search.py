@@ -60,10 +60,11 @@ def check_complete(data: dict, trained: int) -> None:
 
 # --- the family and the space -----------------------------------------------------------------------------------
 
-def test_builtin_space_samples_valid_recipes() -> None:
+@pytest.mark.parametrize("space", search_space.SPACES)
+def test_builtin_space_samples_valid_recipes(space: str) -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
-    config = search_space.SearchConfig(max_params=10_000, epochs=(6, 8, 10))
-    for _ in range(50):
+    config = search_space.SearchConfig(max_params=10_000, epochs=(6, 8, 10), space=space)
+    for _ in range(80):
         trial = study.ask()
         recipe = search_space.sample(trial, config)
         recipe.check()
@@ -130,8 +131,8 @@ def test_the_pruner_never_cuts_before_the_lr_has_decayed_nor_inside_the_scoring_
 def test_the_initial_design_is_in_budget_and_covers_every_axis() -> None:
     from tinymnist.models import tiny_params
 
-    for budget in (2500, 4000, 8000):
-        config = search_space.SearchConfig(max_params=budget, epochs=(6, 8))
+    for budget, space in ((2500, "builtin-2"), (4000, "builtin-2"), (8000, "builtin-2"), (4000, "builtin")):
+        config = search_space.SearchConfig(max_params=budget, epochs=(6, 8), space=space)
         design = search_space.initial_design(config)
         assert len(design) == search_space.DESIGN
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -351,7 +352,7 @@ def test_a_new_study_starts_with_its_design_and_rescoring_trains_the_best_recipe
     config = search_space.SearchConfig.from_attrs(before["config"])
     design = search_space.initial_design(config)
     assert [t["design"] for t in before["trials"]] == [True, True]  # the study's 2 trials: its design's first 2
-    assert [{k: t["params"][k] for k in design[0]} for t in before["trials"]] == design[:2]
+    assert [{k: t["params"][k] for k in d} for t, d in zip(before["trials"], design, strict=False)] == design[:2]
     best = max((t for t in before["trials"] if t["state"] == "complete"), key=lambda t: t["value"])
     result = tinymnist("search-rescore", "--storage", storage, "--study", "e", "--top", "1", "--seeds", "2",
                        data=train_only)

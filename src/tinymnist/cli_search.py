@@ -22,7 +22,7 @@ from .cli_common import (
 from .errors import UsageError
 from .recipes import RunSpec
 from .render import over_seeds_lines
-from .search_space import DESIGN
+from .search_space import DESIGN, SPACES
 from .targets import LAST_K, fresh_seeds
 
 DEFAULT_STORAGE = "sqlite:///search.db"
@@ -144,9 +144,10 @@ def cmd_search_doc(args: argparse.Namespace) -> int:
 def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="an Optuna study over models and recipes, scored on a validation split")
     p.add_argument("--max-params", type=positive_int, required=True, help="models above this are not trained")
-    p.add_argument("--space", default="builtin", help="builtin (the tiny family and the one-cycle recipe), or "
-                                                      "your own as FILE.py:NAME, a function of an Optuna trial "
-                                                      "returning (model, recipe settings)")
+    p.add_argument("--space", default=SPACES[0],
+                   help="builtin-2 (default: the tiny family with a width per layer and a second pool, and every "
+                        "setting of the one-cycle recipe), builtin (the space of studies before 0.4.0), or your "
+                        "own as FILE.py:NAME, a function of an Optuna trial returning (model, recipe settings)")
     p.add_argument("--trials", type=positive_int, default=60, help="trained trials the study should reach, "
                                                                    "counting other workers' (default 60)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes here (default 1)")

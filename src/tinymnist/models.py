@@ -221,23 +221,26 @@ def compact_3k8() -> nn.Module:
 
 
 @register_family
-def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0) -> nn.Module:
+def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0) -> nn.Module:
     """The family every design above belongs to, by its arguments: 3x3 padding-0 layers of widths ``w``
     (dot-separated, e.g. ``8.16.24.24.24``), a 2x2 max-pool after layer ``pool``, a 1x1 squeeze to ``sq``
-    channels after the pool (0: none), layers from number ``sep`` on depthwise-separable (the first layer is
-    always plain), then global average pooling and a 1x1 head. ``tiny:w=8.16.24.24.24,pool=2,sep=2`` is sep_2k8,
+    channels after the pool (0: none), a second 2x2 max-pool after layer ``pool2`` (0: none; after ``pool``),
+    layers from number ``sep`` on depthwise-separable (the first layer is always plain), then global average
+    pooling and a 1x1 head. ``tiny:w=8.16.24.24.24,pool=2,sep=2`` is sep_2k8,
     ``tiny:w=8.16.16.16.16,pool=2,sq=8`` is compact_7k4."""
     try:
         widths = [int(x) for x in str(w).split(".")]
     except ValueError:
         raise UsageError(f"tiny: w={w} must be whole numbers joined by dots, like w=8.16.24.") from None
-    if not widths or min(widths) < 1 or not 1 <= pool <= len(widths) or sq < 0:
-        raise UsageError(f"tiny: w={w}, pool={pool}, sq={sq}: needs at least one width, every width >= 1, the "
-                         f"pool after one of the layers and sq >= 0.")
-    side = (28 - 2 * pool) // 2 - 2 * (len(widths) - pool)
-    if 28 - 2 * pool < 2 or side < 1:
-        raise UsageError(f"tiny: {len(widths)} padding-0 layers with the pool after layer {pool} leave no image "
-                         f"(28 pixels lose 2 per layer and half at the pool); use fewer layers.")
+    if not widths or min(widths) < 1 or not 1 <= pool <= len(widths) or sq < 0 or \
+            (pool2 and not pool < pool2 <= len(widths)):
+        raise UsageError(f"tiny: w={w}, pool={pool}, sq={sq}, pool2={pool2}: needs at least one width, every width "
+                         f">= 1, the pool after one of the layers, sq >= 0, and a second pool (if any) after a "
+                         f"later layer.")
+    if not tiny_fits(len(widths), pool, pool2):
+        raise UsageError(f"tiny: {len(widths)} padding-0 layers with pools after layer {pool}"
+                         f"{f' and {pool2}' if pool2 else ''} leave no image (28 pixels lose 2 per layer and "
+                         f"half at a pool); use fewer layers.")
     layers: list[nn.Module] = []
     cin = 1
     for i, cout in enumerate(widths, 1):
@@ -248,10 +251,26 @@ def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0) -> nn.Module:
             if sq:
                 layers.append(cbr(cin, sq, 1))
                 cin = sq
+        if i == pool2:
+            layers.append(nn.MaxPool2d(2))
     return Net(*layers, nn.AdaptiveAvgPool2d(1), conv(cin, 10, 1, "c"))
 
 
-def tiny_params(w: str, pool: int = 2, sep: int = 99, sq: int = 0) -> int:
+def tiny_fits(layers: int, pool: int, pool2: int = 0) -> bool:
+    """Whether ``layers`` padding-0 3x3 layers with max-pools after ``pool`` (and ``pool2``) leave an image."""
+    if pool2 > layers:
+        return False
+    side = 28
+    for i in range(1, layers + 1):
+        side -= 2
+        if side < 1:
+            return False
+        if i in (pool, pool2):
+            side //= 2
+    return side >= 1
+
+
+def tiny_params(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0) -> int:  # noqa: ARG001 - a pool has no weights
     """The parameter count of ``tiny(w, pool, sep, sq)`` without building it (the search's initial design weighs
     every layout against a budget): a 3x3 convolution has 9 x in x out weights, a separable layer 9 x in +
     in x out, a 1x1 squeeze in x out, each BatchNorm 2 per channel; the head has 10 x in."""

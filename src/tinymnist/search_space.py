@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .data import VALIDATION
 from .errors import TinyMnistError, UsageError
-from .models import count_params, create_model, format_args, split_user_model, tiny_params, user_space
+from .models import count_params, create_model, format_args, split_user_model, tiny_fits, tiny_params, user_space
 from .recipes import Recipe
 from .targets import LAST_K
 
@@ -27,6 +27,12 @@ FIRST_WIDTHS, SECOND_WIDTHS, BODY_WIDTHS = (4, 8), (8, 12, 16), (12, 16, 20, 24,
 LR_RANGE, BATCHES, AUGMENT_RANGE = (0.03, 0.6), (32, 64, 128, 256), (0.0, 1.5)
 HOLD_RANGE = (0, 4)  # epochs after the LR cycle ends, at its final LR
 ROTATE, SHIFT, SCALE = 7.0, 0.05, 0.05  # augmentation strength 1 (the compact journey's)
+# builtin-2 adds: a width per layer, a second max-pool, and the recipe settings the first space held fixed
+SECOND_POOL = (0, 1, 2)  # 0: none; k: after the layer k past the first pool (when the image survives it)
+WEIGHT_DECAYS, SMOOTHINGS, EMAS = (0.0, 1e-5, 5e-5, 1e-4, 5e-4), (0.0, 0.05, 0.1), (0.0, 0.99, 0.995, 0.999)
+FINAL_LR_RANGE, WARMUP_RANGE = (0.001, 0.05), (0.1, 0.4)
+ROTATE_RANGE, SHIFT_RANGE, SCALE_RANGE = (0.0, 12.0), (0.0, 0.12), (0.0, 0.12)
+SPACES = ("builtin-2", "builtin")  # the first is the default; a study keeps the space it was created with
 
 
 def optuna_module():  # noqa: ANN201 - optuna, imported on first use (an optional extra)
@@ -43,7 +49,7 @@ class SearchConfig:
     """What a study asks; recorded in the study when it is created, and every worker that joins must agree."""
 
     max_params: int
-    space: str = "builtin"  # or FILE.py:NAME, a function of a trial returning (model, recipe settings)
+    space: str = SPACES[0]  # a built-in space, or FILE.py:NAME: a function of a trial -> (model, recipe settings)
     epochs: tuple[int, ...] = (15,)  # the epoch counts the built-in space chooses from
     validation: int = VALIDATION  # the last this-many training images score the trials
     train_size: int | None = None  # train on the first N of the rest (default: all of it)
@@ -91,14 +97,43 @@ def builtin_space(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # noqa: 
     return f"tiny:{format_args(arch)}", settings
 
 
+def builtin_space_2(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # noqa: ANN001 - an optuna Trial
+    """The `tiny` family with a width per layer and an optional second max-pool, and every setting of the
+    one-cycle recipe: peak and final LR, warm-up, batch, rotation, shift and zoom apart, weight decay, label
+    smoothing, weight averaging, and the epochs held at the cycle's end."""
+    layers = trial.suggest_int("layers", *LAYERS)
+    widths = [trial.suggest_categorical("w1", FIRST_WIDTHS), trial.suggest_categorical("w2", SECOND_WIDTHS)]
+    widths += [trial.suggest_categorical(f"w{i}", BODY_WIDTHS) for i in range(3, layers + 1)]
+    pool = trial.suggest_int("pool", *POOLS)
+    after = trial.suggest_categorical("pool2", SECOND_POOL)
+    pool2 = pool + after if after and tiny_fits(layers, pool, pool + after) else 0
+    arch = {"w": ".".join(map(str, widths)), "pool": pool, "sep": trial.suggest_categorical("sep", SEPS),
+            "sq": trial.suggest_categorical("sq", SQUEEZES), **({"pool2": pool2} if pool2 else {})}
+    n_epochs = trial.suggest_categorical("epochs", epochs) if len(epochs) > 1 else epochs[0]
+    hold = trial.suggest_int("hold", HOLD_RANGE[0], min(HOLD_RANGE[1], n_epochs - 1))
+    settings = {"epochs": n_epochs, "batch_size": trial.suggest_categorical("batch_size", BATCHES),
+                "lr": trial.suggest_float("lr", *LR_RANGE, log=True), "cycle_epochs": n_epochs - hold,
+                "final_lr": trial.suggest_float("final_lr", *FINAL_LR_RANGE, log=True),
+                "warmup": trial.suggest_float("warmup", *WARMUP_RANGE),
+                "rotate": trial.suggest_float("rotate", *ROTATE_RANGE),
+                "shift": trial.suggest_float("shift", *SHIFT_RANGE),
+                "scale": trial.suggest_float("scale", *SCALE_RANGE),
+                "weight_decay": trial.suggest_categorical("weight_decay", WEIGHT_DECAYS),
+                "label_smoothing": trial.suggest_categorical("label_smoothing", SMOOTHINGS),
+                "ema": trial.suggest_categorical("ema", EMAS)}
+    return f"tiny:{format_args(arch)}", settings
+
+
+BUILTIN = {"builtin-2": builtin_space_2, "builtin": builtin_space}
+
 BASE_RECIPE = Recipe(model="tiny:w=8", optimizer="sgd", momentum=0.9, nesterov=True, schedule="onecycle",
                      warmup=0.2, final_lr=0.005)
 
 
 def sample(trial, config: SearchConfig) -> Recipe:  # noqa: ANN001
     """The recipe (model included) ``config``'s space gives ``trial``; a user space's failure is one sentence."""
-    if config.space == "builtin":
-        model, settings = builtin_space(trial, config.epochs)
+    if config.space in BUILTIN:
+        model, settings = BUILTIN[config.space](trial, config.epochs)
     else:
         path, name, _ = split_user_model(config.space)
         try:
@@ -122,6 +157,8 @@ def sample(trial, config: SearchConfig) -> Recipe:  # noqa: ANN001
 # journey's recipe (batch 64, peak LR 0.2, augmentation strength 1, the cycle ending 4 epochs before the end).
 DESIGN_RECIPE = {"batch_size": 64, "lr": 0.2, "augment": 1.0}
 DESIGN_HOLD = 4
+DESIGN_RECIPE_2 = {"batch_size": 64, "lr": 0.2, "final_lr": 0.005, "warmup": 0.2, "rotate": ROTATE, "shift": SHIFT,
+                   "scale": SCALE, "weight_decay": 0.0, "label_smoothing": 0.0, "ema": 0.0}
 
 
 def architectures() -> list[tuple[dict, int]]:
@@ -152,11 +189,11 @@ def initial_design(config: SearchConfig) -> list[dict]:
     (layers, pool position, squeeze, where separable layers start) crossed, each combination at the widest
     widths that fit ``max_params``, then chosen greedily so that every value of every axis is covered as
     evenly as it can be (ties broken by a fixed shuffle: the design is the same on every host)."""
-    if config.space != "builtin" or not config.design:
+    if config.space not in BUILTIN or not config.design:
         return []
     epochs = max(config.epochs)
-    fixed = {**DESIGN_RECIPE, "hold": min(DESIGN_HOLD, epochs - 1), **({"epochs": epochs} if len(config.epochs) > 1
-                                                                      else {})}
+    fixed = {"hold": min(DESIGN_HOLD, epochs - 1), **({"epochs": epochs} if len(config.epochs) > 1 else {}),
+             **(DESIGN_RECIPE if config.space == "builtin" else DESIGN_RECIPE_2)}
     widest: dict[tuple, tuple[int, dict]] = {}
     for a, params in architectures():
         layout = (a["layers"], a["pool"], a["sq"], a["sep"])
@@ -169,6 +206,9 @@ def initial_design(config: SearchConfig) -> list[dict]:
         best = min(combos, key=lambda c: sum(used[(a, c[a])] for a in axes))
         combos.remove(best)
         used.update((a, best[a]) for a in axes)
+        if config.space == "builtin-2":  # a width per layer, no second pool
+            best = {**{k: v for k, v in best.items() if k != "body"}, "pool2": 0,
+                    **{f"w{i}": best["body"] for i in range(3, best["layers"] + 1)}}
         chosen.append({**best, **fixed})
     return chosen
 

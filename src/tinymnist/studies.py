@@ -253,7 +253,7 @@ def settings_text(trial: dict) -> str:
 def search_command(export: dict) -> str:
     c = export["config"]
     parts = [f"tinymnist search --study {export['study']} --max-params {c['max_params']}"]
-    if c["space"] != "builtin":
+    if c["space"] != "builtin-2":
         parts.append(f"--space {c['space']}")
     parts.append(f"--epochs {','.join(map(str, c['epochs']))}")
     if c["validation"] != 10_000:
@@ -296,8 +296,8 @@ def exploration_lines(export: dict) -> list[str]:
     if not arch:
         return []
     c = export["config"]
-    in_budget = (f" of the {builtin_architectures(c['max_params']):,} the built-in space has within "
-                 f"{c['max_params']:,} parameters" if c["space"] == "builtin" else "")
+    in_budget = (f" of the {builtin_architectures(c['max_params']):,} the space `builtin` has within "
+                 f"{c['max_params']:,} parameters" if c["space"] == "builtin" else "")  # builtin-2: too many
     per = sorted(arch.values())
     design = sum(t.get("design", False) for t in done)
     pruned = Counter(len(t["val_acc"]) for t in done if t["state"] == "pruned")
@@ -406,7 +406,7 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
         "one epoch to the next, and a cut there ranks noise. Optuna's MedianPruner compares all trials at an "
         "epoch, which would cut a 15-epoch one-cycle run, still at a high learning rate, against shorter runs "
         "already decayed.",
-        "- **Exploration by design** (since 0.4.0): a new study on the built-in space starts with an initial "
+        "- **Exploration by design** (since 0.4.0): a new study on a built-in space starts with an initial "
         "design - the architecture axes (layers, pool position, squeeze, where separable layers start) crossed, "
         "each at its widest widths within the budget, chosen to cover every value of every axis, all with the "
         "compact journey's recipe - so every start-up trial is trained, none is wasted over budget, and TPE "
