@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from .errors import UsageError
 from .records import RunRecord
 from .render import fresh, pass_count, run_groups, seed_list
+from .search_space import SearchConfig, builtin_architectures
 from .targets import LAST_K, TARGET, TARGET_ACC, holds_last_k, over_seeds, pass_interval
 
 FINISHED = ("complete", "pruned")
@@ -262,6 +263,11 @@ def search_command(export: dict) -> str:
         parts.append(f"--subset {c['train_size']}")
     if c["seed"] != 1:
         parts.append(f"--seed {c['seed']}")
+    config = SearchConfig.from_attrs(c)  # what a study made before a setting existed did: given, to ask the same
+    if config.score != SearchConfig.score:
+        parts.append(f"--score {config.score}")
+    if config.design != SearchConfig.design:
+        parts.append(f"--design {config.design}")
     done = len(trained(export))
     parts.append(f"--trials {done} --workers 2")
     return " ".join(parts)
@@ -307,13 +313,6 @@ def exploration_lines(export: dict) -> list[str]:
                 + (f"; {design} trials of the initial design" if design else "")
                 + "; pruned after epoch: "
                 + (", ".join(f"{e} ({n})" for e, n in sorted(pruned.items())) if pruned else "none") + "."]
-
-
-def builtin_architectures(max_params: int) -> int:
-    """Distinct architectures of the built-in space with at most ``max_params`` parameters."""
-    from .search_space import builtin_architectures as count
-
-    return count(max_params)
 
 
 def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
