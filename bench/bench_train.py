@@ -326,6 +326,11 @@ def render(results: list[dict]) -> str:
              "the device, bf16 autocast) runs the same code as the CPU path, which the tests exercise; several seeds",
              "at once on one GPU is `tinymnist consistency STEP --jobs N` (N processes sharing the device), tested on",
              "the CPU only. The GPU targets (15 epochs in 3 s, 5 seeds in not much more) are therefore unmeasured.",
+             "",
+             "Accuracy is not judged here from one seed: a table's last-5 column is one run. Precision and weight",
+             "averaging are compared over fresh seeds, paired seed by seed, in docs/results.md (\"Paired",
+             "comparisons\": the mean difference in the lowest last-5 test accuracy with its 95% interval); the",
+             "choice of `--precision auto` (fp32) follows from that table, as the README's \"Precision\" says.",
              ""]
     order = {None: 0, "profile": 1, "parallel": 2, "serve": 3}  # the step benchmarks first, then the rest
     renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve}
