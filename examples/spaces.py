@@ -35,3 +35,25 @@ def compact_step4(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG001 - a 
                           block(16, 16), nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 10, 1, bias=False), nn.Flatten())
     return model, {"epochs": 15, "batch_size": 64, "lr": 0.2, "cycle_epochs": 11, "rotate": 7.0, "shift": 0.05,
                    "scale": 0.05}
+
+
+# --- one-point spaces of recipes whose fresh-seed test outcome is committed: the search's calibration ----------
+# tinymnist search --study calibrate-frontier-sep-3k8 --space examples/spaces.py:frontier_sep_3k8 \
+#     --max-params 4000 --trials 1 --design 0 --workers 1
+# tinymnist search-rescore --study calibrate-frontier-sep-3k8 --top 1 --seeds 2,3,4 --workers 2
+
+def frontier_sep_3k8(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG001 - a space of one point
+    """tinymnist's frontier_sep_3k8 (sep_3k8, 3,768 parameters, and its recipe)."""
+    from tinymnist.models import create_model
+
+    return create_model("sep_3k8"), {"epochs": 15, "batch_size": 32, "lr": 0.2, "cycle_epochs": 11, "rotate": 5.0,
+                                     "shift": 0.05, "scale": 0.0}
+
+
+def frontier_2k5_trial_59(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG001 - a space of one point
+    """Trial 59 of the study frontier-2k5 (2,108 parameters), its recipe as the study's export records it."""
+    from tinymnist.models import create_model
+
+    return create_model("tiny:w=8.12.20.20.20,pool=2,sep=2,sq=0"), {
+        "epochs": 15, "batch_size": 32, "lr": 0.30443807204573564, "cycle_epochs": 12, "rotate": 2.843,
+        "shift": 0.0203, "scale": 0.0203}

@@ -4,6 +4,7 @@ the document regenerates anywhere from the repository alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -13,7 +14,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .errors import UsageError
-from .records import RunRecord
+from .records import RunRecord, recipe_from_dict
 from .render import fresh, pass_count, run_groups, seed_list
 from .search_space import SearchConfig, builtin_architectures
 from .targets import LAST_K, TARGET, TARGET_ACC, holds_last_k, over_seeds, pass_interval
@@ -221,6 +222,63 @@ def pass_rate_figure(rows: list[dict], front: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _settings(recipe: dict) -> dict:
+    """A recipe's settings but its model and seed, with every field (exports before a field existed lack it)."""
+    return {k: v for k, v in dataclasses.asdict(recipe_from_dict(recipe)).items() if k not in ("model", "seed")}
+
+
+def calibration_rows(exports: list[dict], root: Path, subsets: bool = False) -> list[dict]:
+    """For each one-recipe study (every complete trial the same recipe: a one-point space, re-scored on further
+    seeds), its validation level over seeds beside the fresh-seed test level of the same recipe (same settings
+    and parameter count) from the runs under ``root``: how far the validation protocol reads from the test.
+    Runs on a subset of the training images are left out unless ``subsets`` (quick checks say nothing here)."""
+    rows = []
+    groups = run_groups(root)
+    for export in exports:
+        recipes = by_recipe(export)
+        if len(recipes) != 1:
+            continue
+        g = recipes[0]
+        trial = next(t for t in trained(export) if t["number"] == g["trials"][0])
+        mine = _settings(trial["recipe"])
+        for (name, flags, precision, cpu), runs in groups.items():
+            seeds = fresh(runs)
+            first = runs[seeds[0]] if seeds else None
+            if not seeds or ("--subset" in flags and not subsets) or first.summary()["params"] != g["n_params"] or \
+                    _settings(dataclasses.asdict(first.recipe())) != mine:
+                continue
+            k = export["config"].get("last_k", LAST_K)
+            test = [statistics.fmean(runs[s].test_accs()[-k:]) for s in seeds]
+            rows.append({"study": export["study"], "val": g, "label": f"{name}{' ' + flags if flags else ''}",
+                         "how": f"{precision}{', ' + cpu if cpu else ''}", "seeds": seeds,
+                         "test_mean": statistics.fmean(test), "passes": sum(holds_last_k(runs[s].test_accs(), k)
+                                                                            for s in seeds)})
+    return rows
+
+
+def calibration_lines(exports: list[dict], root: Path) -> list[str]:
+    rows = calibration_rows(exports, root)
+    if not rows:
+        return []
+    lines = ["## Calibration: validation level against fresh-seed test level", "",
+             "Recipes whose fresh-seed test outcome is committed, run through the search's own protocol (a "
+             "one-point study, `--space FILE.py:NAME`, re-scored with `tinymnist search-rescore`): the level "
+             "(mean of the last K epochs) on the validation split, per seed, beside the same recipe's level on "
+             "the test set over its fresh seeds. The difference is the offset a validation level must be read "
+             "with; the spread over validation seeds is how far one seed can mislead.", "",
+             "| Study | Recipe (test runs) | Params | Validation seeds | Validation level per seed | Mean ± sd | "
+             "Test fresh seeds | Test level (mean) | Seeds passing | Test - validation |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = r["val"]
+        seeds = sorted(g["levels"])
+        levels = " ".join(f"{g['levels'][x]:.2f}" for x in seeds)
+        lines.append(f"| `{r['study']}` | `{r['label']}`, {r['how']} | {g['n_params']:,} | {seed_list(seeds)} | "
+                     f"{levels} | {g['mean']:.3f} ± {g['sd']:.3f} | {seed_list(r['seeds'])} | {r['test_mean']:.3f} "
+                     f"| {r['passes']} of {len(r['seeds'])} | {r['test_mean'] - g['mean']:+.3f} |")
+    return lines + [""]
+
+
 def front_lines(root: Path, figure: Path, out: Path) -> list[str]:
     rows = pass_rates(root)
     if not rows:
@@ -422,6 +480,7 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
         f"![Search trials: parameters against accuracy]({os.path.relpath(figure, out.parent)})", "",
     ]
     lines += front_lines(root, figure.with_name(f"{figure.stem}-pass-rate{figure.suffix}"), out)
+    lines += calibration_lines(exports, root)
     lines += ["## Summary", ""]
     for export in exports:
         done = [t for t in trained(export) if t["state"] == "complete"]
