@@ -12,6 +12,7 @@ from .cli_common import (
     EXIT_OK,
     add_run_args,
     add_seed_args,
+    count_int,
     load_data,
     parse_seeds,
     positive_int,
@@ -164,7 +165,7 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score", default="level", choices=list(SCORES),
                    help="a trial's value: level, the mean of its last K validation epochs (default), or worst, "
                         "their lowest")
-    p.add_argument("--design", type=int, default=DESIGN,
+    p.add_argument("--design", type=count_int, default=DESIGN,
                    help=f"trials of the initial design a new study starts with (built-in space; default {DESIGN}, "
                         f"0: none)")
     p.add_argument("--heartbeat", type=positive_int, default=10,
