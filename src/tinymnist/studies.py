@@ -292,12 +292,11 @@ def front_lines(root: Path, figure: Path, out: Path) -> list[str]:
              f"parameters or fewer beats on pass rate. The search's own scores (validation) are in the studies "
              f"below; this is what the recipes it and the journeys chose did on seeds nobody had looked at.", "",
              f"![Parameters against fresh-seed pass rate]({os.path.relpath(figure, out.parent)})", "",
-             "| Recipe | Trained with | Params | Fresh seeds | Seeds passing | 95% interval | On the front |",
-             "|---|---|---|---|---|---|---|"]
+             "| Recipe | Trained with | Params | Fresh seeds | Seeds passing | On the front |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        low, high = r["interval"]
-        lines.append(f"| `{r['label']}` | {r['how']} | {r['params']:,} | {seed_list(r['seeds'])} | "
-                     f"{r['passes']} of {r['runs']} | {100 * low:.0f}-{100 * high:.0f}% | "
+        passing = pass_count({"seeds_passing": r["passes"], "seeds_run": r["runs"], "pass_interval": r["interval"]})
+        lines.append(f"| `{r['label']}` | {r['how']} | {r['params']:,} | {seed_list(r['seeds'])} | {passing} | "
                      f"{'yes' if r in front else ''} |")
     return lines + [""]
 
