@@ -104,8 +104,8 @@ def prune_window(recipe: Recipe, last_k: int) -> tuple[int, int]:
     return first, recipe.epochs - last_k
 
 
-PRUNER = (f"successive halving with one late rung: a trial is stopped after epoch e when its validation accuracy "
-          f"is below the median of the finished trials with the same number of epochs at epoch e (at least "
+PRUNER = (f"late median pruning: a trial is stopped after epoch e when its validation accuracy is below the "
+          f"median of the finished trials with the same number of epochs at epoch e (at least "
           f"{PRUNE_PEERS} of them), only once its LR has fallen to {DECAYED:g} x its peak and before its last K "
           f"epochs begin: those are the score, and a trial that reached them finishes")
 
