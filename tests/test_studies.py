@@ -95,6 +95,7 @@ def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: 
 @pytest.mark.integration
 def test_calibration_sets_a_one_point_study_beside_the_same_recipe_on_fresh_test_seeds(confirmed: Path) -> None:
     from tinymnist.models import count_params, create_model
+    from tinymnist.render import run_groups
     from tinymnist.studies import calibration_rows
 
     params = count_params(create_model(RECIPE["model"]))
@@ -102,7 +103,7 @@ def test_calibration_sets_a_one_point_study_beside_the_same_recipe_on_fresh_test
         trial(0, "complete", params, [97.0, 98.0]),
         trial(1, "complete", params, [97.0, 98.4], seed=2, recipe={**RECIPE, "seed": 2}, rescore_of=0)]}
     other = {**point, "study": "other", "trials": [trial(0, "complete", params + 1, [97.0, 98.0])]}  # no such runs
-    (row,) = calibration_rows([point, other, export()], confirmed, subsets=True)  # the others: other params
+    (row,) = calibration_rows([point, other, export()], run_groups(confirmed), subsets=True)  # the others: other params
     assert row["study"] == "point" and row["label"].startswith("search/demo/trial-") and row["seeds"] == [1001, 1002]
     assert row["val"]["levels"] == {1: 97.5, 2: 97.7} and row["val"]["mean"] == pytest.approx(97.6)
 

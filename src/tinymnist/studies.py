@@ -15,9 +15,9 @@ from matplotlib.figure import Figure
 
 from .errors import UsageError
 from .records import RunRecord, recipe_from_dict
-from .render import fresh, pass_count, run_groups, seed_list
+from .render import RunGroup, fresh, pass_count, run_groups, seed_list
 from .search_space import SearchConfig, builtin_architectures
-from .targets import LAST_K, TARGET, TARGET_ACC, holds_last_k, over_seeds, pass_interval
+from .targets import LAST_K, TARGET, TARGET_ACC, holds_last_k, over_seeds
 
 FINISHED = ("complete", "pruned")
 SCORED = {"level": "level (mean)", "worst": "worst"}  # a study's score; exports before 0.4.0 scored the worst
@@ -175,18 +175,19 @@ def frontier_figure(exports: list[dict], confirmed: dict[str, dict[int, dict]], 
 FRONT_SEEDS = 5  # fresh seeds a recipe needs before it is placed against the others by pass rate
 
 
-def pass_rates(root: Path) -> list[dict]:
-    """Every recipe (step and overrides, precision, CPU) with at least FRONT_SEEDS fresh-seed runs on the full
-    training set under ``root``: its parameters, passes, seeds and the 95% interval of its pass rate."""
+def pass_rates(groups: dict[RunGroup, dict[int, RunRecord]]) -> list[dict]:
+    """Every recipe (step and overrides, precision, CPU) among ``groups`` (render.run_groups) with at least
+    FRONT_SEEDS fresh-seed runs on the full training set: its parameters, seeds and targets.over_seeds figures
+    (passes and the 95% interval of the pass rate)."""
     rows = []
-    for (name, flags, precision, cpu), runs in run_groups(root).items():
+    for (name, flags, precision, cpu), runs in groups.items():
         seeds = fresh(runs)
         if len(seeds) < FRONT_SEEDS or "--subset" in flags:
             continue
-        passes = sum(holds_last_k(runs[s].test_accs()) for s in seeds)
+        figures = over_seeds(seeds, [runs[s].metrics() for s in seeds], runs[seeds[0]].summary()["params"])
         rows.append({"label": f"{name}{' ' + flags if flags else ''}", "how": f"{precision}{', ' + cpu if cpu else ''}",
-                     "params": runs[seeds[0]].summary()["params"], "passes": passes, "runs": len(seeds),
-                     "interval": pass_interval(passes, len(seeds)), "seeds": seeds})
+                     "params": figures["params"], "passes": figures["seeds_passing"], "runs": len(seeds),
+                     "interval": figures["pass_interval"], "figures": figures, "seeds": seeds})
     return sorted(rows, key=lambda r: (r["params"], -r["passes"] / r["runs"]))
 
 
@@ -227,13 +228,14 @@ def _settings(recipe: dict) -> dict:
     return {k: v for k, v in dataclasses.asdict(recipe_from_dict(recipe)).items() if k not in ("model", "seed")}
 
 
-def calibration_rows(exports: list[dict], root: Path, subsets: bool = False) -> list[dict]:
+def calibration_rows(exports: list[dict], groups: dict[RunGroup, dict[int, RunRecord]],
+                     subsets: bool = False) -> list[dict]:
     """For each one-recipe study (every complete trial the same recipe: a one-point space, re-scored on further
     seeds), its validation level over seeds beside the fresh-seed test level of the same recipe (same settings
-    and parameter count) from the runs under ``root``: how far the validation protocol reads from the test.
+    and parameter count) from the runs in ``groups`` (render.run_groups): how far the validation protocol reads
+    from the test.
     Runs on a subset of the training images are left out unless ``subsets`` (quick checks say nothing here)."""
     rows = []
-    groups = run_groups(root)
     for export in exports:
         recipes = by_recipe(export)
         if len(recipes) != 1:
@@ -256,8 +258,8 @@ def calibration_rows(exports: list[dict], root: Path, subsets: bool = False) -> 
     return rows
 
 
-def calibration_lines(exports: list[dict], root: Path) -> list[str]:
-    rows = calibration_rows(exports, root)
+def calibration_lines(exports: list[dict], groups: dict[RunGroup, dict[int, RunRecord]]) -> list[str]:
+    rows = calibration_rows(exports, groups)
     if not rows:
         return []
     lines = ["## Calibration: validation level against fresh-seed test level", "",
@@ -279,8 +281,8 @@ def calibration_lines(exports: list[dict], root: Path) -> list[str]:
     return lines + [""]
 
 
-def front_lines(root: Path, figure: Path, out: Path) -> list[str]:
-    rows = pass_rates(root)
+def front_lines(root: Path, groups: dict[RunGroup, dict[int, RunRecord]], figure: Path, out: Path) -> list[str]:
+    rows = pass_rates(groups)
     if not rows:
         return []
     front = rate_front(rows)
@@ -295,8 +297,8 @@ def front_lines(root: Path, figure: Path, out: Path) -> list[str]:
              "| Recipe | Trained with | Params | Fresh seeds | Seeds passing | On the front |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        passing = pass_count({"seeds_passing": r["passes"], "seeds_run": r["runs"], "pass_interval": r["interval"]})
-        lines.append(f"| `{r['label']}` | {r['how']} | {r['params']:,} | {seed_list(r['seeds'])} | {passing} | "
+        lines.append(f"| `{r['label']}` | {r['how']} | {r['params']:,} | {seed_list(r['seeds'])} | "
+                     f"{pass_count(r['figures'])} | "
                      f"{'yes' if r in front else ''} |")
     return lines + [""]
 
@@ -478,8 +480,9 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
         "recipe holds.", "",
         f"![Search trials: parameters against accuracy]({os.path.relpath(figure, out.parent)})", "",
     ]
-    lines += front_lines(root, figure.with_name(f"{figure.stem}-pass-rate{figure.suffix}"), out)
-    lines += calibration_lines(exports, root)
+    groups = run_groups(root)  # every run record, read once for the front and the calibration
+    lines += front_lines(root, groups, figure.with_name(f"{figure.stem}-pass-rate{figure.suffix}"), out)
+    lines += calibration_lines(exports, groups)
     lines += ["## Summary", ""]
     for export in exports:
         done = [t for t in trained(export) if t["state"] == "complete"]
