@@ -14,6 +14,7 @@ from .data import VALIDATION
 from .errors import TinyMnistError, UsageError
 from .models import count_params, create_model, format_args, split_user_model, tiny_fits, tiny_params, user_space
 from .recipes import Recipe
+from .steps import get_step
 from .targets import LAST_K
 
 DESIGN = 16  # trials of a new study's initial design (the built-in space)
@@ -155,10 +156,11 @@ def sample(trial, config: SearchConfig) -> Recipe:  # noqa: ANN001
 
 # The initial design: the architecture axes crossed, each at its widest widths in budget, with the compact
 # journey's recipe (batch 64, peak LR 0.2, augmentation strength 1, the cycle ending 4 epochs before the end).
-DESIGN_RECIPE = {"batch_size": 64, "lr": 0.2, "augment": 1.0}
-DESIGN_HOLD = 4
-DESIGN_RECIPE_2 = {"batch_size": 64, "lr": 0.2, "final_lr": 0.005, "warmup": 0.2, "rotate": ROTATE, "shift": SHIFT,
-                   "scale": SCALE, "weight_decay": 0.0, "label_smoothing": 0.0, "ema": 0.0}
+_COMPACT = get_step("compact_step4").recipe
+DESIGN_RECIPE = {"batch_size": _COMPACT.batch_size, "lr": _COMPACT.lr, "augment": 1.0}  # strength 1: ROTATE, ...
+DESIGN_HOLD = _COMPACT.epochs - _COMPACT.cycle_epochs
+DESIGN_RECIPE_2 = {k: getattr(_COMPACT, k) for k in ("batch_size", "lr", "final_lr", "warmup", "rotate", "shift",
+                                                      "scale", "weight_decay", "label_smoothing", "ema")}
 
 
 def architectures() -> list[tuple[dict, int]]:
