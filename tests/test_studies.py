@@ -123,3 +123,41 @@ def test_a_bad_export_is_one_sentence(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(UsageError, match="not a study export"):
         read_exports([tmp_path / "x.json"])
+
+
+def calibrated(study: str, val: list[float], test_mean: float, passes: int, runs: int = 10) -> dict:
+    levels = dict(enumerate(val, start=1))
+    mean = sum(val) / len(val)
+    return {"study": study, "val": {"levels": levels, "mean": mean}, "label": study, "how": "fp32",
+            "seeds": list(range(1001, 1001 + runs)), "test_mean": test_mean, "passes": passes}
+
+
+def test_the_confirmation_bar_is_the_lowest_holding_test_level_less_the_smallest_offset() -> None:
+    from tinymnist.studies import confirm_rule
+
+    rows = [calibrated("holds", [99.38, 99.40, 99.42, 99.40], 99.48, 10),
+            calibrated("holds-too", [99.43, 99.45, 99.47, 99.45], 99.52, 9),
+            calibrated("half", [99.30, 99.32, 99.34, 99.32], 99.37, 5),
+            calibrated("one-seed", [99.00], 99.40, 0)]  # too few validation seeds to count
+    rule = confirm_rule(rows)
+    assert rule["need"] == pytest.approx(99.48)  # the lower of the two that hold (9 of 10 counts)
+    assert rule["offsets"].keys() == {"holds", "holds-too", "half"}
+    assert rule["offset"] == pytest.approx(0.05)  # "half": 99.37 - 99.32, the smallest
+    assert rule["bar"] == pytest.approx(99.43)
+    assert confirm_rule([calibrated("half", [99.3] * 4, 99.37, 8)]) is None  # nothing holds: no rule yet
+
+
+def test_the_bands_rank_recipes_over_seeds_and_screens_apart() -> None:
+    from tinymnist.studies import bands
+
+    point = {**export(), "study": "point", "trials": [
+        trial(0, "complete", 2500, [97.0, 98.0]),
+        *(trial(i, "complete", 2500, [97.0, 98.0 + i / 10], seed=i + 1, recipe={**RECIPE, "seed": i + 1},
+                rescore_of=0) for i in (1, 2, 3))]}
+    small = {**export(), "config": {**export()["config"], "max_params": 1000}}
+    rows = {(b["low"], b["high"]): b for b in bands([small, point])}
+    assert rows.keys() == {(0, 1000), (1000, 3000)}
+    assert rows[0, 1000]["rated"] is None and rows[0, 1000]["screen"][0]["number"] == 1  # 900 params, one seed
+    g, e = rows[1000, 3000]["rated"]
+    assert e["study"] == "point" and sorted(g["levels"]) == [1, 2, 3, 4]
+    assert rows[1000, 3000]["screen"][0]["number"] == 2  # the best screen (seed 1) in the band, any study

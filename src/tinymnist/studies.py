@@ -258,8 +258,7 @@ def calibration_rows(exports: list[dict], groups: dict[RunGroup, dict[int, RunRe
     return rows
 
 
-def calibration_lines(exports: list[dict], groups: dict[RunGroup, dict[int, RunRecord]]) -> list[str]:
-    rows = calibration_rows(exports, groups)
+def calibration_lines(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = ["## Calibration: validation level against fresh-seed test level", "",
@@ -278,6 +277,89 @@ def calibration_lines(exports: list[dict], groups: dict[RunGroup, dict[int, RunR
         lines.append(f"| `{r['study']}` | `{r['label']}`, {r['how']} | {g['n_params']:,} | {seed_list(seeds)} | "
                      f"{levels} | {g['mean']:.3f} ± {g['sd']:.3f} | {seed_list(r['seeds'])} | {r['test_mean']:.3f} "
                      f"| {r['passes']} of {len(r['seeds'])} | {r['test_mean'] - g['mean']:+.3f} |")
+    return lines + [""]
+
+
+HOLDS_SHARE = 0.9  # a recipe holds when at least this share of its fresh seeds pass (9 of 10)
+RULE_SEEDS = 4  # validation seeds a recipe needs: to calibrate the rule, and to be judged by it
+
+
+def confirm_rule(rows: list[dict]) -> dict | None:
+    """When a searched recipe is worth its fresh-seed confirmation, from the calibration (calibration_rows):
+    ``need`` is the lowest test level (mean of the last K epochs over fresh seeds) of a calibrated recipe that
+    holds on at least 90% of them; ``offset`` the smallest test - validation difference of the calibrated recipes
+    (a study's test runs averaged first): the validation read as favourably as it ever did. A recipe is worth
+    confirming when its mean validation level over RULE_SEEDS seeds reaches ``bar`` = need - offset.
+    None until the calibration has a recipe that holds and RULE_SEEDS validation seeds."""
+    usable = [r for r in rows if len(r["val"]["levels"]) >= RULE_SEEDS]
+    holding = [r for r in usable if r["passes"] >= HOLDS_SHARE * len(r["seeds"])]
+    if not holding:
+        return None
+    per_study: dict[str, list[float]] = {}
+    for r in usable:
+        per_study.setdefault(r["study"], []).append(r["test_mean"] - r["val"]["mean"])
+    offsets = {study: statistics.fmean(d) for study, d in per_study.items()}
+    need = min(holding, key=lambda r: r["test_mean"])
+    offset = min(offsets.values())
+    return {"need": need["test_mean"], "need_from": need, "offset": offset, "offsets": offsets,
+            "bar": need["test_mean"] - offset}
+
+
+def bands(exports: list[dict]) -> list[dict]:
+    """Per parameter band (the studies' budgets, ascending: up to the first, then up to each next), the best
+    recipe by mean validation level over at least RULE_SEEDS seeds and the best single screened trial."""
+    edges = sorted({e["config"]["max_params"] for e in exports})
+    rows = []
+    for low, high in zip([0, *edges], edges, strict=False):
+        groups = [(g, e) for e in exports for g in by_recipe(e) if low < g["n_params"] <= high]
+        rated = [(g, e) for g, e in groups if len(g["levels"]) >= RULE_SEEDS]
+        screens = [(t, e) for e in exports for t in trained(e) if t["state"] == "complete"
+                   and low < t["n_params"] <= high and trial_seed(t, e) == e["config"]["seed"]]
+        if not screens:
+            continue
+        k = lambda te: statistics.fmean(te[0]["val_acc"][-te[1]["config"].get("last_k", LAST_K):])  # noqa: E731
+        rows.append({"low": low, "high": high, "rated": max(rated, key=lambda ge: ge[0]["mean"], default=None),
+                     "screen": max(screens, key=k, default=None), "screen_level": max(map(k, screens), default=None),
+                     "trained": sum(len(g["levels"]) for g, _ in groups)})
+    return rows
+
+
+def rule_lines(exports: list[dict], rows: list[dict]) -> list[str]:
+    """The rule for what is worth confirming, derived from the calibration, and how far each parameter band's
+    best recipe is from it."""
+    rule = confirm_rule(rows)
+    if rule is None:
+        return []
+    n = rule["need_from"]
+    offsets = ", ".join(f"`{s}` {o:+.3f}" for s, o in rule["offsets"].items())
+    lines = ["## Worth confirming: the rule, and how far each parameter band is", "",
+             f"Derived from the calibration above, and applied to every study: a searched recipe is confirmed on "
+             f"ten fresh test seeds (seeds nobody has used) only when its mean validation level over {RULE_SEEDS} "
+             f"seeds (screen seed and `tinymnist search-rescore --seeds 2,3,4`) reaches the confirmation bar, "
+             f"**{rule['bar']:.3f}%**. That bar is "
+             f"the lowest test level of a calibrated recipe that holds on at least {HOLDS_SHARE:.0%} of its fresh "
+             f"seeds (`{n['label']}`, {n['how']}: {n['test_mean']:.3f}, {n['passes']} of {len(n['seeds'])}) minus "
+             f"the smallest test - validation offset of the calibrated recipes ({offsets}; the smallest: the "
+             f"validation read as favourably as it ever did). A recipe below it is not confirmed: the calibration "
+             f"says its test level would fall short of what holding takes. The bar moves when the calibration "
+             f"gains recipes; this section is regenerated with it.", "",
+             "| Params | Best recipe over seeds (validation) | Mean level ± sd | Predicted test level | "
+             "Mean level - confirmation bar | Best single screen (level) |", "|---|---|---|---|---|---|"]
+    for b in bands(exports):
+        band = f"{b['low'] + 1:,}-{b['high']:,}"
+        if b["rated"]:
+            g, e = b["rated"]
+            rated = (f"`{e['study']}` trial {g['screen'] if g['screen'] is not None else g['trials'][0]}, "
+                     f"{g['n_params']:,} params, seeds {seed_list(sorted(g['levels']))}")
+            level = f"{g['mean']:.3f} ± {g['sd']:.3f}"
+            predicted = f"{g['mean'] + rule['offset']:.3f}"
+            distance = f"{g['mean'] - rule['bar']:+.3f}"
+        else:
+            rated, level, predicted, distance = f"none with {RULE_SEEDS} seeds", "", "", ""
+        t, e = b["screen"] if b["screen"] else (None, None)
+        screen = (f"{b['screen_level']:.2f} (`{e['study']}` trial {t['number']}, {t['n_params']:,} params)"
+                  if t else "")
+        lines.append(f"| {band} | {rated} | {level} | {predicted} | {distance} | {screen} |")
     return lines + [""]
 
 
@@ -482,7 +564,8 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
     ]
     groups = run_groups(root)  # every run record, read once for the front and the calibration
     lines += front_lines(root, groups, figure.with_name(f"{figure.stem}-pass-rate{figure.suffix}"), out)
-    lines += calibration_lines(exports, groups)
+    rows = calibration_rows(exports, groups)
+    lines += calibration_lines(rows) + rule_lines(exports, rows)
     lines += ["## Summary", ""]
     for export in exports:
         done = [t for t in trained(export) if t["state"] == "complete"]
