@@ -296,6 +296,60 @@ def verdicts(r: dict) -> list[str]:
     return lines
 
 
+def render_matrix(r: dict) -> list[str]:
+    """bench_matrix.py's JSON: seconds per 60,000-image epoch (train + eval) per model, batch and pipeline."""
+    cells = {(c["model"], c["batch_size"], c["pipeline"], c["precision"]): c for c in r["cells"]}
+    columns = sorted({(c["pipeline"], c["precision"]) for c in r["cells"]},
+                     key=lambda pc: (["tutorial", "peer", "tinymnist"].index(pc[0]), pc[1]))
+    epoch = lambda c: c["train_seconds"] + c["eval_seconds"]  # noqa: E731
+    lines = ["## Speed matrix: tutorial, in-memory peer and tinymnist, per model, batch and precision", "",
+             f"- machine: {r['cpu']}, {r['threads']} threads, torch {r['torch']}", f"- command: `{r['command']}` "
+             f"(bench/bench_matrix.py)",
+             f"- seconds per epoch: training {r['images']:,} images scaled to 60,000, plus evaluating the 10,000 "
+             f"test images; medians over {r['repeats']} interleaved repeats. tutorial: per-image Dataset + "
+             f"DataLoader, NCHW; peer: the images a float tensor in memory, batches sliced from a permutation, "
+             f"NCHW, no augmentation; tinymnist: the engine with compact_step4's recipe (augmentation included), "
+             f"channels_last", "",
+             "| model | batch | " + " | ".join(f"{p} {q}" for p, q in columns) + " | tinymnist fp32 vs tutorial | "
+             "tinymnist fp32 vs peer fp32 | x FLOP floor |", "|---|---|" + "---|" * (len(columns) + 3)]
+    for model, info in r["models"].items():
+        floor = (info["train_flops_per_image"] * 60_000 + info["eval_flops_per_image"] * 10_000) / \
+            (r["peak_gflops"] * 1e9)
+        for batch in sorted({c["batch_size"] for c in r["cells"] if c["model"] == model}):
+            row = [cells.get((model, batch, p, q)) for p, q in columns]
+            ours, tut, peer = (cells.get((model, batch, p, "fp32")) for p in ("tinymnist", "tutorial", "peer"))
+            ratios = (f"{epoch(tut) / epoch(ours):.2f}x | {epoch(peer) / epoch(ours):.2f}x | {epoch(ours) / floor:.1f}"
+                      if ours and tut and peer else " | | ")
+            lines.append(f"| `{model}` ({info['params']:,}) | {batch} | "
+                         + " | ".join(f"{epoch(c):.1f}" if c else "" for c in row) + f" | {ratios} |")
+    lines.append("")
+    dense, models = "compact_7k4", list(r["models"])
+    for model in models:
+        if model == dense or dense not in r["models"] or r["models"][model]["params"] > 2_500:
+            continue
+        for batch in sorted({c["batch_size"] for c in r["cells"] if c["model"] == model}):
+            a, b = cells.get((model, batch, "tinymnist", "fp32")), cells.get((dense, batch, "tinymnist", "fp32"))
+            if a and b:
+                met = "met" if epoch(a) <= epoch(b) else "missed"
+                lines.append(f"- `{model}` ({r['models'][model]['params']:,} params) no slower per epoch than "
+                             f"{dense} at batch {batch} (tinymnist, fp32): **{met}** ({epoch(a):.1f} s against "
+                             f"{epoch(b):.1f} s)")
+    proc = r.get("process")
+    if proc:
+        w = proc["wall_seconds"]
+        lines += ["", f"Whole processes, one full epoch of `{proc['model']}` at batch {proc['batch_size']}, "
+                      f"{proc['precision']}, from the command to its exit (medians over "
+                      f"{len(proc['samples']['tinymnist'])}):", "",
+                  "| tutorial | peer | tinymnist (`tinymnist train compact_step4 --epochs 1`) | tinymnist start-up "
+                  "(wall less the recorded epoch) |", "|---|---|---|---|",
+                  f"| {w['tutorial']:.1f} s | {w['peer']:.1f} s | {w['tinymnist']:.1f} s | "
+                  f"{proc['tinymnist_startup_seconds']:.1f} s |", "",
+                  f"- tinymnist >= 2x the tutorial pipeline as a whole process: "
+                  f"**{'met' if w['tutorial'] / w['tinymnist'] >= 2 else 'missed'}** "
+                  f"({w['tutorial'] / w['tinymnist']:.2f}x; against the peer {w['peer'] / w['tinymnist']:.2f}x)"]
+    return [*lines, ""]
+
+
 def render_serve(r: dict) -> list[str]:
     drift = r["rss_max_drift_mb"]
     return ["## Serving: `tinymnist serve` under load on loopback", "",
@@ -332,8 +386,9 @@ def render(results: list[dict]) -> str:
              "comparisons\": the mean difference in the lowest last-5 test accuracy with its 95% interval); the",
              "choice of `--precision auto` (fp32) follows from that table, as the README's \"Precision\" says.",
              ""]
-    order = {None: 0, "profile": 1, "parallel": 2, "serve": 3}  # the step benchmarks first, then the rest
-    renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve}
+    order = {None: 0, "matrix": 1, "profile": 2, "parallel": 3, "serve": 4}  # the step benchmarks first, then the rest
+    renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve,
+                 "matrix": render_matrix}
     for r in sorted(results, key=lambda r: (order[r.get("kind")], bool(r.get("overrides")))):
         if r.get("kind") in renderers:
             lines += renderers[r["kind"]](r)

@@ -1,0 +1,200 @@
+"""Speed matrix: three ways of training the same model, interleaved in one run, across models, batch sizes and
+precisions, plus each as a whole process (start-up included).
+
+    python bench/bench_matrix.py --json bench/results/cpu-matrix.json            # the matrix (~20 min, 2 cores)
+    python bench/bench_matrix.py --images 2000 --repeats 1 --models compact_7k4 --batches 64   # a quick look
+
+The three pipelines, same model, plain SGD with momentum, one epoch each:
+- tutorial: a per-image ``Dataset`` (uint8 -> normalized float one image at a time) through a ``DataLoader``,
+  NCHW, fp32 (bench_train.py's baseline);
+- peer: what a user writes in ten minutes with the images already a normalized float tensor in memory: a random
+  permutation sliced into batches, NCHW, bf16 autocast for the bf16 column; no augmentation;
+- tinymnist: the engine (tinymnist.executor.execute) with compact_step4's recipe, its model and batch size
+  replaced, augmentation included.
+Each cell trains ``--images`` training images (seconds scaled to a 60,000-image epoch) and evaluates the 10,000
+test images; medians over ``--repeats``, every pipeline of a model and batch size timed in turn within a repeat,
+so drift on a shared machine hits them alike. ``--process`` also times, as separate processes, one full epoch
+of compact_step4's model and batch size per pipeline, from the command to its exit: what a user waits for; for
+tinymnist that is ``tinymnist train compact_step4 --epochs 1``, and its start-up is the wall time less the epoch
+seconds the run recorded. Writes JSON; ``python bench/bench_train.py --doc ...`` renders it into
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench_train import baseline_epoch, flops_per_image, peak_gflops
+from tinymnist.data import load_mnist
+from tinymnist.executor import execute
+from tinymnist.machine import cpu_name
+from tinymnist.models import count_params, create_model
+from tinymnist.recipes import Options, RunSpec
+from tinymnist.steps import get_step
+
+MODELS = ["compact_7k4", "sep_3k8", "tiny:w=8.12.20.20.20,pool=2,sep=2"]  # the last: the 2k separable layout
+EPOCH = 60_000
+
+
+def peer_epoch(model_name: str, x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+               batch_size: int, lr: float, precision: str) -> tuple[float, float]:
+    """(train, eval) seconds of one epoch the in-memory way; ``x`` already normalized floats."""
+    torch.manual_seed(0)
+    model = create_model(model_name)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    start = time.perf_counter()
+    model.train()
+    perm = torch.randperm(len(y))
+    for i in range(0, len(y), batch_size):
+        idx = perm[i:i + batch_size]
+        with autocast:
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    mid = time.perf_counter()
+    model.eval()
+    with torch.no_grad(), autocast:
+        for i in range(0, len(test_y), 1000):
+            model(test_x[i:i + 1000]).argmax(1).eq(test_y[i:i + 1000]).sum()
+    return mid - start, time.perf_counter() - mid
+
+
+def tinymnist_epoch(model_name: str, data, batch_size: int, precision: str, threads: int) -> tuple[float, float]:  # noqa: ANN001
+    recipe = dataclasses.replace(get_step("compact_step4").recipe, model=model_name, batch_size=batch_size, epochs=1,
+                                 cycle_epochs=None)
+    m = execute(RunSpec(recipe, Options(precision=precision, threads=threads)), data).history[0]
+    return m["train_seconds"], m["eval_seconds"]
+
+
+def measure(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    full = load_mnist(args.data_dir, allow_download=False)
+    data = full.subset(args.images)
+    x, test_x = data.normalize(data.train_images), data.normalize(data.test_images)
+    scale = EPOCH / len(data.train_labels)
+    lr = get_step("compact_step4").recipe.lr
+    pipelines = [("tutorial", "fp32")] + [(p, prec) for p in ("peer", "tinymnist") for prec in args.precisions]
+    cells: dict[str, dict] = {}
+    for model in args.models:
+        for batch in args.batches:
+            for pipe, prec in pipelines:
+                cells[f"{model}|{batch}|{pipe}|{prec}"] = {"model": model, "batch_size": batch, "pipeline": pipe,
+                                                          "precision": prec, "train": [], "eval": []}
+    for _ in range(args.repeats):
+        for cell in cells.values():
+            m, b, pipe, prec = cell["model"], cell["batch_size"], cell["pipeline"], cell["precision"]
+            if pipe == "tutorial":
+                tr, ev = baseline_epoch(m, data, b, lr)
+            elif pipe == "peer":
+                tr, ev = peer_epoch(m, x, data.train_labels, test_x, data.test_labels, b, lr, prec)
+            else:
+                tr, ev = tinymnist_epoch(m, data, b, prec, args.threads)
+            cell["train"].append(tr * scale)
+            cell["eval"].append(ev)
+            print(f"{m} batch {b} {pipe} {prec}: {tr * scale:.1f} s train per epoch, {ev:.1f} s eval", flush=True)
+    models = {}
+    for model in args.models:
+        train_flops, eval_flops = flops_per_image(model)
+        models[model] = {"params": count_params(create_model(model)), "train_flops_per_image": train_flops,
+                         "eval_flops_per_image": eval_flops}
+    for cell in cells.values():
+        cell["train_seconds"], cell["eval_seconds"] = statistics.median(cell["train"]), statistics.median(cell["eval"])
+    result = {"kind": "matrix", "cpu": f"{cpu_name()} ({os.cpu_count()} cores)", "threads": args.threads,
+              "torch": torch.__version__, "platform": platform.platform(), "command": "python " + " ".join(sys.argv),
+              "images": len(data.train_labels), "repeats": args.repeats, "peak_gflops": peak_gflops(),
+              "models": models, "cells": list(cells.values())}
+    if args.process:
+        result["process"] = measure_processes(args)
+    return result
+
+
+PEER_SCRIPT = """
+import sys, time, torch
+sys.path.insert(0, {bench!r})
+from bench_matrix import peer_epoch
+from tinymnist.data import load_mnist
+torch.set_num_threads({threads})
+d = load_mnist({data_dir!r}, allow_download=False)
+peer_epoch({model!r}, d.normalize(d.train_images), d.train_labels, d.normalize(d.test_images), d.test_labels,
+           {batch}, 0.2, "fp32")
+"""
+TUTORIAL_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {bench!r})
+from bench_train import baseline_epoch
+from tinymnist.data import load_mnist
+torch.set_num_threads({threads})
+baseline_epoch({model!r}, load_mnist({data_dir!r}, allow_download=False), {batch}, 0.2)
+"""
+
+
+def measure_processes(args: argparse.Namespace) -> dict:
+    """Whole processes, one full epoch each of compact_step4's model and batch size, fp32: wall seconds from the
+    command to its exit (medians over --repeats, interleaved); tinymnist's start-up is its wall less the epoch
+    seconds its run recorded."""
+    recipe = get_step("compact_step4").recipe
+    fmt = {"bench": str(Path(__file__).parent), "threads": args.threads, "data_dir": args.data_dir,
+           "model": recipe.model, "batch": recipe.batch_size}
+    walls: dict[str, list[float]] = {"tutorial": [], "peer": [], "tinymnist": []}
+    startup: list[float] = []
+    for _ in range(args.repeats):
+        for pipe in walls:
+            with tempfile.TemporaryDirectory() as out:
+                if pipe == "tinymnist":
+                    cmd = ["tinymnist", "train", "compact_step4", "--epochs", "1", "--precision", "fp32",
+                           "--threads", str(args.threads), "--runs", out, "--no-download",
+                           *(["--data-dir", args.data_dir] if args.data_dir else [])]
+                else:
+                    cmd = [sys.executable, "-c", (PEER_SCRIPT if pipe == "peer" else TUTORIAL_SCRIPT).format(**fmt)]
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                walls[pipe].append(time.perf_counter() - start)
+                if pipe == "tinymnist":
+                    (metrics,) = Path(out).glob("*/seed-*/metrics.jsonl")
+                    epoch = json.loads(metrics.read_text().splitlines()[-1])
+                    startup.append(walls[pipe][-1] - epoch["train_seconds"] - epoch["eval_seconds"])
+            print(f"whole process, {pipe}: {walls[pipe][-1]:.1f} s", flush=True)
+    return {"model": recipe.model, "batch_size": recipe.batch_size, "precision": "fp32",
+            "wall_seconds": {k: statistics.median(v) for k, v in walls.items()}, "samples": walls,
+            "tinymnist_startup_seconds": statistics.median(startup), "startup_samples": startup}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--batches", nargs="+", type=int, default=[32, 64, 128])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--images", type=int, default=10_000, help="training images per timed epoch (scaled)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--process", action="store_true", help="also time whole processes (full epochs)")
+    parser.add_argument("--data-dir", default=os.environ.get("TINYMNIST_DATA"))
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    result = measure(args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    from bench_train import render_matrix
+
+    print("\n".join(render_matrix(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
