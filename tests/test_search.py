@@ -354,9 +354,15 @@ def test_a_new_study_starts_with_its_design_and_rescoring_trains_the_best_recipe
     assert [t["design"] for t in before["trials"]] == [True, True]  # the study's 2 trials: its design's first 2
     assert [{k: t["params"][k] for k in d} for t, d in zip(before["trials"], design, strict=False)] == design[:2]
     best = max((t for t in before["trials"] if t["state"] == "complete"), key=lambda t: t["value"])
+    from tinymnist.studies import rescore_plan
+
+    study = search_study.open_study(search_study.open_storage(storage), "e")  # another host queued the pair and
+    for params, attrs in rescore_plan(before, top=1, seeds=[2]):  # stopped before training it: it waits
+        study.enqueue_trial(params, user_attrs=attrs)
     result = tinymnist("search-rescore", "--storage", storage, "--study", "e", "--top", "1", "--seeds", "2",
                        data=train_only)
     assert result.returncode == 0, result.stderr
+    assert "nothing to add; the trials it had waiting were trained here" in result.stdout  # joined, not skipped
     after = exported(storage, "e", where)
     again = [t for t in after["trials"] if t.get("rescore_of") is not None]
     assert [(t["rescore_of"], t["seed"], t["state"]) for t in again] == [(best["number"], 2, "complete")]

@@ -133,7 +133,7 @@ def calibrated(study: str, val: list[float], test_mean: float, passes: int, runs
 
 
 def test_the_confirmation_bar_is_the_lowest_holding_test_level_less_the_smallest_offset() -> None:
-    from tinymnist.studies import confirm_rule
+    from tinymnist.studies import confirm_rule, strictness_lines
 
     rows = [calibrated("holds", [99.38, 99.40, 99.42, 99.40], 99.48, 10),
             calibrated("holds-too", [99.43, 99.45, 99.47, 99.45], 99.52, 9),
@@ -145,6 +145,11 @@ def test_the_confirmation_bar_is_the_lowest_holding_test_level_less_the_smallest
     assert rule["offset"] == pytest.approx(0.05)  # "half": 99.37 - 99.32, the smallest
     assert rule["bar"] == pytest.approx(99.43)
     assert confirm_rule([calibrated("half", [99.3] * 4, 99.37, 8)]) is None  # nothing holds: no rule yet
+    (line, _) = strictness_lines(rule, rows)  # "holds" (99.40 on validation) sits below its own bar, 99.43
+    assert "`holds` (99.400, -0.030)" in line and "holds-too" not in line
+    assert "differ by 0.030 points" in line  # offsets +0.08, +0.07, +0.05
+    alone = rows[:1]  # one calibrated recipe: its own validation level is the bar
+    assert confirm_rule(alone)["bar"] == pytest.approx(99.40) and strictness_lines(confirm_rule(alone), alone) == []
 
 
 def test_the_bands_rank_recipes_over_seeds_and_screens_apart() -> None:

@@ -80,10 +80,12 @@ def cmd_search_rescore(args: argparse.Namespace) -> int:
         raise UsageError(f"--seeds {args.seeds!r} must be whole numbers separated by commas, like 2,3,4.") from None
     say(f"study {args.study!r} in {shown_url(args.storage)}: its {args.top} best screened recipes on seeds "
         f"{', '.join(map(str, seeds))} (validation split; the test set is not read).")
-    study, added = rescore(args.storage, args.study, args.top, seeds, args.workers, args.heartbeat, args.data_dir,
-                           on_trial=lambda t: say(trial_line(t)), on_note=lambda m: say(f"note: {m}"))
+    study, added, joined = rescore(args.storage, args.study, args.top, seeds, args.workers, args.heartbeat,
+                                   args.data_dir, on_trial=lambda t: say(trial_line(t)),
+                                   on_note=lambda m: say(f"note: {m}"))
     if not added:
-        say("every one of those recipe and seed pairs was already trained: nothing to add.")
+        say("every one of those recipe and seed pairs was already in the study: nothing to add"
+            + ("; the trials it had waiting were trained here, with its other workers." if joined else "."))
     say("", "recipes by mean level of the last epochs over their seeds (validation):")
     for g in by_recipe(export(study)):
         if len(g["levels"]) > 1:

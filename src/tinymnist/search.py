@@ -188,16 +188,19 @@ def _orphans(study, dead: set[str]) -> bool:  # noqa: ANN001
 
 def rescore(url: str, name: str, top: int, seeds: list[int], workers: int = 1, heartbeat: int = HEARTBEAT,
             data_dir: str | None = None, on_trial: Callable[[object], None] | None = None,
-            on_note: Callable[[str], None] | None = None) -> tuple[object, int]:
+            on_note: Callable[[str], None] | None = None) -> tuple[object, int, bool]:
     """Train the ``top`` best screened recipes of study ``name`` again on each of ``seeds`` (validation split,
     as every trial): the trials are enqueued in the study and trained by its workers (heartbeats and retries
-    included). Returns the study and how many trials were added (0: every pair was already there)."""
+    included), with any the study already has waiting (queued by another host, or left by one that stopped), so
+    a second host running the same command shares the work. Returns the study, how many trials were added (0:
+    every pair was already there) and whether any were waiting beforehand (and so were joined)."""
     study = open_study(open_storage(url, heartbeat), name)
     plan = rescore_plan(export(study), top, seeds)
+    queued = waiting(study)
     for params, attrs in plan:
         study.enqueue_trial(params, user_attrs=attrs)
-    if plan:
+    if plan or queued:
         search(url, name, SearchConfig.from_attrs(study.user_attrs), 0, workers, heartbeat, data_dir, on_trial,
                on_note)
-    return study, len(plan)
+    return study, len(plan), queued
 
