@@ -390,3 +390,21 @@ def test_validation_split_never_opens_the_test_files(train_only: Path) -> None:
     images, labels = synthetic_digits(2500, 0)
     assert data.test_labels.tolist() == labels[-500:].tolist()
     assert data.train_labels.tolist() == labels[:1000].tolist()
+
+
+def test_a_trial_left_running_by_a_stopped_host_is_failed_and_queued_again(tmp_path: Path) -> None:
+    """What `search-rescore` does first: a re-scoring pair a stopped host left running is trained again, not
+    taken for trained."""
+    from tinymnist.search import waiting
+
+    storage = search_study.open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=1)
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    study.enqueue_trial({}, user_attrs={"seed": 3, "rescore_of": 0})
+    trial = study.ask()  # the queued pair, taken by a host that then stops beating
+    storage.record_heartbeat(trial._trial_id)
+    assert not waiting(study)
+    time.sleep(5)  # past the grace of 3 heartbeats (the database keeps whole seconds)
+    search_study.fail_stale(study)
+    failed, again = study.get_trials()
+    assert (failed.state.name, again.state.name) == ("FAIL", "WAITING") and again.user_attrs["seed"] == 3
+    assert waiting(study)

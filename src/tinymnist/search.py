@@ -28,7 +28,7 @@ from .machine import cpu_cores
 from .models import count_params
 from .recipes import Options, RunSpec
 from .search_space import OVER_BUDGET, SearchConfig, initial_design, optuna_module, probe_space, sample
-from .search_study import HEARTBEAT, counts, enqueue_design, export, open_storage, open_study, prune_window
+from .search_study import HEARTBEAT, counts, enqueue_design, export, fail_stale, open_storage, open_study, prune_window
 from .studies import rescore_plan
 from .supervise import Supervisor
 
@@ -135,7 +135,6 @@ def search(url: str, name: str, config: SearchConfig, trials: int, workers: int 
     probe_space(config)
     load_validation_split(data_dir, config.validation, config.train_size)  # missing files fail here, once
     study = open_study(storage, name, config)
-    optuna = optuna_module()
     threads = max(1, cpu_cores() // workers)
     shown = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     dead: set[str] = set()
@@ -157,7 +156,7 @@ def search(url: str, name: str, config: SearchConfig, trials: int, workers: int 
         while work_left(study, trials) or _orphans(study, dead):
             if not pool.running and _orphans(study, dead):  # wait out the heartbeat grace, then fail and retry them
                 time.sleep(heartbeat)
-                optuna.storages.fail_stale_trials(study)
+                fail_stale(study)
                 report()
                 continue
             for _ in range(workers - len(pool.running)):
@@ -195,6 +194,7 @@ def rescore(url: str, name: str, top: int, seeds: list[int], workers: int = 1, h
     a second host running the same command shares the work. Returns the study, how many trials were added (0:
     every pair was already there) and whether any were waiting beforehand (and so were joined)."""
     study = open_study(open_storage(url, heartbeat), name)
+    fail_stale(study)  # a host that stopped mid-trial: its trial failed, and queued again
     plan = rescore_plan(export(study), top, seeds)
     queued = waiting(study)
     for params, attrs in plan:

@@ -160,6 +160,15 @@ def counts(study) -> dict[str, int]:  # noqa: ANN001
     return result
 
 
+def fail_stale(study) -> None:  # noqa: ANN001
+    """Fail the trials whose worker stopped beating (another host, a killed process); the storage's callback
+    queues each again as a retry."""
+    optuna = optuna_module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def export(study) -> dict:  # noqa: ANN001
     """A study as plain JSON data: its settings and every trial with its parameters, state, value and curve."""
     optuna = optuna_module()
