@@ -81,6 +81,8 @@ def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: 
     assert "Trials never see the test set" in text and "same number of epochs" in text
     assert "6 trials trained: 5 complete, 1 pruned; 1 sampled models were over the budget" in text
     assert "1 failed (1 retries)" in text
+    assert ("Compute: 0.02 worker-hours for 6 trained trials, 300.0 trials per worker-hour; 11 epochs trained, "
+            "6 s per epoch") in text
     assert "900 params 97.50% (trial 1), 1,200 params 97.90% (trial 7), 2,000 params 98.00% (trial 2)" in text
     assert ("--study demo --max-params 3000 --space builtin --epochs 2 --validation 300 --subset 600 --score worst "
             "--design 0 --trials 6") in text  # a study made before 0.4.0: its space, score and design given

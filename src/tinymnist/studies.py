@@ -471,7 +471,21 @@ def exploration_lines(export: dict) -> list[str]:
                 f"{per[len(per) // 2]}, most {per[-1]}"
                 + (f"; {design} trials of the initial design" if design else "")
                 + "; pruned after epoch: "
-                + (", ".join(f"{e} ({n})" for e, n in sorted(pruned.items())) if pruned else "none") + "."]
+                + (", ".join(f"{e} ({n})" for e, n in sorted(pruned.items())) if pruned else "none") + "."
+                + compute_sentence(done)]
+
+
+def compute_sentence(done: list[dict]) -> str:
+    """What the trained trials cost: worker-hours (their seconds summed, each trial on one worker), trained
+    trials per worker-hour, and the median seconds of a trained epoch (training and its validation pass)."""
+    timed = [t for t in done if t.get("seconds") and t["val_acc"]]
+    if not timed:
+        return ""
+    hours = sum(t["seconds"] for t in timed) / 3600
+    per_epoch = sorted(t["seconds"] / len(t["val_acc"]) for t in timed)
+    return (f" Compute: {hours:.2f} worker-hours for {len(timed)} trained trial{'s' * (len(timed) != 1)}, "
+            f"{len(timed) / hours:.1f} trials per worker-hour; {sum(len(t['val_acc']) for t in timed)} epochs trained, "
+            f"{per_epoch[len(per_epoch) // 2]:.0f} s per epoch (median over trials).")
 
 
 def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
