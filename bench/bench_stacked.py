@@ -1,117 +1,117 @@
-"""An experiment for training several seeds in one process (issue 23; not in the engine yet): K models of one
-architecture stacked into one with grouped convolutions. Model m owns the m-th block of channels of every layer,
-so each convolution group is one model's and BatchNorm's per-channel statistics stay per model. The script
-checks that the stacked model gives each model's own outputs, then times one SGD step of the K stacked models
-(channels_last and NCHW) against one step of a single model, interleaved.
+"""Seeds at once on a CPU: how many seed-epochs a minute the machine trains, one seed per process (what
+`tinymnist consistency --jobs N` does) against several seeds stacked into one model (tinymnist.stacked).
 
-    python bench/bench_stacked.py MODEL K BATCH THREADS     # e.g. compact_7k4 4 64 1
+    python bench/bench_stacked.py --json bench/results/cpu-stacked.json     # ~15 min on 2 cores
+    python bench/bench_stacked.py --models sep_3k8 --steps 30 --repeats 1  # a quick look
 
-Prints what it measures; writes nothing.
+Every configuration runs as whole processes started together (``processes`` x ``threads`` each, ``stack``
+seeds per process) and times a training epoch of ``--steps`` batches after one such epoch as a warm-up, with
+compact_step4's recipe (augmentation, SGD with Nesterov momentum), its model and batch size replaced, in fp32:
+tinymnist's Trainer for one seed, tinymnist.stacked.StackedTrainer for several; no evaluation. The images are
+random uint8 pixels: the time of a step does not depend on them. Throughput is seed-images a second over all
+processes, given as seed-epochs (60,000 images) a minute; medians over ``--repeats``, the configurations of a
+model taken in turn within each repeat so that drift on a shared machine hits them alike. Writes JSON;
+``python bench/bench_train.py --doc ...`` renders it into docs/performance.md.
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
+import dataclasses
+import json
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
-from torch import nn
 
-from tinymnist.models import create_model
+from tinymnist.data import MNIST
+from tinymnist.engine import Trainer
+from tinymnist.machine import cpu_name
+from tinymnist.models import count_params, create_model
+from tinymnist.recipes import Options
+from tinymnist.stacked import StackedTrainer
+from tinymnist.steps import get_step
 
-SHAPELESS = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d)
-
-
-def stacked_layer(layers: list[nn.Module]) -> nn.Module:
-    """One layer holding the same layer of every model, model-major along the channels."""
-    first, k = layers[0], len(layers)
-    if isinstance(first, nn.Conv2d):
-        conv = nn.Conv2d(first.in_channels * k, first.out_channels * k, first.kernel_size, first.stride,
-                         first.padding, first.dilation, first.groups * k, bias=first.bias is not None)
-        with torch.no_grad():
-            conv.weight.copy_(torch.cat([c.weight for c in layers]))
-            if first.bias is not None:
-                conv.bias.copy_(torch.cat([c.bias for c in layers]))
-        return conv
-    if isinstance(first, nn.BatchNorm2d):
-        bn = nn.BatchNorm2d(first.num_features * k, eps=first.eps, momentum=first.momentum)
-        with torch.no_grad():
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(bn, name).copy_(torch.cat([getattr(b, name) for b in layers]))
-        return bn
-    if isinstance(first, nn.Sequential):
-        return nn.Sequential(*[stacked_layer([s[i] for s in layers]) for i in range(len(first))])
-    if isinstance(first, SHAPELESS):
-        return copy.deepcopy(first)
-    raise TypeError(f"cannot stack a {type(first).__name__}")
+MODELS = ["compact_7k4", "sep_3k8", "tiny:w=8.12.20.20.20,pool=2,sep=2"]  # the last: the 2k separable layout
+# (processes, threads per process, seeds stacked per process); (n, 1, 1): n processes of one plain model each
+CONFIGS = [(2, 1, 1), (1, 2, 1), (1, 2, 2), (1, 2, 4), (1, 2, 8), (2, 1, 2), (2, 1, 4)]
+EPOCH = 60_000
 
 
-class Stacked(nn.Module):
-    """K models as one: (B, K, 28, 28) images (model m reads channel m) -> (B, K, 10) log-probabilities."""
+def worker(model_name: str, seeds: int, threads: int, steps: int, batch: int) -> float:
+    """Seed-images a second of an epoch of ``steps`` batches of ``seeds`` seeds (after one such epoch as a
+    warm-up): tinymnist's Trainer for one seed, tinymnist.stacked.StackedTrainer for several."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (steps * batch, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (steps * batch,), generator=generator)
+    data = MNIST(images, labels, images[:batch], labels[:batch])
+    recipe = dataclasses.replace(get_step("compact_step4").recipe, model=model_name, batch_size=batch, epochs=2,
+                                 cycle_epochs=2, seed=0)
+    options = Options(device="cpu", threads=threads, precision="fp32")
+    trainer = Trainer(recipe, data, options) if seeds == 1 else StackedTrainer(recipe, data, range(seeds), options)
+    trainer.train_epoch()
+    start = time.perf_counter()
+    trainer.train_epoch()
+    return steps * batch * seeds / (time.perf_counter() - start)
 
-    def __init__(self, models: list[nn.Module]) -> None:
-        super().__init__()
-        self.k = len(models)
-        self.body = nn.Sequential(*[stacked_layer([m[i] for m in models]) for i in range(len(models[0]))])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.body(x).flatten(1).view(x.shape[0], self.k, -1), -1)
-
-
-def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 50) -> Callable[[], float]:
-    """A function timing ``steps`` SGD steps of ``model`` on (x, y); seconds per step."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-
-    def step() -> None:
-        out = model(x)
-        loss = sum(nn.functional.nll_loss(out[:, i], y[i]) for i in range(y.shape[0])) if out.dim() == 3 \
-            else nn.functional.nll_loss(out, y[0])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):
-        step()
-
-    def timed() -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        return (time.perf_counter() - start) / steps
-
-    return timed
+def run_config(model_name: str, config: tuple[int, int, int], steps: int, batch: int) -> float:
+    """Seed-images a second over the config's processes, started together."""
+    processes, threads, seeds = config
+    command = [sys.executable, __file__, "--worker", model_name, "--threads", str(threads), "--stack", str(seeds),
+               "--steps", str(steps), "--batch", str(batch)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) for _ in range(processes)]
+    rates = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"a worker failed: {' '.join(command)}")
+        rates.append(float(out.strip().splitlines()[-1]))
+    return sum(rates)
 
 
 def main() -> None:
-    name, k, batch, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    torch.set_num_threads(threads)
-    models = []
-    for seed in range(k):
-        torch.manual_seed(seed)
-        models.append(create_model(name))
-    x, y = torch.randn(batch, k, 28, 28), torch.randint(0, 10, (k, batch))
-    stacked = Stacked(models).eval()
-    with torch.no_grad():
-        each = torch.stack([m.eval()(x[:, i:i + 1]) for i, m in enumerate(models)], 1)
-        print(f"largest difference from the models' own outputs: {(stacked(x) - each).abs().max().item():.1e}")
-    cl = torch.channels_last
-    timers = {"one model, channels_last": step_time(copy.deepcopy(models[0]).train().to(memory_format=cl),
-                                                   x[:, :1].contiguous(memory_format=cl), y[:1]),
-              f"{k} stacked, channels_last": step_time(Stacked(models).train().to(memory_format=cl),
-                                                      x.contiguous(memory_format=cl), y),
-              f"{k} stacked, NCHW": step_time(Stacked(models).train(), x, y)}
-    times: dict[str, list[float]] = {label: [] for label in timers}
-    for _ in range(3):  # interleaved repeats
-        for label, timed in timers.items():
-            times[label].append(timed())
-    for label, ts in times.items():
-        per = statistics.median(ts) * 1000
-        seeds = k if "stacked" in label else 1
-        print(f"{name} batch {batch}, {threads} thread(s), {label}: {per:.2f} ms per step, "
-              f"{per / seeds:.2f} ms per seed-step (median of 3)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--steps", type=int, default=100, help="batches of the timed epoch")
+    parser.add_argument("--batch", type=int, default=64, help="images per seed per step")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--stack", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(worker(args.worker, args.stack, args.threads, args.steps, args.batch))
+        return
+    rows = []
+    for model_name in args.models:
+        rates: dict[tuple[int, int, int], list[float]] = {c: [] for c in CONFIGS}
+        for repeat in range(args.repeats):
+            for config in CONFIGS:
+                rates[config].append(run_config(model_name, config, args.steps, args.batch))
+                per_minute = rates[config][-1] * 60 / EPOCH
+                print(f"{model_name} {config[0]} process(es) x {config[1]} thread(s), {config[2]} seed(s) each "
+                      f"(repeat {repeat + 1}): {per_minute:.1f} seed-epochs a minute", flush=True)
+        for (processes, threads, seeds), values in rates.items():
+            rows.append({"model": model_name, "params": count_params(create_model(model_name)),
+                         "processes": processes, "threads": threads, "seeds_per_process": seeds,
+                         "seed_images_per_second": [round(v, 1) for v in values],
+                         "seed_epochs_per_minute": round(statistics.median(values) * 60 / EPOCH, 2)})
+    result = {"kind": "stacked", "machine": f"{cpu_name()} ({os.cpu_count()} cores)",
+              "torch": torch.__version__, "python": platform.python_version(), "batch": args.batch,
+              "steps": args.steps, "repeats": args.repeats,
+              "command": "python bench/bench_stacked.py " + " ".join(sys.argv[1:]), "rows": rows}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

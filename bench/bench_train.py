@@ -350,6 +350,27 @@ def render_matrix(r: dict) -> list[str]:
     return [*lines, ""]
 
 
+def render_stacked(r: dict) -> list[str]:
+    """bench_stacked.py's JSON: seed-epochs a minute, one plain model per process against seeds stacked."""
+    lines = ["## Seeds at once, stacked: one model per process against several seeds in one model", "",
+             f"- machine: {r['machine']}, torch {r['torch']}", f"- command: `{r['command']}` (bench/bench_stacked.py)",
+             f"- per process, a timed training epoch of {r['steps']} batches of {r['batch']} images per seed after "
+             f"one as a warm-up (compact_step4's recipe, augmentation included, fp32; no evaluation), the processes "
+             f"started together; medians over {r['repeats']} interleaved repeats. One seed: the Trainer; several: "
+             f"tinymnist.stacked.StackedTrainer (every convolution grouped by seed)", "",
+             "| model | processes x threads | seeds per process | seed-epochs a minute | vs 2 processes of one seed |",
+             "|---|---|---|---|---|"]
+    for model in dict.fromkeys(row["model"] for row in r["rows"]):
+        rows = [row for row in r["rows"] if row["model"] == model]
+        base = next((row["seed_epochs_per_minute"] for row in rows
+                     if (row["processes"], row["threads"], row["seeds_per_process"]) == (2, 1, 1)), None)
+        for row in rows:
+            ratio = f"{row['seed_epochs_per_minute'] / base:.2f}x" if base else ""
+            lines.append(f"| `{model}` ({row['params']:,}) | {row['processes']} x {row['threads']} | "
+                         f"{row['seeds_per_process']} | {row['seed_epochs_per_minute']:.1f} | {ratio} |")
+    return [*lines, ""]
+
+
 def render_serve(r: dict) -> list[str]:
     drift = r["rss_max_drift_mb"]
     return ["## Serving: `tinymnist serve` under load on loopback", "",
@@ -386,9 +407,9 @@ def render(results: list[dict]) -> str:
              "comparisons\": the mean difference in the lowest last-5 test accuracy with its 95% interval); the",
              "choice of `--precision auto` (fp32) follows from that table, as the README's \"Precision\" says.",
              ""]
-    order = {None: 0, "matrix": 1, "profile": 2, "parallel": 3, "serve": 4}  # the step benchmarks first, then the rest
+    order = {None: 0, "matrix": 1, "profile": 2, "parallel": 3, "stacked": 4, "serve": 5}  # the step benchmarks first
     renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve,
-                 "matrix": render_matrix}
+                 "matrix": render_matrix, "stacked": render_stacked}
     for r in sorted(results, key=lambda r: (order[r.get("kind")], bool(r.get("overrides")))):
         if r.get("kind") in renderers:
             lines += renderers[r["kind"]](r)

@@ -116,7 +116,7 @@ class Trainer:
         torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
         model = build() if build else create_model(recipe.model, model_source)
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.optimizer = _make_optimizer(recipe, self.model)
+        self.optimizer = make_optimizer(recipe, self.model)
         self.average = WeightAverage(self.model, recipe.ema) if recipe.ema else None
         self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
         self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)
@@ -142,10 +142,8 @@ class Trainer:
         return -(-len(self.train_labels) // self.recipe.batch_size)
 
     def _inputs(self, images: torch.Tensor, augmented: bool = False) -> torch.Tensor:
-        if augmented:
-            r = self.recipe
-            images = augment(images.unsqueeze(1).float().div_(255), self.augment_gen, r.rotate, r.shift, r.scale)
-        return normalize(images, self.mean, self.std).contiguous(memory_format=self.memory_format)
+        return batch_inputs(images, self.mean, self.std, self.memory_format,
+                            (self.recipe, self.augment_gen) if augmented else None)
 
     def _autocast(self) -> AbstractContextManager:
         return autocast(self.device, self.precision)
@@ -170,8 +168,7 @@ class Trainer:
             y = labels[b * r.batch_size:(b + 1) * r.batch_size]
             with self._autocast():
                 out = self.model(x)
-            loss = nn.functional.nll_loss(out.float(), y) if not r.label_smoothing else \
-                nn.functional.cross_entropy(out.float(), y, label_smoothing=r.label_smoothing)
+            loss = batch_loss(out, y, r.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -248,10 +245,27 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def batch_inputs(images: torch.Tensor, mean: float, std: float, memory_format: torch.memory_format,
+                 augmentation: tuple[Recipe, torch.Generator] | None = None) -> torch.Tensor:
+    """uint8 images (B, 28, 28) -> the model's input (B, 1, 28, 28): augmented as the recipe says with the
+    generator when ``augmentation`` is given, normalized, in ``memory_format``."""
+    if augmentation:
+        r, generator = augmentation
+        images = augment(images.unsqueeze(1).float().div_(255), generator, r.rotate, r.shift, r.scale)
+    return normalize(images, mean, std).contiguous(memory_format=memory_format)
+
+
+def batch_loss(log_probs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The training loss of a batch: mean negative log-likelihood, or cross-entropy with label smoothing."""
+    if not label_smoothing:
+        return nn.functional.nll_loss(log_probs.float(), labels)
+    return nn.functional.cross_entropy(log_probs.float(), labels, label_smoothing=label_smoothing)
+
+
 def model_inputs(mean: float, std: float, memory_format: torch.memory_format = torch.contiguous_format,
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
     """uint8 images (N, 28, 28) -> the model's normalized input, in ``memory_format``."""
-    return lambda images: normalize(images, mean, std).contiguous(memory_format=memory_format)
+    return lambda images: batch_inputs(images, mean, std, memory_format)
 
 
 @dataclass(frozen=True)
@@ -289,7 +303,7 @@ def log_probs(model: nn.Module, images: torch.Tensor, inputs: Callable[[torch.Te
     return torch.cat(outs) if outs else torch.zeros(0, 10, device=images.device)
 
 
-def _make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     if recipe.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=(recipe.momentum, 0.999),
                                 weight_decay=recipe.weight_decay)
