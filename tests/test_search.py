@@ -408,3 +408,31 @@ def test_a_trial_left_running_by_a_stopped_host_is_failed_and_queued_again(tmp_p
     failed, again = study.get_trials()
     assert (failed.state.name, again.state.name) == ("FAIL", "WAITING") and again.user_attrs["seed"] == 3
     assert waiting(study)
+
+
+TAKE_QUEUED = """
+import sys, optuna
+from tinymnist.search_study import open_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="q", storage=open_storage(sys.argv[1]))
+taken = []
+while (trial := study.ask()).number < int(sys.argv[2]):
+    taken.append(trial.number)
+print(" ".join(map(str, taken)))
+"""
+
+
+@pytest.mark.integration
+def test_workers_on_one_sqlite_file_never_take_the_same_queued_trial(tmp_path: Path) -> None:
+    """Three processes take 40 queued trials (as workers take a design or re-scoring trials): each trial once.
+    Without BEGIN IMMEDIATE, sqlite3 reads a waiting trial outside any transaction, and 40 were taken 46-51
+    times."""
+    url, queued = f"sqlite:///{tmp_path / 'q.db'}", 40
+    study = optuna.create_study(storage=search_study.open_storage(url), study_name="q")
+    for i in range(queued):
+        study.enqueue_trial({"x": i})
+    procs = [subprocess.Popen([sys.executable, "-W", "ignore", "-c", TAKE_QUEUED, url, str(queued)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    taken = [int(n) for p in procs for n in p.communicate(timeout=300)[0].split()]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(taken) == list(range(queued))

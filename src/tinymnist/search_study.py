@@ -34,13 +34,17 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT):  # noqa: ANN201 - an opt
     optuna = optuna_module()
     import sqlalchemy.exc
 
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    sqlite = url.startswith("sqlite")
+    kwargs = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat and its retry
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        if sqlite:
+            serialize_sqlite(storage.engine)
+        return storage
     except (sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError) as e:
         raise UsageError(f"--storage {shown_url(url)!r} is not a database URL SQLAlchemy knows ({e}); use e.g. "
                          f"sqlite:///search.db or postgresql://USER@HOST/DB.") from None
@@ -51,6 +55,24 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT):  # noqa: ANN201 - an opt
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise UsageError(f"cannot open the study storage {shown_url(url)} ({reason}); check the URL and that "
                          f"the database is running and reachable.") from None
+
+
+def serialize_sqlite(engine) -> None:  # noqa: ANN001 - a SQLAlchemy engine
+    """Make every transaction on a SQLite storage take the database's write lock when it begins (BEGIN
+    IMMEDIATE). Python's sqlite3 starts a transaction only at the first write, so two workers could both read a
+    queued trial as waiting and both take it (Optuna's SELECT ... FOR UPDATE is a no-op on SQLite): measured,
+    3 processes popping 40 queued trials took 46-51. PostgreSQL locks the row and needs none of this."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection, record) -> None:  # noqa: ANN001, ARG001
+        dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" below starts every transaction
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:  # noqa: ANN001
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections opened while the storage checked its schema had no such hooks
 
 
 def open_study(storage, name: str, config: SearchConfig | None = None):  # noqa: ANN001, ANN201
