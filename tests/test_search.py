@@ -96,6 +96,11 @@ def test_pruner_compares_trials_of_the_same_length_only() -> None:
     scoring.set_user_attr("prune_until", 3)  # its last K epochs, the score, began after epoch 3
     scoring.report(98.1, 4)
     assert not scoring.should_prune()
+    rescoring = study.ask()  # another seed of a chosen recipe: its level counts only if trained to the end
+    rescoring.set_user_attr("epochs", 15)
+    rescoring.set_user_attr("rescore_of", 0)
+    rescoring.report(98.1, 4)
+    assert not rescoring.should_prune()
 
 
 @pytest.mark.parametrize("recipe", [
@@ -187,6 +192,11 @@ def test_rescoring_ranks_recipes_by_their_mean_level_over_seeds_not_by_one_draw(
     assert [g["model"] for g in ranked] == ["m1", "m0", "m2"]
     assert ranked[0]["mean"] == pytest.approx((99.50 + 99.45 + 99.48 + 99.44) / 4)
     assert sorted(ranked[0]["levels"]) == [1, 2, 3, 4] and ranked[0]["screen"] == 1
+    study.add_trial(optuna.trial.create_trial(  # a re-scoring trial cut by an earlier pruner: measured nothing
+        params={"x": 1}, distributions={"x": optuna.distributions.IntDistribution(0, 2)},
+        state=optuna.trial.TrialState.PRUNED, user_attrs={"seed": 5, "rescore_of": 1}))
+    assert sorted((p["x"], a["seed"]) for p, a in rescore_plan(search_study.export(study), top=2, seeds=[5])) == [
+        (0, 5), (1, 5)]  # the pruned pair is queued again
 
 
 # --- studies with two workers, a killed worker, on SQLite and on PostgreSQL ----------------------------------

@@ -135,7 +135,8 @@ PRUNER = (f"late median pruning: a trial is stopped after epoch e when its valid
 def pruner():  # noqa: ANN201
     """Prune a trial whose validation accuracy at epoch e is below the median of the finished trials with the
     same number of epochs at epoch e, only inside the trial's window (user attributes ``prune_from`` and
-    ``prune_until``, from prune_window): never at peak LR, never inside the scoring window. Optuna's
+    ``prune_until``, from prune_window): never at peak LR, never inside the scoring window, and never a
+    re-scoring trial (its seeds' mean is the recipe's level only if every seed is trained to the end). Optuna's
     MedianPruner compares every trial at the same epoch, which would cut a 15-epoch one-cycle run (still at a
     high LR at epoch 5) against 6-epoch runs already decayed; its SuccessiveHalvingPruner places rungs from
     the first epochs on."""
@@ -145,9 +146,9 @@ def pruner():  # noqa: ANN201
     class LateMedianPruner(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:  # noqa: ANN001
             step, attrs = trial.last_step, trial.user_attrs
-            if step is None or not attrs.get("prune_from", EARLIER_PRUNE_FROM) <= step <= attrs.get(
-                    "prune_until", step):
-                return False
+            if step is None or "rescore_of" in attrs or not attrs.get("prune_from", EARLIER_PRUNE_FROM) <= step \
+                    <= attrs.get("prune_until", step):
+                return False  # a re-scoring trial measures a seed of a chosen recipe: cut, it would bias the mean
             epochs = attrs.get("epochs")
             peers = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=finished)
                      if t.user_attrs.get("epochs") == epochs and step in t.intermediate_values]

@@ -106,7 +106,8 @@ def by_recipe(export: dict) -> list[dict]:
 def rescore_plan(export: dict, top: int, seeds: list[int]) -> list[tuple[dict, dict]]:
     """(parameters, user attributes) of the trials that re-score the ``top`` best screened recipes (complete
     trials of the study's own seed, best value first, one per recipe) on each of ``seeds``, leaving out the
-    seed/recipe pairs already trained or waiting."""
+    seed/recipe pairs already trained or waiting (a pair pruned by the pruner of 0.4.0, which cut re-scoring
+    trials too, is queued again)."""
     first = export["config"]["seed"]
     screened = sorted((t for t in trained(export) if t["state"] == "complete" and trial_seed(t, export) == first),
                       key=lambda t: -t["value"])
@@ -115,7 +116,7 @@ def rescore_plan(export: dict, top: int, seeds: list[int]) -> list[tuple[dict, d
         if recipe_key(t) not in keys and len(chosen) < top:
             keys.add(recipe_key(t))
             chosen.append(t)
-    have = {(t.get("rescore_of"), t.get("seed")) for t in export["trials"] if t["state"] != "fail"}
+    have = {(t.get("rescore_of"), t.get("seed")) for t in export["trials"] if t["state"] not in ("fail", "pruned")}
     return [(t["params"], {"seed": s, "rescore_of": t["number"]}) for t in chosen for s in seeds
             if s != first and (t["number"], s) not in have]
 
