@@ -70,7 +70,9 @@ def confirmed(small_mnist: MNIST, tmp_path_factory: pytest.TempPathFactory) -> P
 def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: Path, tmp_path: Path) -> None:
     path = tmp_path / "studies" / "demo.json"
     path.parent.mkdir()
-    path.write_text(json.dumps(export()))
+    data = export()  # and a re-scoring trial, luckier than any screen: it ranks nothing on its own
+    data["trials"].append(trial(8, "complete", 2000, [99.8, 99.9], rescore_of=2, seed=2))
+    path.write_text(json.dumps(data))
     out, figure = tmp_path / "docs" / "search.md", tmp_path / "docs" / "images" / "frontier.png"
     bar = {**export(), "study": "bar", "trials": [trial(0, "complete", 5000, [97.9, 98.9])]}
     (path.parent / "bar.json").write_text(json.dumps(bar))
@@ -80,8 +82,9 @@ def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: 
     assert "](images/frontier.png)" in text
     assert "Trials never see the test set" in text and "same number of epochs" in text
     assert "6 trials trained: 5 complete, 1 pruned; 1 sampled models were over the budget" in text
-    assert "1 failed (1 retries)" in text
-    assert ("Compute: 0.02 worker-hours for 6 trained trials, 300.0 trials per worker-hour; 11 epochs trained, "
+    assert "1 failed (1 retries). Besides, 1 re-scoring trial trained chosen recipes again" in text
+    assert "(at most 3,000 parameters, 6 trained trials and 1 re-scoring)" in text
+    assert ("Compute: 0.02 worker-hours for 7 trained trials, 300.0 trials per worker-hour; 13 epochs trained, "
             "6 s per epoch") in text
     assert "900 params 97.50% (trial 1), 1,200 params 97.90% (trial 7), 2,000 params 98.00% (trial 2)" in text
     assert ("--study demo --max-params 3000 --space builtin --epochs 2 --validation 300 --subset 600 --score worst "

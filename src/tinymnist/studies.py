@@ -47,6 +47,12 @@ def trained(export: dict) -> list[dict]:
     return [t for t in export["trials"] if t["state"] in FINISHED and not t["over_budget"] and t["val_acc"]]
 
 
+def screens(export: dict) -> list[dict]:
+    """The trained trials that screen a recipe (on the study's seed); not the re-scoring trials, which train a
+    chosen recipe again on other seeds and rank it only through their mean (by_recipe)."""
+    return [t for t in trained(export) if t.get("rescore_of") is None]
+
+
 def confirmations(export: dict, root: Path) -> dict[int, dict]:
     """Per confirmed trial of ``export``'s study: over_seeds figures of its finished runs under ``root`` (runs
     whose header names the study and trial as their origin)."""
@@ -314,13 +320,14 @@ def bands(exports: list[dict]) -> list[dict]:
     for low, high in zip([0, *edges], edges, strict=False):
         groups = [(g, e) for e in exports for g in by_recipe(e) if low < g["n_params"] <= high]
         rated = [(g, e) for g, e in groups if len(g["levels"]) >= RULE_SEEDS]
-        screens = [(t, e) for e in exports for t in trained(e) if t["state"] == "complete"
-                   and low < t["n_params"] <= high and trial_seed(t, e) == e["config"]["seed"]]
-        if not screens:
+        screened = [(t, e) for e in exports for t in trained(e) if t["state"] == "complete"
+                    and low < t["n_params"] <= high and trial_seed(t, e) == e["config"]["seed"]]
+        if not screened:
             continue
         k = lambda te: statistics.fmean(te[0]["val_acc"][-te[1]["config"].get("last_k", LAST_K):])  # noqa: E731
         rows.append({"low": low, "high": high, "rated": max(rated, key=lambda ge: ge[0]["mean"], default=None),
-                     "screen": max(screens, key=k, default=None), "screen_level": max(map(k, screens), default=None),
+                     "screen": max(screened, key=k, default=None),
+                     "screen_level": max(map(k, screened), default=None),
                      "trained": sum(len(g["levels"]) for g, _ in groups)})
     return rows
 
@@ -428,13 +435,14 @@ def search_command(export: dict) -> str:
         parts.append(f"--score {config.score}")
     if config.design != SearchConfig.design:
         parts.append(f"--design {config.design}")
-    done = len(trained(export))
+    done = len(screens(export))
     parts.append(f"--trials {done} --workers 2")
     return " ".join(parts)
 
 
 def trial_row(t: dict) -> str:
-    return (f"| {t['number']}{' (enqueued)' if t.get('enqueued') else ''} | {t['n_params']:,} | `{t['model']}` | "
+    how = " (design)" if t.get("design") else " (enqueued)" if t.get("enqueued") else ""
+    return (f"| {t['number']}{how} | {t['n_params']:,} | `{t['model']}` | "
             f"{settings_text(t)} | {t['value']:.2f} | {t['seconds']:.0f} |")
 
 
@@ -457,7 +465,7 @@ def bar_lines(done: list[dict], bar: tuple[str, float]) -> list[str]:
 def exploration_lines(export: dict) -> list[str]:
     """How much of the space a study saw: architectures trained (and, for the built-in space, how many there are
     in budget), trials per architecture, the initial design, and the epochs trials were pruned after."""
-    done = trained(export)
+    done = screens(export)
     arch = Counter(t["model"] for t in done)
     if not arch:
         return []
@@ -473,7 +481,7 @@ def exploration_lines(export: dict) -> list[str]:
                 + (f"; {design} trials of the initial design" if design else "")
                 + "; pruned after epoch: "
                 + (", ".join(f"{e} ({n})" for e, n in sorted(pruned.items())) if pruned else "none") + "."
-                + compute_sentence(done)]
+                + compute_sentence(trained(export))]
 
 
 def compute_sentence(done: list[dict]) -> str:
@@ -492,12 +500,20 @@ def compute_sentence(done: list[dict]) -> str:
 def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
                   bar: tuple[str, float] | None = None) -> list[str]:
     c = export["config"]
-    done = trained(export)
-    states = {s: sum(t["state"] == s for t in export["trials"]) for s in ("complete", "pruned", "fail")}
+    done = screens(export)
+    rescoring = [t for t in trained(export) if t.get("rescore_of") is not None]
+    states = {s: sum(t["state"] == s for t in export["trials"] if t.get("rescore_of") is None)
+              for s in ("complete", "pruned", "fail")}
     over = sum(t["over_budget"] for t in export["trials"])
     retried = sum(t["retry_of"] is not None for t in export["trials"])
-    enqueued = [str(t["number"]) for t in export["trials"] if t.get("enqueued")]
+    enqueued = [str(t["number"]) for t in export["trials"]
+                if t.get("enqueued") and not t.get("design") and t.get("rescore_of") is None]
     best = sorted((t for t in done if t["state"] == "complete"), key=lambda t: -t["value"])[:top]
+    cut = sum(t["state"] == "pruned" for t in rescoring)
+    rescored = (f" Besides, {len(rescoring)} re-scoring trial{'s' * (len(rescoring) != 1)} trained chosen "
+                f"recipes again on other seeds"
+                + (f" ({cut} of them cut by the pruner before re-scoring trials were exempt from it, and trained "
+                   f"again)" if cut else "") + "." if rescoring else "")
     k = c.get("last_k", LAST_K)
     train = f"the first {c['train_size']:,}" if c.get("train_size") else "all the other"
     used = sorted({t["precision"] for t in done if t.get("precision")})
@@ -508,8 +524,8 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
         f"seed {c['seed']} on {train} training images and is scored on the last {c['validation']:,} (precision "
         f"{precision}). {len(done)} trial{'s' * (len(done) != 1)} trained: "
         f"{states['complete']} complete, {states['pruned'] - over} pruned; {over} sampled models were over the "
-        f"budget and not trained; {states['fail']} failed ({retried} retries). Optuna {export['optuna']}; "
-        f"export: `{export['path']}`.", "",
+        f"budget and not trained; {states['fail']} failed ({retried} retries).{rescored} Optuna "
+        f"{export['optuna']}; export: `{export['path']}`.", "",
         *([f"Pruning: {export['pruner']}.", ""] if export.get("pruner") else []),
         *([f"Trial{'s' * (len(enqueued) > 1)} {', '.join(enqueued)} {'were' if len(enqueued) > 1 else 'was'} "
            f"enqueued by hand (`study.enqueue_trial`): given points of the space, not sampled.", ""]
@@ -531,7 +547,7 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
             levels = " ".join(f"{g['levels'][x]:.2f}" for x in seeds)
             lines.append(f"| {g['screen']} | {g['n_params']:,} | `{g['model']}` | {seed_list(seeds)} | {levels} | "
                          f"{g['mean']:.3f} ± {g['sd']:.3f} |")
-    if bar and bar[0] != export["study"]:
+    if bar and bar[0] != export["study"] and c.get("score", "worst") == "worst":  # a level has its own rule
         lines += bar_lines(done, bar)
     front = pareto(done)
     lines += ["", "Frontier (complete trials no smaller trial beats): " + ", ".join(
@@ -601,21 +617,23 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
     lines += calibration_lines(rows) + rule_lines(exports, rows)
     lines += ["## Summary", ""]
     for export in exports:
-        done = [t for t in trained(export) if t["state"] == "complete"]
+        done = [t for t in screens(export) if t["state"] == "complete"]
         if not done:
             continue
         top = max(done, key=lambda t: t["value"])
         held = "; ".join(f"trial {n} holds on {f['seeds_passing']} of {f['seeds_run']} fresh seeds on the test set"
                          for n, f in sorted(confirmed[export["study"]].items()))
-        n = len(trained(export))
+        n, again = len(screens(export)), len(trained(export)) - len(screens(export))
+        also = f" and {again} re-scoring" if again else ""
         lines.append(f"- `{export['study']}` (at most {export['config']['max_params']:,} parameters, {n} trained "
-                     f"trial{'s' * (n != 1)}): best validation score {top['value']:.2f}% (trial {top['number']}, "
+                     f"trial{'s' * (n != 1)}{also}): best screened validation score {top['value']:.2f}% (trial "
+                     f"{top['number']}, "
                      f"{top['n_params']:,} parameters){'; ' + held if held else ''}.")
     lines.append("")
     by_name = {e["study"]: e for e in exports}
     if bar and bar not in by_name:
         raise UsageError(f"--bar {bar}: no such study among the exports ({', '.join(by_name)}).")
-    best = {e["study"]: max((t["value"] for t in trained(e) if t["state"] == "complete"), default=None)
+    best = {e["study"]: max((t["value"] for t in screens(e) if t["state"] == "complete"), default=None)
             for e in exports}
     for export in exports:
         lines += study_section(export, confirmed[export["study"]], bar=(bar, best[bar]) if bar else None)
