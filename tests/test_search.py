@@ -446,3 +446,10 @@ def test_workers_on_one_sqlite_file_never_take_the_same_queued_trial(tmp_path: P
     taken = [int(n) for p in procs for n in p.communicate(timeout=300)[0].split()]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(taken) == list(range(queued))
+
+
+def test_builtin_2_counts_every_model_of_builtin_and_more() -> None:
+    """builtin-2 holds every model of builtin (one width for the later layers, no second pool) and more; its
+    count within a budget grows with the budget."""
+    small, large = search_space.builtin_2_architectures(2500), search_space.builtin_2_architectures(4000)
+    assert search_space.builtin_architectures(2500) < small < large

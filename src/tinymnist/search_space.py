@@ -4,6 +4,7 @@ compact journey's recipe shape) or a user's (FILE.py:NAME, a function of an Optu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import random
 import statistics
@@ -179,6 +180,25 @@ def builtin_architectures(max_params: int) -> int:
     """How many distinct models the built-in space has within ``max_params`` (sep at or past the last layer is
     the plain model: counted once)."""
     return len({_model_name(a) for a, params in architectures() if params <= max_params})
+
+
+@functools.lru_cache(maxsize=8)
+def builtin_2_architectures(max_params: int) -> int:
+    """How many distinct models the space builtin-2 has within ``max_params``: every width per layer, pool
+    position, second pool (where the image survives it), separable start and squeeze (sep at or past the last
+    layer is the plain model, counted once)."""
+    seen = set()
+    for layers, pool, after, sep, sq in itertools.product(range(LAYERS[0], LAYERS[1] + 1),
+                                                          range(POOLS[0], POOLS[1] + 1), SECOND_POOL, SEPS,
+                                                          SQUEEZES):
+        if not tiny_fits(layers, pool):
+            continue
+        pool2 = pool + after if after and tiny_fits(layers, pool, pool + after) else 0
+        sep = min(sep, layers + 1)
+        for widths in itertools.product(FIRST_WIDTHS, SECOND_WIDTHS, *[BODY_WIDTHS] * (layers - 2)):
+            if tiny_params(".".join(map(str, widths)), pool, sep, sq) <= max_params:
+                seen.add((widths, pool, pool2, sep, sq))
+    return len(seen)
 
 
 def _model_name(a: dict) -> str:

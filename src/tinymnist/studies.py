@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from .errors import UsageError
 from .records import RunRecord, recipe_from_dict
 from .render import RunGroup, fresh, pass_count, run_groups, seed_list
-from .search_space import SearchConfig, builtin_architectures
+from .search_space import SearchConfig, builtin_2_architectures, builtin_architectures
 from .targets import LAST_K, TARGET, TARGET_ACC, holds_last_k, over_seeds
 
 FINISHED = ("complete", "pruned")
@@ -470,8 +470,9 @@ def exploration_lines(export: dict) -> list[str]:
     if not arch:
         return []
     c = export["config"]
-    in_budget = (f" of the {builtin_architectures(c['max_params']):,} the space `builtin` has within "
-                 f"{c['max_params']:,} parameters" if c["space"] == "builtin" else "")  # builtin-2: too many
+    count = {"builtin": builtin_architectures, "builtin-2": builtin_2_architectures}.get(c["space"])
+    in_budget = (f" of the {count(c['max_params']):,} the space `{c['space']}` has within {c['max_params']:,} "
+                 f"parameters" if count else "")
     per = sorted(arch.values())
     design = sum(t.get("design", False) for t in done)
     pruned = Counter(len(t["val_acc"]) for t in done if t["state"] == "pruned")
