@@ -1,13 +1,17 @@
 """The one process supervisor: seeds trained in parallel and search workers are both child processes started
 here. Children are spawned (never forked: the parent's torch may have started its threads), leave Ctrl-C to
 the parent, send their messages through one queue, and are all stopped when the parent leaves, however it
-leaves. An error a user caused in a child (a TinyMnistError) comes back as one message, not a traceback."""
+leaves (killed, a child notices within a second and exits). An error a user caused in a child (a
+TinyMnistError) comes back as one message, not a traceback."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import signal
+import threading
+import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from .errors import TinyMnistError
 
 POLL = 0.5  # seconds between looks at the children while no message comes
+PARENT_CHECK = 1.0  # seconds between a child's looks at whether its parent is still there
 
 
 @dataclass(frozen=True)
@@ -28,14 +33,25 @@ class Event:
     payload: object = None
 
 
-def _child(target: Callable, key: Hashable, args: tuple, messages: multiprocessing.Queue) -> None:
+def _child(target: Callable, key: Hashable, args: tuple, messages: multiprocessing.Queue, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops this process
     warnings.simplefilter("ignore")  # notes (old names, a scaled schedule) are the parent's to show
+    # the parent's pid as it passed it: one killed while this child was still starting is already gone
+    threading.Thread(target=_leave_with, args=(parent,), daemon=True).start()
     try:
         target(lambda kind, payload=None: messages.put((kind, key, payload)), *args)
     except TinyMnistError as e:
         messages.put(("error", key, e))
         raise SystemExit(2) from None
+
+
+def _leave_with(parent: int) -> None:
+    """End this child as soon as its parent is gone, however the parent went (a SIGTERM or SIGKILL runs none of
+    its clean-up): an orphaned search worker would otherwise go on taking queued trials with the code it loaded.
+    What it was training is left as a killed process leaves it (a run resumes; a trial is retried)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK)
+    os._exit(3)
 
 
 class Supervisor:
@@ -60,7 +76,8 @@ class Supervisor:
 
     def start(self, key: Hashable, target: Callable, *args: object) -> int:
         """Start ``target`` as child ``key``; returns its pid."""
-        process = self.ctx.Process(target=_child, args=(target, key, args, self.messages), daemon=True)
+        process = self.ctx.Process(target=_child, args=(target, key, args, self.messages, os.getpid()),
+                                   daemon=True)
         process.start()
         self.running[key] = process
         return process.pid
