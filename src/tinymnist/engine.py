@@ -67,6 +67,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def placement(options: Options) -> tuple[torch.device, torch.memory_format, str]:
+    """Where and how a training runs: its device (with the CPU threads set, when given), memory format and
+    resolved precision."""
+    device = pick_device(options.device)
+    if options.threads and device.type == "cpu":
+        torch.set_num_threads(options.threads)
+    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    return device, memory_format, resolve_precision(options.precision, device)
+
+
 def earlier_auto(device: torch.device) -> str:
     """What 'auto' meant up to tinymnist 0.3.0 (bf16 where the hardware has it natively): a run recorded with
     'auto' by then resumes and evaluates in the precision it trained with."""
@@ -108,11 +118,7 @@ class Trainer:
         ``val_acc``)."""
         recipe.check(train_size=len(data.train_labels), model=build is None)
         self.recipe = recipe
-        self.device = pick_device(options.device)
-        if options.threads and self.device.type == "cpu":
-            torch.set_num_threads(options.threads)
-        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-        self.precision = resolve_precision(options.precision, self.device)
+        self.device, self.memory_format, self.precision = placement(options)
         torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
         model = build() if build else create_model(recipe.model, model_source)
         self.model = model.to(self.device, memory_format=self.memory_format)

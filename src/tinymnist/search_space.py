@@ -186,19 +186,18 @@ def builtin_architectures(max_params: int) -> int:
 def builtin_2_architectures(max_params: int) -> int:
     """How many distinct models the space builtin-2 has within ``max_params``: every width per layer, pool
     position, second pool (where the image survives it), separable start and squeeze (sep at or past the last
-    layer is the plain model, counted once)."""
-    seen = set()
-    for layers, pool, after, sep, sq in itertools.product(range(LAYERS[0], LAYERS[1] + 1),
-                                                          range(POOLS[0], POOLS[1] + 1), SECOND_POOL, SEPS,
-                                                          SQUEEZES):
+    layer is the plain model, counted once). A second pool has no weights: each layout in budget counts once
+    per second pool its depth allows."""
+    total = 0
+    for layers, pool, sq in itertools.product(range(LAYERS[0], LAYERS[1] + 1), range(POOLS[0], POOLS[1] + 1),
+                                              SQUEEZES):
         if not tiny_fits(layers, pool):
             continue
-        pool2 = pool + after if after and tiny_fits(layers, pool, pool + after) else 0
-        sep = min(sep, layers + 1)
-        for widths in itertools.product(FIRST_WIDTHS, SECOND_WIDTHS, *[BODY_WIDTHS] * (layers - 2)):
-            if tiny_params(".".join(map(str, widths)), pool, sep, sq) <= max_params:
-                seen.add((widths, pool, pool2, sep, sq))
-    return len(seen)
+        pools2 = len({pool + a if a and tiny_fits(layers, pool, pool + a) else 0 for a in SECOND_POOL})
+        for sep in {min(sep, layers + 1) for sep in SEPS}:
+            for widths in itertools.product(FIRST_WIDTHS, SECOND_WIDTHS, *[BODY_WIDTHS] * (layers - 2)):
+                total += pools2 * (tiny_params(".".join(map(str, widths)), pool, sep, sq) <= max_params)
+    return total
 
 
 def _model_name(a: dict) -> str:

@@ -9,8 +9,8 @@ gradient, and SGD (momentum, weight decay) and weight averaging act element by e
 the N separate trainings, up to the order in which the convolution kernels sum.
 
 What it is for: small models leave a GPU waiting on per-operator overhead, and one operator over N seeds'
-channels pays it once, so dozens of seeds share one device. On a CPU it does not pay: one process per seed
-(``consistency --jobs``) trains more seed-epochs a minute (docs/performance.md, "Seeds at once, stacked").
+channels pays it once, so dozens of seeds share one device. Whether it pays on a CPU against one process per
+seed (``consistency --jobs``) is what bench/bench_stacked.py measures.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from .engine import (
     evaluate,
     make_optimizer,
     model_inputs,
-    pick_device,
-    resolve_precision,
+    placement,
 )
 from .errors import TrainingError, UsageError
 from .models import Net, create_model
@@ -123,11 +122,7 @@ class StackedTrainer:
         if len(set(seeds)) != len(seeds) or not seeds:
             raise UsageError(f"seeds at once needs one or more different seeds, not {list(seeds)}.")
         self.recipe, self.seeds = recipe, list(seeds)
-        self.device = pick_device(options.device)
-        if options.threads and self.device.type == "cpu":
-            torch.set_num_threads(options.threads)
-        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-        self.precision = resolve_precision(options.precision, self.device)
+        self.device, self.memory_format, self.precision = placement(options)
         models = []
         for seed in self.seeds:
             torch.manual_seed(seed)  # as the Trainer: the initial weights come from the seed alone
@@ -201,7 +196,8 @@ class StackedTrainer:
                               lambda: autocast(self.device, self.precision))
             metrics.append({"epoch": len(self.history) + 1, "seed": self.seeds[k], **seed_train,
                             f"{p}_loss": result.loss, f"{p}_acc": result.acc})
+        seconds = time.perf_counter() - start
         for m in metrics:
-            m["seconds"] = time.perf_counter() - start
+            m["seconds"] = seconds
         self.history.append(metrics)
         return metrics

@@ -320,8 +320,8 @@ def bands(exports: list[dict]) -> list[dict]:
     for low, high in zip([0, *edges], edges, strict=False):
         groups = [(g, e) for e in exports for g in by_recipe(e) if low < g["n_params"] <= high]
         rated = [(g, e) for g, e in groups if len(g["levels"]) >= RULE_SEEDS]
-        screened = [(t, e) for e in exports for t in trained(e) if t["state"] == "complete"
-                    and low < t["n_params"] <= high and trial_seed(t, e) == e["config"]["seed"]]
+        screened = [(t, e) for e in exports for t in screens(e) if t["state"] == "complete"
+                    and low < t["n_params"] <= high]
         if not screened:
             continue
         k = lambda te: statistics.fmean(te[0]["val_acc"][-te[1]["config"].get("last_k", LAST_K):])  # noqa: E731
@@ -511,10 +511,14 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
                 if t.get("enqueued") and not t.get("design") and t.get("rescore_of") is None]
     best = sorted((t for t in done if t["state"] == "complete"), key=lambda t: -t["value"])[:top]
     cut = sum(t["state"] == "pruned" for t in rescoring)
-    rescored = (f" Besides, {len(rescoring)} re-scoring trial{'s' * (len(rescoring) != 1)} trained chosen "
-                f"recipes again on other seeds"
-                + (f" ({cut} of them cut by the pruner before re-scoring trials were exempt from it, and trained "
-                   f"again)" if cut else "") + "." if rescoring else "")
+    rescored = ""
+    if rescoring:
+        rescored = f" Besides, {len(rescoring)} re-scoring trial{'s' * (len(rescoring) != 1)} trained chosen " \
+                   f"recipes again on other seeds"
+        if cut:
+            rescored += f" ({cut} of them cut by the pruner before re-scoring trials were exempt from it, and " \
+                        f"trained again)"
+        rescored += "."
     k = c.get("last_k", LAST_K)
     train = f"the first {c['train_size']:,}" if c.get("train_size") else "all the other"
     used = sorted({t["precision"] for t in done if t.get("precision")})
