@@ -10,14 +10,17 @@ The three pipelines, same model, plain SGD with momentum, one epoch each:
 - peer: what a user writes in ten minutes with the images already a normalized float tensor in memory: a random
   permutation sliced into batches, NCHW, bf16 autocast for the bf16 column; no augmentation;
 - tinymnist: the engine (tinymnist.executor.execute) with compact_step4's recipe, its model and batch size
-  replaced, augmentation included.
+  replaced, augmentation included, channels_last, uncompiled; "tinymnist-nchw" the same in NCHW
+  (``--no-channels-last``), "tinymnist-compiled" the same with ``--compile on`` (the training step through
+  torch.compile, channels_last). Each trains two epochs and the second is timed: the first carries the warm-up
+  (the compiler's, a few seconds, which scaling to 60,000 images would multiply).
 Each cell trains ``--images`` training images (seconds scaled to a 60,000-image epoch) and evaluates the 10,000
 test images; medians over ``--repeats``, every pipeline of a model and batch size timed in turn within a repeat,
 so drift on a shared machine hits them alike. ``--process`` also times, as separate processes, one full epoch
 of compact_step4's model and batch size per pipeline, from the command to its exit: what a user waits for; for
 tinymnist that is ``tinymnist train compact_step4 --epochs 1``, and its start-up is the wall time less the epoch
-seconds the run recorded. Writes JSON; ``python bench/bench_train.py --doc ...`` renders it into
-docs/performance.md.
+seconds the run recorded; the compiled one starts with an empty compiler cache (a first run's warm-up).
+Writes JSON; ``python bench/bench_train.py --doc ...`` renders it into docs/performance.md.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ from tinymnist.steps import get_step
 
 MODELS = ["compact_7k4", "sep_3k8", "tiny:w=8.12.20.20.20,pool=2,sep=2"]  # the last: the 2k separable layout
 EPOCH = 60_000
+ENGINES = {"tinymnist": {"compile": "off"}, "tinymnist-nchw": {"compile": "off", "channels_last": False},
+           "tinymnist-compiled": {"compile": "on"}}  # Options for each way of running tinymnist's step
+ENGINE_FLAGS = {"tinymnist": ["--compile", "off"], "tinymnist-nchw": ["--compile", "off", "--no-channels-last"],
+                "tinymnist-compiled": ["--compile", "on"]}
 
 
 def peer_epoch(model_name: str, x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -74,10 +81,13 @@ def peer_epoch(model_name: str, x: torch.Tensor, y: torch.Tensor, test_x: torch.
     return mid - start, time.perf_counter() - mid
 
 
-def tinymnist_epoch(model_name: str, data, batch_size: int, precision: str, threads: int) -> tuple[float, float]:  # noqa: ANN001
-    recipe = dataclasses.replace(get_step("compact_step4").recipe, model=model_name, batch_size=batch_size, epochs=1,
+def tinymnist_epoch(model_name: str, data, batch_size: int, precision: str, threads: int,  # noqa: ANN001
+                    engine: str = "tinymnist") -> tuple[float, float]:
+    """(train, eval) seconds of the second of two epochs (the first warms up)."""
+    recipe = dataclasses.replace(get_step("compact_step4").recipe, model=model_name, batch_size=batch_size, epochs=2,
                                  cycle_epochs=None)
-    m = execute(RunSpec(recipe, Options(precision=precision, threads=threads)), data).history[0]
+    options = Options(precision=precision, threads=threads, **ENGINES[engine])
+    m = execute(RunSpec(recipe, options), data).history[1]
     return m["train_seconds"], m["eval_seconds"]
 
 
@@ -88,7 +98,8 @@ def measure(args: argparse.Namespace) -> dict:
     x, test_x = data.normalize(data.train_images), data.normalize(data.test_images)
     scale = EPOCH / len(data.train_labels)
     lr = get_step("compact_step4").recipe.lr
-    pipelines = [("tutorial", "fp32")] + [(p, prec) for p in ("peer", "tinymnist") for prec in args.precisions]
+    engines = args.engines
+    pipelines = [("tutorial", "fp32")] + [(p, prec) for p in ("peer", *engines) for prec in args.precisions]
     cells: dict[str, dict] = {}
     for model in args.models:
         for batch in args.batches:
@@ -103,7 +114,7 @@ def measure(args: argparse.Namespace) -> dict:
             elif pipe == "peer":
                 tr, ev = peer_epoch(m, x, data.train_labels, test_x, data.test_labels, b, lr, prec)
             else:
-                tr, ev = tinymnist_epoch(m, data, b, prec, args.threads)
+                tr, ev = tinymnist_epoch(m, data, b, prec, args.threads, pipe)
             cell["train"].append(tr * scale)
             cell["eval"].append(ev)
             print(f"{m} batch {b} {pipe} {prec}: {tr * scale:.1f} s train per epoch, {ev:.1f} s eval", flush=True)
@@ -116,7 +127,8 @@ def measure(args: argparse.Namespace) -> dict:
         cell["train_seconds"], cell["eval_seconds"] = statistics.median(cell["train"]), statistics.median(cell["eval"])
     result = {"kind": "matrix", "cpu": f"{cpu_name()} ({os.cpu_count()} cores)", "threads": args.threads,
               "torch": torch.__version__, "platform": platform.platform(), "command": "python " + " ".join(sys.argv),
-              "images": len(data.train_labels), "repeats": args.repeats, "peak_gflops": peak_gflops(),
+              "images": len(data.train_labels), "second_epoch": True, "repeats": args.repeats,
+              "peak_gflops": peak_gflops(),
               "models": models, "cells": list(cells.values())}
     if args.process:
         result["process"] = measure_processes(args)
@@ -150,28 +162,32 @@ def measure_processes(args: argparse.Namespace) -> dict:
     recipe = get_step("compact_step4").recipe
     fmt = {"bench": str(Path(__file__).parent), "threads": args.threads, "data_dir": args.data_dir,
            "model": recipe.model, "batch": recipe.batch_size}
-    walls: dict[str, list[float]] = {"tutorial": [], "peer": [], "tinymnist": []}
-    startup: list[float] = []
+    engines = args.engines
+    walls: dict[str, list[float]] = {p: [] for p in ("tutorial", "peer", *engines)}
+    startup: dict[str, list[float]] = {p: [] for p in engines}
     for _ in range(args.repeats):
         for pipe in walls:
             with tempfile.TemporaryDirectory() as out:
-                if pipe == "tinymnist":
+                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(out) / "inductor"))  # a cold cache
+                if pipe in engines:
                     cmd = ["tinymnist", "train", "compact_step4", "--epochs", "1", "--precision", "fp32",
                            "--threads", str(args.threads), "--runs", out, "--no-download",
+                           *ENGINE_FLAGS[pipe],
                            *(["--data-dir", args.data_dir] if args.data_dir else [])]
                 else:
                     cmd = [sys.executable, "-c", (PEER_SCRIPT if pipe == "peer" else TUTORIAL_SCRIPT).format(**fmt)]
                 start = time.perf_counter()
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
                 walls[pipe].append(time.perf_counter() - start)
-                if pipe == "tinymnist":
+                if pipe in engines:
                     (metrics,) = Path(out).glob("*/seed-*/metrics.jsonl")
                     epoch = json.loads(metrics.read_text().splitlines()[-1])
-                    startup.append(walls[pipe][-1] - epoch["train_seconds"] - epoch["eval_seconds"])
+                    startup[pipe].append(walls[pipe][-1] - epoch["train_seconds"] - epoch["eval_seconds"])
             print(f"whole process, {pipe}: {walls[pipe][-1]:.1f} s", flush=True)
-    return {"model": recipe.model, "batch_size": recipe.batch_size, "precision": "fp32",
-            "wall_seconds": {k: statistics.median(v) for k, v in walls.items()}, "samples": walls,
-            "tinymnist_startup_seconds": statistics.median(startup), "startup_samples": startup}
+    result = {"model": recipe.model, "batch_size": recipe.batch_size, "precision": "fp32",
+              "wall_seconds": {k: statistics.median(v) for k, v in walls.items()}, "samples": walls,
+              "startup_seconds": {k: statistics.median(v) for k, v in startup.items()}, "startup_samples": startup}
+    return result
 
 
 def main() -> int:
@@ -179,6 +195,8 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--batches", nargs="+", type=int, default=[32, 64, 128])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--engines", nargs="+", choices=list(ENGINES), default=list(ENGINES),
+                        help="tinymnist's ways of running a step (default: all three)")
     parser.add_argument("--images", type=int, default=10_000, help="training images per timed epoch (scaled)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())

@@ -296,57 +296,100 @@ def verdicts(r: dict) -> list[str]:
     return lines
 
 
+MATRIX_PIPELINES = ["tutorial", "peer", "tinymnist", "tinymnist-nchw", "tinymnist-compiled"]
+
+
 def render_matrix(r: dict) -> list[str]:
-    """bench_matrix.py's JSON: seconds per 60,000-image epoch (train + eval) per model, batch and pipeline."""
+    """bench_matrix.py's JSON: seconds per 60,000-image epoch (train + eval) per model, batch and pipeline; each
+    way of running tinymnist's step against the tutorial, and against the uncompiled channels_last one."""
     cells = {(c["model"], c["batch_size"], c["pipeline"], c["precision"]): c for c in r["cells"]}
     columns = sorted({(c["pipeline"], c["precision"]) for c in r["cells"]},
-                     key=lambda pc: (["tutorial", "peer", "tinymnist"].index(pc[0]), pc[1]))
+                     key=lambda pc: (MATRIX_PIPELINES.index(pc[0]), pc[1]))
+    engines = [p for p in MATRIX_PIPELINES[2:] if any(c["pipeline"] == p for c in r["cells"])]
     epoch = lambda c: c["train_seconds"] + c["eval_seconds"]  # noqa: E731
-    lines = ["## Speed matrix: tutorial, in-memory peer and tinymnist, per model, batch and precision", "",
-             f"- machine: {r['cpu']}, {r['threads']} threads, torch {r['torch']}", f"- command: `{r['command']}` "
-             f"(bench/bench_matrix.py)",
+    ratio = lambda a, b: f"{epoch(a) / epoch(b):.2f}x" if a and b else ""  # noqa: E731
+    heads = [f"{e} fp32 vs tutorial" for e in engines] + ["tinymnist fp32 vs peer fp32"] + \
+        [f"{e} vs tinymnist" for e in engines[1:]] + ["best x FLOP floor"]
+    compiled_note = ("; tinymnist-nchw: the same in NCHW (`--no-channels-last`)" if "tinymnist-nchw" in engines
+                     else "") + ("; tinymnist-compiled: the same with `--compile on` (torch.compile, channels_last)"
+                                 if "tinymnist-compiled" in engines else "")
+    second = "; tinymnist's epoch is the second of two (the first warms up)" if r.get("second_epoch") else ""
+    threads = f"{r['threads']} thread{'s' * (r['threads'] > 1)}"
+    lines = [f"## Speed matrix, {threads}: tutorial, in-memory peer and tinymnist, per model, batch and precision", "",
+             f"- machine: {r['cpu']}, {r['threads']} thread{'s' * (r['threads'] > 1)}, torch {r['torch']}",
+             f"- command: `{r['command']}` (bench/bench_matrix.py)",
              f"- seconds per epoch: training {r['images']:,} images scaled to 60,000, plus evaluating the 10,000 "
              f"test images; medians over {r['repeats']} interleaved repeats. tutorial: per-image Dataset + "
              f"DataLoader, NCHW; peer: the images a float tensor in memory, batches sliced from a permutation, "
              f"NCHW, no augmentation; tinymnist: the engine with compact_step4's recipe (augmentation included), "
-             f"channels_last", "",
-             "| model | batch | " + " | ".join(f"{p} {q}" for p, q in columns) + " | tinymnist fp32 vs tutorial | "
-             "tinymnist fp32 vs peer fp32 | x FLOP floor |", "|---|---|" + "---|" * (len(columns) + 3)]
+             f"channels_last{compiled_note}{second}", "",
+             "| model | batch | " + " | ".join(f"{p} {q}" for p, q in columns) + " | " + " | ".join(heads) + " |",
+             "|---|---|" + "---|" * (len(columns) + len(heads))]
     for model, info in r["models"].items():
         floor = (info["train_flops_per_image"] * 60_000 + info["eval_flops_per_image"] * 10_000) / \
             (r["peak_gflops"] * 1e9)
         for batch in sorted({c["batch_size"] for c in r["cells"] if c["model"] == model}):
             row = [cells.get((model, batch, p, q)) for p, q in columns]
-            ours, tut, peer = (cells.get((model, batch, p, "fp32")) for p in ("tinymnist", "tutorial", "peer"))
-            ratios = (f"{epoch(tut) / epoch(ours):.2f}x | {epoch(peer) / epoch(ours):.2f}x | {epoch(ours) / floor:.1f}"
-                      if ours and tut and peer else " | | ")
+            tut, peer, *ours = (cells.get((model, batch, p, "fp32")) for p in ("tutorial", "peer", *engines))
+            found = [c for c in ours if c]
+            values = [ratio(tut, c) for c in ours] + [ratio(peer, ours[0])] + [ratio(ours[0], c) for c in ours[1:]] \
+                + [f"{min(map(epoch, found)) / floor:.1f}" if found else ""]
             lines.append(f"| `{model}` ({info['params']:,}) | {batch} | "
-                         + " | ".join(f"{epoch(c):.1f}" if c else "" for c in row) + f" | {ratios} |")
+                         + " | ".join(f"{epoch(c):.1f}" if c else "" for c in row) + " | " + " | ".join(values) + " |")
     lines.append("")
     dense, models = "compact_7k4", list(r["models"])
-    for model in models:
-        if model == dense or dense not in r["models"] or r["models"][model]["params"] > 2_500:
-            continue
-        for batch in sorted({c["batch_size"] for c in r["cells"] if c["model"] == model}):
-            a, b = cells.get((model, batch, "tinymnist", "fp32")), cells.get((dense, batch, "tinymnist", "fp32"))
-            if a and b:
-                met = "met" if epoch(a) <= epoch(b) else "missed"
-                lines.append(f"- `{model}` ({r['models'][model]['params']:,} params) no slower per epoch than "
-                             f"{dense} at batch {batch} (tinymnist, fp32): **{met}** ({epoch(a):.1f} s against "
-                             f"{epoch(b):.1f} s)")
+    for engine in engines:
+        for model in models:
+            if model == dense or dense not in r["models"] or r["models"][model]["params"] > 2_500:
+                continue
+            for batch in sorted({c["batch_size"] for c in r["cells"] if c["model"] == model}):
+                a, b = cells.get((model, batch, engine, "fp32")), cells.get((dense, batch, engine, "fp32"))
+                if a and b:
+                    met = "met" if epoch(a) <= epoch(b) else "missed"
+                    lines.append(f"- `{model}` ({r['models'][model]['params']:,} params) no slower per epoch than "
+                                 f"{dense} at batch {batch} ({engine}, fp32): **{met}** ({epoch(a):.1f} s against "
+                                 f"{epoch(b):.1f} s)")
     proc = r.get("process")
     if proc:
-        w = proc["wall_seconds"]
-        lines += ["", f"Whole processes, one full epoch of `{proc['model']}` at batch {proc['batch_size']}, "
-                      f"{proc['precision']}, from the command to its exit (medians over "
-                      f"{len(proc['samples']['tinymnist'])}):", "",
-                  "| tutorial | peer | tinymnist (`tinymnist train compact_step4 --epochs 1`) | tinymnist start-up "
-                  "(wall less the recorded epoch) |", "|---|---|---|---|",
-                  f"| {w['tutorial']:.1f} s | {w['peer']:.1f} s | {w['tinymnist']:.1f} s | "
-                  f"{proc['tinymnist_startup_seconds']:.1f} s |", "",
-                  f"- tinymnist >= 2x the tutorial pipeline as a whole process: "
-                  f"**{'met' if w['tutorial'] / w['tinymnist'] >= 2 else 'missed'}** "
-                  f"({w['tutorial'] / w['tinymnist']:.2f}x; against the peer {w['peer'] / w['tinymnist']:.2f}x)"]
+        lines += render_processes(proc)
+    return [*lines, ""]
+
+
+def render_processes(proc: dict) -> list[str]:
+    """bench_matrix.py --process: whole processes, one full epoch each, from the command to its exit."""
+    w = proc["wall_seconds"]
+    startup = proc.get("startup_seconds") or {"tinymnist": proc["tinymnist_startup_seconds"]}
+    engines = [p for p in MATRIX_PIPELINES[2:] if p in w]
+    name = {"tinymnist": "tinymnist (`tinymnist train compact_step4 --epochs 1`)",
+            "tinymnist-nchw": "tinymnist-nchw (the same with `--no-channels-last`)",
+            "tinymnist-compiled": "tinymnist-compiled (the same with `--compile on`, cold compiler cache)"}
+    lines = ["", f"Whole processes, one full epoch of `{proc['model']}` at batch {proc['batch_size']}, "
+                 f"{proc['precision']}, from the command to its exit (medians over "
+                 f"{len(proc['samples']['tutorial'])}); start-up is the wall less the epoch the run recorded:", "",
+             "| tutorial | peer | " + " | ".join(name[e] for e in engines) + " | "
+             + " | ".join(f"{e} start-up" for e in engines) + " |", "|---|---|" + "---|" * (2 * len(engines)),
+             f"| {w['tutorial']:.1f} s | {w['peer']:.1f} s | " + " | ".join(f"{w[e]:.1f} s" for e in engines) + " | "
+             + " | ".join(f"{startup[e]:.1f} s" for e in engines) + " |", ""]
+    for e in engines:
+        lines.append(f"- {e} >= 2x the tutorial pipeline as a whole process: "
+                     f"**{'met' if w['tutorial'] / w[e] >= 2 else 'missed'}** "
+                     f"({w['tutorial'] / w[e]:.2f}x; against the peer {w['peer'] / w[e]:.2f}x)")
+    return lines
+
+
+def render_grad_error(r: dict) -> list[str]:
+    """bench_grad_error.py's JSON: one step's gradients against float64, per way of computing them."""
+    lines = ["## Gradient error: one training step against exact arithmetic", "",
+             f"- machine: {r['cpu']}, {r['threads']} thread{'s' * (r['threads'] > 1)}, torch {r['torch']}",
+             f"- command: `{r['command']}` (bench/bench_grad_error.py)",
+             f"- the loss's gradients for one batch of {r['batch']} MNIST training images at each model's initial "
+             f"weights (seed 0), fp32, against the same step in float64; a parameter's error is its largest "
+             f"deviation over its largest gradient, and a row gives the largest and the median over the model's "
+             f"parameters", "",
+             "| model | step | largest error | median error |", "|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| `{row['model']}` ({row['params']:,}) | {row['way']} | {row['max_error']:.1e} | "
+                     f"{row['median_error']:.1e} |")
     return [*lines, ""]
 
 
@@ -400,17 +443,24 @@ def render(results: list[dict]) -> str:
              "GPU: not timed; no GPU was available to this work. The GPU path (data, shuffling and augmentation on",
              "the device, bf16 autocast) runs the same code as the CPU path, which the tests exercise; several seeds",
              "at once on one GPU is `tinymnist consistency STEP --jobs N` (N processes sharing the device), tested on",
-             "the CPU only. The GPU targets (15 epochs in 3 s, 5 seeds in not much more) are therefore unmeasured.",
+             "the CPU only. The GPU targets (15 epochs in 3 s, 5 seeds in not much more, and 15 epochs of",
+             "compact_step4 and 20 seeds at once on a lent GPU) are therefore unmeasured; so is `--compile` on a GPU",
+             "(`auto` leaves it off there).",
              "",
-             "Accuracy is not judged here from one seed: a table's last-5 column is one run. Precision and weight",
-             "averaging are compared over fresh seeds, paired seed by seed, in docs/results.md (\"Paired",
-             "comparisons\": the mean difference in the lowest last-5 test accuracy with its 95% interval); the",
-             "choice of `--precision auto` (fp32) follows from that table, as the README's \"Precision\" says.",
+             "Search throughput (trials per worker-hour, given per study in docs/search.md) is what it was before",
+             "`--compile`: a search's workers train one thread each, where `auto` leaves the step uncompiled. The",
+             "one-thread speed matrix below shows what compiling gives there, on the study's kind of models.",
+             "",
+             "Accuracy is not judged here from one seed: a table's last-5 column is one run. Precision, weight",
+             "averaging and the compiled step are compared over fresh seeds, paired seed by seed, in docs/results.md",
+             "(\"Paired comparisons\": the mean difference in the lowest last-5 test accuracy with its 95% interval);",
+             "the choice of `--precision auto` (fp32) follows from that table, as the README's \"Precision\" says.",
              ""]
-    order = {None: 0, "matrix": 1, "profile": 2, "parallel": 3, "stacked": 4, "serve": 5}  # the step benchmarks first
+    order = {None: 0, "matrix": 1, "grad_error": 2, "profile": 3, "parallel": 4, "stacked": 5, "serve": 6}
     renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve,
-                 "matrix": render_matrix, "stacked": render_stacked}
-    for r in sorted(results, key=lambda r: (order[r.get("kind")], bool(r.get("overrides")))):
+                 "matrix": render_matrix, "stacked": render_stacked, "grad_error": render_grad_error}
+    for r in sorted(results, key=lambda r: (order[r.get("kind")], bool(r.get("overrides")),
+                                            -r["threads"] if r.get("kind") == "matrix" else 0)):
         if r.get("kind") in renderers:
             lines += renderers[r["kind"]](r)
             continue

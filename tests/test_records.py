@@ -134,3 +134,22 @@ def test_a_new_run_records_the_precision_it_resolved_and_an_earlier_auto_keeps_i
     assert run.options().precision == "bf16"
     monkeypatch.setattr(engine, "native_bf16", lambda device: False)
     assert run.options().precision == "fp32"
+
+
+def test_a_new_run_records_the_compile_setting_it_resolved_and_an_earlier_run_resumes_uncompiled(
+        small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    """--compile auto resolves when the run is created (a 2,000-image epoch is too short to compile), and a header
+    from before --compile existed resumes as it trained: uncompiled, whatever 'auto' would say now."""
+    import json
+
+    from conftest import CPU
+
+    run = start_run(tmp_path, "compact_step1", Recipe(model="compact_7k4", epochs=1, seed=3), small_mnist, CPU)
+    header = json.loads((run.path / "recipe.json").read_text())
+    assert header["options"]["compile"] == "off" and run.options().compile == "off"
+    header["options"]["compile"] = "on"
+    (run.path / "recipe.json").write_text(json.dumps(header))
+    assert run.options().compile == "on"
+    del header["options"]["compile"]  # as 0.4.0 wrote it
+    (run.path / "recipe.json").write_text(json.dumps(header))
+    assert run.options().compile == "off"

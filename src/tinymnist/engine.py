@@ -10,6 +10,8 @@ is reproduced exactly from its seed, and resumed exactly from an epoch-end check
 from __future__ import annotations
 
 import copy
+import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -28,6 +30,10 @@ from .schedule import lr_at
 
 SCORE_PREFIX = {"test": "test", "validation": "val"}  # a metric's key names what it was measured on
 EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/performance.md)
+# `--compile auto` compiles a CPU training of at least this many images (epochs x training images) on two or more
+# threads: five epochs of MNIST, where the compiler's warm-up (2-15 s a model, less from its cache) is a few
+# percent of the run. Measured on 2 cores only (docs/performance.md, "Compiled training step").
+COMPILE_MIN_IMAGES = 300_000
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -77,6 +83,36 @@ def placement(options: Options) -> tuple[torch.device, torch.memory_format, str]
     return device, memory_format, resolve_precision(options.precision, device)
 
 
+def resolve_options(options: Options, images: int) -> Options:
+    """``options`` with its precision and compile setting resolved, as a training of ``images`` images (epochs x
+    training images) resolves them in this process: what a run records, so that it resumes as it began."""
+    device = pick_device(options.device)
+    threads = options.threads or torch.get_num_threads()
+    return dataclasses.replace(options, precision=resolve_precision(options.precision, device),
+                               compile=resolve_compile(options.compile, device, threads, images))
+
+
+def resolve_compile(compile: str, device: torch.device, threads: int, images: int) -> str:
+    """'auto' -> 'on' for a CPU training of at least COMPILE_MIN_IMAGES images on two or more threads with a C++
+    compiler at hand, else 'off'. On two cores the compiled step was faster (BatchNorm and ReLU fused into
+    kernels that use both cores); on one thread it was no faster; on a GPU it is unmeasured."""
+    if compile not in ("auto", "on", "off"):
+        raise UsageError(f"unknown --compile {compile!r}; use auto, on or off.")
+    if compile != "auto":
+        return compile
+    wanted = device.type == "cpu" and threads >= 2 and images >= COMPILE_MIN_IMAGES
+    return "on" if wanted and cpp_compiler() else "off"
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use, or None when there is none."""
+    try:
+        from torch._inductor import cpp_builder
+        return cpp_builder.get_cpp_compiler()
+    except Exception:  # noqa: BLE001 - any failure to find one means none
+        return None
+
+
 def earlier_auto(device: torch.device) -> str:
     """What 'auto' meant up to tinymnist 0.3.0 (bf16 where the hardware has it natively): a run recorded with
     'auto' by then resumes and evaluates in the precision it trained with."""
@@ -124,6 +160,10 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.optimizer = make_optimizer(recipe, self.model)
         self.average = WeightAverage(self.model, recipe.ema) if recipe.ema else None
+        self.compile = resolve_compile(options.compile, self.device, torch.get_num_threads(),
+                                       len(data.train_labels) * recipe.epochs)
+        self.compile_failure: str | None = None  # why torch.compile was given up, when it was
+        self._compiled = torch.compile(self.model, dynamic=False) if self.compile == "on" else None
         self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
         self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)
         self.mean, self.std = normalization or (data.mean, data.std)
@@ -143,6 +183,26 @@ class Trainer:
     def saved_model(self) -> nn.Module:
         """The model each epoch is scored with and a run saves: the weight average when the recipe keeps one."""
         return self.average.model if self.average else self.model
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the training step runs through torch.compile (asked for, and not given up)."""
+        return self.compile == "on" and self.compile_failure is None
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training forward pass: compiled for full batches when compiling (an epoch's last, smaller batch
+        runs uncompiled rather than compiling a second graph). A model torch.compile cannot compile (no
+        compiler, an operation it does not support) is said in one line on stderr, and trains uncompiled."""
+        if self._compiled is not None and x.shape[0] == self.recipe.batch_size:
+            try:
+                return self._compiled(x)
+            except Exception as e:  # noqa: BLE001 - whatever the compiler raises, training goes on without it
+                self._compiled = None
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                self.compile_failure = f"{type(e).__name__}: {reason}"
+                sys.stderr.write(f"tinymnist: torch.compile could not compile model {self.recipe.model!r} "
+                                 f"({self.compile_failure}); training goes on uncompiled.\n")
+        return self.model(x)
 
     def batches_per_epoch(self) -> int:
         return -(-len(self.train_labels) // self.recipe.batch_size)
@@ -173,7 +233,7 @@ class Trainer:
             x = self._inputs(images[b * r.batch_size:(b + 1) * r.batch_size], augmented)
             y = labels[b * r.batch_size:(b + 1) * r.batch_size]
             with self._autocast():
-                out = self.model(x)
+                out = self._forward(x)
             loss = batch_loss(out, y, r.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

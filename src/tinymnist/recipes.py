@@ -87,13 +87,14 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Options:
-    """How to run a recipe (not what to learn). ``precision`` and ``threads`` change the order of the arithmetic,
-    so a seed's numbers come back only with both."""
+    """How to run a recipe (not what to learn). ``precision``, ``threads`` and ``compile`` change the order of the
+    arithmetic, so a seed's numbers come back only with all three."""
 
     device: str = "auto"
     channels_last: bool = True  # pays on CPU (oneDNN) and on tensor-core GPUs
     precision: str = "auto"  # auto | fp32 | bf16 (autocast: convolutions in bf16, BN, loss and weights in fp32)
     threads: int | None = None  # CPU threads; None = torch's default (one per core)
+    compile: str = "auto"  # auto | on | off: the training step through torch.compile (engine.resolve_compile)
 
 
 @dataclass(frozen=True)

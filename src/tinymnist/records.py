@@ -200,9 +200,11 @@ class RunRecord:
         return recipe_from_dict(self.header().get("recipe", {}))
 
     def options(self) -> Options:
-        """The options the run trains with. Runs record the precision they resolved to; one recorded as 'auto'
-        (tinymnist 0.3.0 and earlier) keeps what 'auto' meant then."""
-        options = _from_dict(Options, self.header().get("options", {}))
+        """The options the run trains with. Runs record the precision and compile setting they resolved to; one
+        recorded as 'auto' (tinymnist 0.3.0 and earlier) keeps what 'auto' meant then, and one from before
+        --compile existed resumes uncompiled, as it began."""
+        recorded = self.header().get("options", {})
+        options = _from_dict(Options, {"compile": "off", **recorded})  # runs from before --compile trained eager
         if options.precision == "auto":
             options = dataclasses.replace(options, precision=earlier_auto(pick_device(options.device)))
         return options
@@ -301,7 +303,7 @@ class RunRecord:
     # --- the end -------------------------------------------------------------------------------------------
 
     def finish(self, *, params: int, history: list[dict], verdict: dict, first_epoch_holding: int | None,
-               last_k: int, device: str, precision: str, wall_seconds: float) -> dict:
+               last_k: int, device: str, precision: str, compiled: bool, wall_seconds: float) -> dict:
         """Write summary.json (the judged figures come from the caller: the record does not judge)."""
         test_accs = [m["test_acc"] for m in history]
         summary = {
@@ -313,6 +315,7 @@ class RunRecord:
             "torch": torch.__version__, "device": device, "precision": precision, "platform": platform.platform(),
             "cpu": cpu_name(),  # bf16 kernels differ between CPUs (AVX512-BF16, AMX): so do the numbers
             "threads": torch.get_num_threads() if device == "cpu" else None,
+            "compiled": compiled,  # the training step ran through torch.compile
             "commit": git_commit(), "wall_seconds": wall_seconds,
             "train_seconds": sum(m["train_seconds"] for m in history),
         }

@@ -220,14 +220,17 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
         "not the recipe. **Fresh** seeds played no part in choosing it; only they support a claim that the "
         "recipe holds. Seeds passing is given with its 95% Clopper-Pearson interval for the pass rate (exact "
         "binomial: with 10 of 10 the rate is at least 69%, no more is shown). \"Trained with\" is the precision "
-        "and CPU threads: the same numbers come back only with both, on the same kind of CPU (another thread "
-        "count sums in another order, and the run becomes another draw from the same recipe).", "",
+        "and CPU threads: the same numbers come back only with both, on the same kind of CPU, and with the "
+        "same `--compile` (a row's flags say `--compile on` when its training step was compiled; another "
+        "thread count or a compiled step sums in another order, and the run becomes another draw from the "
+        "same recipe).", "",
         RESULTS_HEAD, *rows, "",
         *(["## Paired comparisons", "",
            f"Two rows of one step on the same seeds (K = {LAST_K}): the per-seed difference of the lowest test "
            "accuracy over the last K epochs, which decides a pass. A difference that changes how the arithmetic "
-           "runs (precision, threads, CPU) makes each seed another draw, so the pairing only removes what the "
-           "seed fixes (initial weights, data order, augmentation); the interval is what the comparison says.",
+           "runs (precision, threads, CPU, compilation) makes each seed another draw, so the pairing only removes "
+           "what the seed fixes (initial weights, data order, augmentation); the interval is what the comparison "
+           "says.",
            "", PAIRED_HEAD, *paired, ""] if paired else []),
         "## Seeds each recipe was tuned on", "",
         "Recorded in each run's header (from `Step.tuned_seeds` in `src/tinymnist/steps.py`, or the seed a search's "
@@ -240,8 +243,8 @@ OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size"
 
 
 def run_groups(root: Path) -> dict[RunGroup, dict[int, RunRecord]]:
-    """Every finished run under ``root`` by (step, overrides as flags, precision, CPU), then seed; journeys'
-    steps first, in order. Raises UsageError when there is none."""
+    """Every finished run under ``root`` by (step, overrides as flags (--compile on among them), precision,
+    CPU), then seed; journeys' steps first, in order. Raises UsageError when there is none."""
     groups: dict[RunGroup, dict[int, RunRecord]] = {}
     for path in sorted(root.glob("**/recipe.json")):
         run = RunRecord(path.parent)
@@ -251,6 +254,7 @@ def run_groups(root: Path) -> dict[RunGroup, dict[int, RunRecord]]:
         flags = " ".join(f"{OPTION_FLAGS[k]} {v}" for k, v in sorted(overrides.items()))
         subset = run.data_sizes()[0]
         flags += f"{' ' if flags else ''}--subset {subset}" if subset else ""
+        flags += f"{' ' if flags else ''}--compile on" if run.options().compile == "on" else ""
         summary = run.summary()
         groups.setdefault((run.step(), flags, summary.get("precision", "fp32"), summary.get("cpu")), {})[
             run.recipe().seed] = run

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .data import MNIST, load_mnist
-from .engine import Trainer, pick_device, resolve_precision
+from .engine import Trainer, resolve_options
 from .errors import CheckpointError, TrainingError, UsageError
 from .executor import Callbacks, Sink, cut, execute
 from .machine import cpu_cores
@@ -25,8 +25,8 @@ BatchCallback = Callable[[int, int], None]
 
 
 def check_options(options: Options) -> None:
-    """Fail on a bad device or precision before anything is written."""
-    resolve_precision(options.precision, pick_device(options.device))
+    """Fail on a bad device, precision or compile setting before anything is written."""
+    resolve_options(options, 0)
 
 
 class RecordSink(Sink):
@@ -58,15 +58,14 @@ class RecordSink(Sink):
         self.summary = self.run.finish(
             params=params, history=trainer.history, verdict=judge(params, accs, self.last_k).to_dict(),
             first_epoch_holding=first_epoch_holding(accs), last_k=self.last_k, device=str(trainer.device),
-            precision=trainer.precision, wall_seconds=time.perf_counter() - self.started)
+            precision=trainer.precision, compiled=trainer.compiled, wall_seconds=time.perf_counter() - self.started)
 
 
 def create_run(run: RunRecord, spec: RunSpec, data: MNIST) -> None:
     """Write a new run's header (its spec, the images it trains on, their normalization), under its lock."""
     data = cut(spec, data)
     spec.recipe.check(train_size=len(data.train_labels))
-    precision = resolve_precision(spec.options.precision, pick_device(spec.options.device))
-    spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, precision=precision))  # as trained
+    spec = dataclasses.replace(spec, options=resolve_options(spec.options, len(data.train_labels) * spec.recipe.epochs))
     with run.lock():
         run.create(spec, (len(data.train_labels), len(data.test_labels)), data.full_sizes, (data.mean, data.std))
 
