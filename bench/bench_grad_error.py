@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from bench_train import save_json
 from tinymnist.data import load_mnist
 from tinymnist.machine import cpu_name
 from tinymnist.models import count_params, create_model
@@ -71,9 +70,7 @@ def main() -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     result = measure(args)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    save_json(result, args.json)
     return 0
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench_train import baseline_epoch, flops_per_image, peak_gflops
+from bench_train import baseline_epoch, flops_per_image, peak_gflops, save_json
 from tinymnist.data import load_mnist
 from tinymnist.executor import execute
 from tinymnist.machine import cpu_name
@@ -205,9 +205,7 @@ def main() -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     result = measure(args)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    save_json(result, args.json)
     from bench_train import render_matrix
 
     print("\n".join(render_matrix(result)))

@@ -14,13 +14,13 @@ measured: a run keeps the weights of its last epoch alone. Needs the run directo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import update_bn
 
+from bench_train import save_json
 from tinymnist.data import load_mnist
 from tinymnist.inference import _feed, evaluate_loaded
 from tinymnist.loading import load_model
@@ -64,9 +64,7 @@ def main() -> int:
     print(f"recomputed - averaged statistics, final test accuracy over {len(rows)} runs: "
           f"{result['mean_difference']:+.3f} points (95% t interval {low:+.3f} to {high:+.3f}); recomputed better on "
           f"{result['recomputed_better']}, averaged on {result['averaged_better']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    save_json(result, args.json)
     return 0
 
 

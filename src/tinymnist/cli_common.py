@@ -89,7 +89,7 @@ def load_data(args: argparse.Namespace, subset: int | None = None) -> MNIST:
 def run_options(args: argparse.Namespace) -> Options:
     options = Options(device=args.device, channels_last=not args.no_channels_last, precision=args.precision,
                       threads=args.threads, compile=args.compile)
-    check_options(options)  # a bad --device or --precision fails before anything is written
+    check_options(options)  # a bad --device, --precision or --compile fails before anything is written
     return options
 
 
@@ -202,7 +202,7 @@ def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: one per core)")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors (slower on CPU)")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                   help="the training step through torch.compile; auto (default): on for a CPU training of five "
+                   help="the training step through torch.compile; auto (default): on for a CPU training of ten "
                         "MNIST epochs or more on two or more threads (README, \"Speed\")")
     add_trust_arg(p)
     p.add_argument("--runs", *(["--out"] if overrides else []), default="runs", metavar="DIR",

@@ -31,9 +31,10 @@ from .schedule import lr_at
 SCORE_PREFIX = {"test": "test", "validation": "val"}  # a metric's key names what it was measured on
 EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/performance.md)
 # `--compile auto` compiles a CPU training of at least this many images (epochs x training images) on two or more
-# threads: five epochs of MNIST, where the compiler's warm-up (2-15 s a model, less from its cache) is a few
-# percent of the run. Measured on 2 cores only (docs/performance.md, "Compiled training step").
-COMPILE_MIN_IMAGES = 300_000
+# threads: ten epochs of MNIST. On 2 cores the compiled step saved 1.6-4.6 s an epoch of compact_7k4 and its
+# warm-up with an empty compiler cache cost about 18 s (docs/performance.md, the speed matrices), so ten epochs
+# pay for a cold start about evenly; from the cache (the same model again) the warm-up is a few seconds.
+COMPILE_MIN_IMAGES = 600_000
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -94,8 +95,8 @@ def resolve_options(options: Options, images: int) -> Options:
 
 def resolve_compile(compile: str, device: torch.device, threads: int, images: int) -> str:
     """'auto' -> 'on' for a CPU training of at least COMPILE_MIN_IMAGES images on two or more threads with a C++
-    compiler at hand, else 'off'. On two cores the compiled step was faster (BatchNorm and ReLU fused into
-    kernels that use both cores); on one thread it was no faster; on a GPU it is unmeasured."""
+    compiler at hand, else 'off'. On two cores the compiled step was faster; on one thread it was no faster; on
+    a GPU it is unmeasured (docs/performance.md)."""
     if compile not in ("auto", "on", "off"):
         raise UsageError(f"unknown --compile {compile!r}; use auto, on or off.")
     if compile != "auto":
