@@ -80,7 +80,7 @@ def fake_run(root: Path, step: str, model: str, seed: int, test: list[float], da
     hist = history(test, [t + 0.1 for t in test])
     run.save_checkpoint(model, {f"model.{k}": v for k, v in module.state_dict().items()}, hist)
     run.finish(params=count_params(module), history=hist, verdict=judge(count_params(module), test).to_dict(),
-               first_epoch_holding=None, last_k=5, device="cpu", precision="fp32", wall_seconds=1.0)
+               first_epoch_holding=None, last_k=5, device="cpu", precision="fp32", compiled=False, wall_seconds=1.0)
     return run
 
 
