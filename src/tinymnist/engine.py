@@ -33,7 +33,7 @@ EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/per
 # `--compile auto` compiles a CPU training of at least this many images (epochs x training images) on two or more
 # threads: ten epochs of MNIST. On 2 cores the compiled step saved 1.6-4.6 s an epoch of compact_7k4 and its
 # warm-up with an empty compiler cache cost about 18 s (docs/performance.md, the speed matrices), so ten epochs
-# pay for a cold start about evenly; from the cache (the same model again) the warm-up is a few seconds.
+# pay for a cold start about evenly; the compiler's cache shortens a repeat of the same model (not benchmarked).
 COMPILE_MIN_IMAGES = 600_000
 
 
