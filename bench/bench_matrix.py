@@ -52,8 +52,8 @@ MODELS = ["compact_7k4", "sep_3k8", "tiny:w=8.12.20.20.20,pool=2,sep=2"]  # the 
 EPOCH = 60_000
 ENGINES = {"tinymnist": {"compile": "off"}, "tinymnist-nchw": {"compile": "off", "channels_last": False},
            "tinymnist-compiled": {"compile": "on"}}  # Options for each way of running tinymnist's step
-ENGINE_FLAGS = {"tinymnist": ["--compile", "off"], "tinymnist-nchw": ["--compile", "off", "--no-channels-last"],
-                "tinymnist-compiled": ["--compile", "on"]}
+ENGINE_FLAGS = {name: ["--compile", o["compile"], *(["--no-channels-last"] if o.get("channels_last") is False else [])]
+                for name, o in ENGINES.items()}  # the same, as `tinymnist train` flags
 
 
 def peer_epoch(model_name: str, x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

@@ -358,7 +358,7 @@ def render_matrix(r: dict) -> list[str]:
 def render_processes(proc: dict) -> list[str]:
     """bench_matrix.py --process: whole processes, one full epoch each, from the command to its exit."""
     w = proc["wall_seconds"]
-    startup = proc.get("startup_seconds") or {"tinymnist": proc["tinymnist_startup_seconds"]}
+    startup = proc["startup_seconds"]
     engines = [p for p in MATRIX_PIPELINES[2:] if p in w]
     name = {"tinymnist": "tinymnist (`tinymnist train compact_step4 --epochs 1`)",
             "tinymnist-nchw": "tinymnist-nchw (the same with `--no-channels-last`)",

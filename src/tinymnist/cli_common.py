@@ -200,7 +200,8 @@ def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto (default): fp32; bf16: bf16 autocast (README, \"Precision\", says why)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: one per core)")
-    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW tensors (slower on CPU)")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="keep NCHW tensors (slower on CPU at one thread; README \"Speed\")")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="the training step through torch.compile; auto (default): on for a CPU training of ten "
                         "MNIST epochs or more on two or more threads (README, \"Speed\")")
