@@ -161,13 +161,13 @@ def test_compile_auto_is_on_for_long_cpu_trainings_on_two_threads_or_more(monkey
 
 
 def _fit_compiled(small_mnist, compile: str, images: int = 640, epochs: int = 2,  # noqa: ANN001
-                  channels_last: bool = True) -> Trainer:
+                  channels_last: bool = True, batch_size: int = 64) -> Trainer:
     import dataclasses
 
     from tinymnist.executor import execute
     from tinymnist.recipes import RunSpec
 
-    recipe = Recipe(model="compact_7k4", epochs=epochs, batch_size=64, lr=0.05, seed=5, rotate=7, shift=0.05)
+    recipe = Recipe(model="compact_7k4", epochs=epochs, batch_size=batch_size, lr=0.05, seed=5, rotate=7, shift=0.05)
     options = dataclasses.replace(CPU, compile=compile, channels_last=channels_last)
     return execute(RunSpec(recipe, options), small_mnist.subset(images, 500))
 
@@ -188,14 +188,34 @@ def test_the_compiled_step_trains_as_the_uncompiled_one(small_mnist) -> None:  #
 
 @pytest.mark.integration
 def test_without_a_compiler_the_run_says_so_once_and_trains_uncompiled(
-        small_mnist, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:  # noqa: ANN001
+        small_mnist, capfd: pytest.CaptureFixture) -> None:  # noqa: ANN001
     import torch._inductor.config as inductor
 
-    monkeypatch.setattr(inductor.cpp, "cxx", (None, "/nonexistent/g++"))
-    torch._dynamo.reset()
-    broken = _fit_compiled(small_mnist, "on")
+    with inductor.patch({"cpp.cxx": (None, "/nonexistent/g++")}):  # the config's own patch: undone exactly
+        broken = _fit_compiled(small_mnist, "on")
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "training goes on uncompiled" in err[0] and "compact_7k4" in err[0], err
     assert not broken.compiled and broken.compile_failure
     strip = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
     assert strip(broken.history) == strip(_fit_compiled(small_mnist, "off").history)  # exactly the uncompiled run
+
+
+@pytest.mark.integration
+def test_every_compiled_training_of_a_process_runs_compiled_and_a_silent_fallback_is_said(
+        small_mnist, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:  # noqa: ANN001
+    """Dynamo keeps a few graphs of one forward() per process (8; 1 here) and runs the next model or batch size
+    eager without a word: each compiled training starts from an empty in-process cache, so the second one here
+    compiles too; without that reset the fallback is caught, said once, and the run records it uncompiled."""
+    from tinymnist.engine import dynamo_frames
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    first = _fit_compiled(small_mnist, "on", 96, 1, batch_size=32)
+    before = dynamo_frames()
+    second = _fit_compiled(small_mnist, "on", 96, 1, batch_size=48)  # another graph: another batch size
+    assert first.compiled and second.compiled, (first.compile_failure, second.compile_failure)
+    assert dynamo_frames()[1] == before[1] + 1
+    assert capfd.readouterr().err == ""
+    monkeypatch.setattr(torch.compiler, "reset", lambda: None)
+    third = _fit_compiled(small_mnist, "on", 96, 1, batch_size=32)  # over the limit of 1: dynamo runs it eager
+    err = capfd.readouterr().err.strip().splitlines()
+    assert not third.compiled and len(err) == 1 and "gave it up and ran it eager" in err[0], err

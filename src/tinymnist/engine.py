@@ -164,7 +164,14 @@ class Trainer:
         self.compile = resolve_compile(options.compile, self.device, torch.get_num_threads(),
                                        len(data.train_labels) * recipe.epochs)
         self.compile_failure: str | None = None  # why torch.compile was given up, when it was
-        self._compiled = torch.compile(self.model, dynamic=False) if self.compile == "on" else None
+        self._compiled: nn.Module | None = None
+        self._compile_checked = False  # whether the first compiled step was seen to run compiled
+        if self.compile == "on":
+            # Dynamo keeps at most `recompile_limit` (8) graphs of one forward() per process and runs any further
+            # model or batch size uncompiled, silently: the ninth compiled training of a benchmark, a search
+            # worker or a notebook trained eager. A compiled training starts from an empty in-process cache.
+            torch.compiler.reset()
+            self._compiled = torch.compile(self.model, dynamic=False)
         self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
         self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)
         self.mean, self.std = normalization or (data.mean, data.std)
@@ -195,15 +202,28 @@ class Trainer:
         runs uncompiled rather than compiling a second graph). A model torch.compile cannot compile (no
         compiler, an operation it does not support) is said in one line on stderr, and trains uncompiled."""
         if self._compiled is not None and x.shape[0] == self.recipe.batch_size:
-            try:
+            if self._compile_checked:
                 return self._compiled(x)
+            before = dynamo_frames()
+            try:
+                out = self._compiled(x)
             except Exception as e:  # noqa: BLE001 - whatever the compiler raises, training goes on without it
-                self._compiled = None
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                self.compile_failure = f"{type(e).__name__}: {reason}"
-                sys.stderr.write(f"tinymnist: torch.compile could not compile model {self.recipe.model!r} "
-                                 f"({self.compile_failure}); training goes on uncompiled.\n")
+                self._give_up_compiling(f"{type(e).__name__}: {reason}")
+                return self.model(x)
+            self._compile_checked = True
+            tried, compiled = (after - was for after, was in zip(dynamo_frames(), before, strict=True))
+            if tried and not compiled:  # dynamo tried, gave the model up and ran it eager
+                self._give_up_compiling("torch.compile gave it up and ran it eager; TORCH_LOGS=recompiles says why")
+            return out
         return self.model(x)
+
+    def _give_up_compiling(self, why: str) -> None:
+        """Train uncompiled from now on, said in one line on stderr and kept in ``compile_failure``."""
+        self._compiled = None
+        self.compile_failure = why
+        sys.stderr.write(f"tinymnist: torch.compile could not compile model {self.recipe.model!r} "
+                         f"({why}); training goes on uncompiled.\n")
 
     def batches_per_epoch(self) -> int:
         return -(-len(self.train_labels) // self.recipe.batch_size)
@@ -305,6 +325,14 @@ class Trainer:
         self.shuffle_gen.set_state(tensors["rng.shuffle"])
         self.augment_gen.set_state(tensors["rng.augment"])
         self.history = [dict(m) for m in history]
+
+
+def dynamo_frames() -> tuple[int, int]:
+    """(frames torch.compile has tried to compile, frames it compiled) in this process so far: a frame tried and
+    not compiled ran eager. A call served by a graph already made adds to neither."""
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["total"], counters["frames"]["ok"]
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
