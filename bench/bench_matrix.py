@@ -126,6 +126,9 @@ def measure(args: argparse.Namespace) -> dict:
     for cell in cells.values():
         cell["train_seconds"], cell["eval_seconds"] = statistics.median(cell["train"]), statistics.median(cell["eval"])
     result = {"kind": "matrix", "cpu": f"{cpu_name()} ({os.cpu_count()} cores)", "threads": args.threads,
+              # the vector instructions torch's CPU kernels use here (AVX2, AVX512...): hosts sold under one
+              # name differ in them, and bf16 is fast only where the CPU has bf16 instructions
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "torch": torch.__version__, "platform": platform.platform(), "command": "python " + " ".join(sys.argv),
               "images": len(data.train_labels), "second_epoch": True, "repeats": args.repeats,
               "peak_gflops": peak_gflops(),
@@ -158,32 +161,36 @@ baseline_epoch({model!r}, load_mnist({data_dir!r}, allow_download=False), {batch
 def measure_processes(args: argparse.Namespace) -> dict:
     """Whole processes, one full epoch each of compact_step4's model and batch size, fp32: wall seconds from the
     command to its exit (medians over --repeats, interleaved); tinymnist's start-up is its wall less the epoch
-    seconds its run recorded."""
+    seconds its run recorded. The compiled engine runs twice a repeat: with an empty compiler cache, then again
+    with the cache that run left ("tinymnist-compiled-warm", what a second run of the same model meets)."""
     recipe = get_step("compact_step4").recipe
     fmt = {"bench": str(Path(__file__).parent), "threads": args.threads, "data_dir": args.data_dir,
            "model": recipe.model, "batch": recipe.batch_size}
-    engines = args.engines
+    engines = list(args.engines) + (["tinymnist-compiled-warm"] if "tinymnist-compiled" in args.engines else [])
     walls: dict[str, list[float]] = {p: [] for p in ("tutorial", "peer", *engines)}
     startup: dict[str, list[float]] = {p: [] for p in engines}
     for _ in range(args.repeats):
-        for pipe in walls:
-            with tempfile.TemporaryDirectory() as out:
-                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(out) / "inductor"))  # a cold cache
-                if pipe in engines:
-                    cmd = ["tinymnist", "train", "compact_step4", "--epochs", "1", "--precision", "fp32",
-                           "--threads", str(args.threads), "--runs", out, "--no-download",
-                           *ENGINE_FLAGS[pipe],
-                           *(["--data-dir", args.data_dir] if args.data_dir else [])]
-                else:
-                    cmd = [sys.executable, "-c", (PEER_SCRIPT if pipe == "peer" else TUTORIAL_SCRIPT).format(**fmt)]
-                start = time.perf_counter()
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-                walls[pipe].append(time.perf_counter() - start)
-                if pipe in engines:
-                    (metrics,) = Path(out).glob("*/seed-*/metrics.jsonl")
-                    epoch = json.loads(metrics.read_text().splitlines()[-1])
-                    startup[pipe].append(walls[pipe][-1] - epoch["train_seconds"] - epoch["eval_seconds"])
-            print(f"whole process, {pipe}: {walls[pipe][-1]:.1f} s", flush=True)
+        with tempfile.TemporaryDirectory() as cache:
+            for pipe in walls:
+                with tempfile.TemporaryDirectory() as out:
+                    fresh = str(Path(out) / "inductor")  # a cold cache; the warm run reuses the cold run's
+                    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache if "compiled" in pipe else fresh)
+                    if pipe in engines:
+                        cmd = ["tinymnist", "train", "compact_step4", "--epochs", "1", "--precision", "fp32",
+                               "--threads", str(args.threads), "--runs", out, "--no-download",
+                               *ENGINE_FLAGS[pipe.removesuffix("-warm")],
+                               *(["--data-dir", args.data_dir] if args.data_dir else [])]
+                    else:
+                        cmd = [sys.executable, "-c",
+                               (PEER_SCRIPT if pipe == "peer" else TUTORIAL_SCRIPT).format(**fmt)]
+                    start = time.perf_counter()
+                    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+                    walls[pipe].append(time.perf_counter() - start)
+                    if pipe in engines:
+                        (metrics,) = Path(out).glob("*/seed-*/metrics.jsonl")
+                        epoch = json.loads(metrics.read_text().splitlines()[-1])
+                        startup[pipe].append(walls[pipe][-1] - epoch["train_seconds"] - epoch["eval_seconds"])
+                print(f"whole process, {pipe}: {walls[pipe][-1]:.1f} s", flush=True)
     result = {"model": recipe.model, "batch_size": recipe.batch_size, "precision": "fp32",
               "wall_seconds": {k: statistics.median(v) for k, v in walls.items()}, "samples": walls,
               "startup_seconds": {k: statistics.median(v) for k, v in startup.items()}, "startup_samples": startup}

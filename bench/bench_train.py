@@ -306,17 +306,22 @@ def render_matrix(r: dict) -> list[str]:
     columns = sorted({(c["pipeline"], c["precision"]) for c in r["cells"]},
                      key=lambda pc: (MATRIX_PIPELINES.index(pc[0]), pc[1]))
     engines = [p for p in MATRIX_PIPELINES[2:] if any(c["pipeline"] == p for c in r["cells"])]
+    # the precision the ratios compare in: fp32 where the run has it (the tutorial is always fp32)
+    precisions = {c["precision"] for c in r["cells"] if c["pipeline"] != "tutorial"}
+    prec = "fp32" if "fp32" in precisions else min(precisions)
     epoch = lambda c: c["train_seconds"] + c["eval_seconds"]  # noqa: E731
     ratio = lambda a, b: f"{epoch(a) / epoch(b):.2f}x" if a and b else ""  # noqa: E731
-    heads = [f"{e} fp32 vs tutorial" for e in engines] + ["tinymnist fp32 vs peer fp32"] + \
+    heads = [f"{e} {prec} vs tutorial" for e in engines] + [f"tinymnist {prec} vs peer {prec}"] + \
         [f"{e} vs tinymnist" for e in engines[1:]] + ["best x FLOP floor"]
     compiled_note = ("; tinymnist-nchw: the same in NCHW (`--no-channels-last`)" if "tinymnist-nchw" in engines
                      else "") + ("; tinymnist-compiled: the same with `--compile on` (torch.compile, channels_last)"
                                  if "tinymnist-compiled" in engines else "")
     second = "; tinymnist's epoch is the second of two (the first warms up)" if r.get("second_epoch") else ""
     threads = f"{r['threads']} thread{'s' * (r['threads'] > 1)}"
-    lines = [f"## Speed matrix, {threads}: tutorial, in-memory peer and tinymnist, per model, batch and precision", "",
-             f"- machine: {r['cpu']}, {r['threads']} thread{'s' * (r['threads'] > 1)}, torch {r['torch']}",
+    lines = [f"## Speed matrix, {threads}, {'/'.join(sorted(precisions))}: tutorial, in-memory peer and tinymnist, "
+             f"per model and batch", "",
+             f"- machine: {r['cpu']}{', ' + r['cpu_capability'] + ' kernels' if r.get('cpu_capability') else ''}, "
+             f"{r['threads']} thread{'s' * (r['threads'] > 1)}, torch {r['torch']}",
              f"- command: `{r['command']}` (bench/bench_matrix.py)",
              f"- seconds per epoch: training {r['images']:,} images scaled to 60,000, plus evaluating the 10,000 "
              f"test images; medians over {r['repeats']} interleaved repeats. tutorial: per-image Dataset + "
@@ -330,7 +335,8 @@ def render_matrix(r: dict) -> list[str]:
             (r["peak_gflops"] * 1e9)
         for batch in sorted({c["batch_size"] for c in r["cells"] if c["model"] == model}):
             row = [cells.get((model, batch, p, q)) for p, q in columns]
-            tut, peer, *ours = (cells.get((model, batch, p, "fp32")) for p in ("tutorial", "peer", *engines))
+            tut = cells.get((model, batch, "tutorial", "fp32"))
+            peer, *ours = (cells.get((model, batch, p, prec)) for p in ("peer", *engines))
             found = [c for c in ours if c]
             values = [ratio(tut, c) for c in ours] + [ratio(peer, ours[0])] + [ratio(ours[0], c) for c in ours[1:]] \
                 + [f"{min(map(epoch, found)) / floor:.1f}" if found else ""]
@@ -343,11 +349,11 @@ def render_matrix(r: dict) -> list[str]:
             if model == dense or dense not in r["models"] or r["models"][model]["params"] > 2_500:
                 continue
             for batch in sorted({c["batch_size"] for c in r["cells"] if c["model"] == model}):
-                a, b = cells.get((model, batch, engine, "fp32")), cells.get((dense, batch, engine, "fp32"))
+                a, b = cells.get((model, batch, engine, prec)), cells.get((dense, batch, engine, prec))
                 if a and b:
                     met = "met" if epoch(a) <= epoch(b) else "missed"
                     lines.append(f"- `{model}` ({r['models'][model]['params']:,} params) no slower per epoch than "
-                                 f"{dense} at batch {batch} ({engine}, fp32): **{met}** ({epoch(a):.1f} s against "
+                                 f"{dense} at batch {batch} ({engine}, {prec}): **{met}** ({epoch(a):.1f} s against "
                                  f"{epoch(b):.1f} s)")
     proc = r.get("process")
     if proc:
@@ -359,10 +365,11 @@ def render_processes(proc: dict) -> list[str]:
     """bench_matrix.py --process: whole processes, one full epoch each, from the command to its exit."""
     w = proc["wall_seconds"]
     startup = proc["startup_seconds"]
-    engines = [p for p in MATRIX_PIPELINES[2:] if p in w]
+    engines = [p for p in w if p not in ("tutorial", "peer")]
     name = {"tinymnist": "tinymnist (`tinymnist train compact_step4 --epochs 1`)",
             "tinymnist-nchw": "tinymnist-nchw (the same with `--no-channels-last`)",
-            "tinymnist-compiled": "tinymnist-compiled (the same with `--compile on`, cold compiler cache)"}
+            "tinymnist-compiled": "tinymnist-compiled (the same with `--compile on`, cold compiler cache)",
+            "tinymnist-compiled-warm": "tinymnist-compiled-warm (the same again, with the cache the cold run left)"}
     lines = ["", f"Whole processes, one full epoch of `{proc['model']}` at batch {proc['batch_size']}, "
                  f"{proc['precision']}, from the command to its exit (medians over "
                  f"{len(proc['samples']['tutorial'])}); start-up is the wall less the epoch the run recorded:", "",
@@ -373,6 +380,9 @@ def render_processes(proc: dict) -> list[str]:
     if "tinymnist-compiled" in w and "tinymnist" in w:
         lines.append(f"- the compiled process took {w['tinymnist-compiled'] - w['tinymnist']:+.1f} s against the "
                      f"uncompiled one: the compiler's warm-up with an empty cache, less one epoch's gain")
+    if "tinymnist-compiled-warm" in w and "tinymnist" in w:
+        lines.append(f"- with the compiler's cache a previous run of the same model left: "
+                     f"{w['tinymnist-compiled-warm'] - w['tinymnist']:+.1f} s against the uncompiled process")
     for e in engines:
         lines.append(f"- {e} >= 2x the tutorial pipeline as a whole process: "
                      f"**{'met' if w['tutorial'] / w[e] >= 2 else 'missed'}** "
@@ -458,8 +468,11 @@ def render(results: list[dict]) -> str:
              "(`auto` leaves it off there).",
              "",
              "Search throughput (trials per worker-hour, given per study in docs/search.md) is what it was before",
-             "`--compile`: a search's workers train one thread each, where `auto` leaves the step uncompiled. The",
-             "one-thread speed matrix below shows what compiling gives there, on the study's kind of models.",
+             "`--compile`: the committed studies ran `--workers 2` on two cores, one thread a worker, where `auto`",
+             "leaves the step uncompiled. The one-thread speed matrix below shows what compiling gives there, on the",
+             "study's kind of models. A search with one worker on two cores trains two threads, where `auto`",
+             "compiles trials of ten epochs' worth of images or more (each trial's model compiled afresh); a study's",
+             "export records `compiled` per trial.",
              "",
              "Accuracy is not judged here from one seed: a table's last-5 column is one run. Precision, weight",
              "averaging and the compiled step are compared over fresh seeds, paired seed by seed, in docs/results.md",

@@ -56,6 +56,7 @@ def check_complete(data: dict, trained: int) -> None:
     for t in done:
         assert t["n_params"] <= data["config"]["max_params"]
         assert len(t["val_acc"]) >= 1 and t["model"].startswith("tiny:")
+        assert t["compiled"] is False  # short trials: --compile auto leaves them uncompiled, and the export says so
 
 
 # --- the family and the space -----------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class TrialSink(Sink):
             trial.set_user_attr(OVER_BUDGET, True)
             raise optuna_module().TrialPruned(f"{params} parameters > {self.config.max_params}")
         trial.set_user_attr("precision", trainer.precision)
+        trial.set_user_attr("compiled", trainer.compiled)  # as asked; its first epoch says whether it held
         self.started = time.perf_counter()
 
     def epoch(self, trainer: Trainer, metrics: dict) -> None:
@@ -63,6 +64,8 @@ class TrialSink(Sink):
         self.accs.append(acc)
         self.trial.set_user_attr("val_acc", self.accs)
         self.trial.set_user_attr("seconds", round(time.perf_counter() - self.started, 1))
+        if trainer.epoch == 1:  # the first compiled step has run by now, or been given up
+            self.trial.set_user_attr("compiled", trainer.compiled)
         self.trial.report(acc, trainer.epoch)
         if trainer.epoch < trainer.recipe.epochs and self.trial.should_prune():
             raise optuna_module().TrialPruned(f"epoch {trainer.epoch}")

@@ -212,7 +212,8 @@ def export(study) -> dict:  # noqa: ANN001
             "recipe": t.user_attrs.get("recipe"), "val_acc": t.user_attrs.get("val_acc", []),
             "seconds": t.user_attrs.get("seconds"), "over_budget": bool(t.user_attrs.get(OVER_BUDGET)),
             "retry_of": retried(t), "worker": t.user_attrs.get("worker"), "diverged": t.user_attrs.get("diverged"),
-            "precision": t.user_attrs.get("precision"), "seed": t.user_attrs.get("seed"),
+            "precision": t.user_attrs.get("precision"), "compiled": t.user_attrs.get("compiled"),
+            "seed": t.user_attrs.get("seed"),
             "level": t.user_attrs.get("level"), "worst": t.user_attrs.get("worst"),
             "rescore_of": t.user_attrs.get("rescore_of"), "design": bool(t.user_attrs.get("design")),
             # set by hand with study.enqueue_trial (a retry has fixed parameters too, and says so above)
