@@ -196,8 +196,9 @@ class Trainer:
 
     @property
     def compiled(self) -> bool:
-        """Whether the training step runs through torch.compile (asked for, and not given up)."""
-        return self.compile == "on" and self.compile_failure is None
+        """Whether the training step runs through torch.compile: asked for, seen to run compiled (a first full
+        batch has been trained), and not given up."""
+        return self.compile == "on" and self._compile_checked and self.compile_failure is None
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The training forward pass: compiled for full batches when compiling (an epoch's last, smaller batch

@@ -56,7 +56,7 @@ class TrialSink(Sink):
             trial.set_user_attr(OVER_BUDGET, True)
             raise optuna_module().TrialPruned(f"{params} parameters > {self.config.max_params}")
         trial.set_user_attr("precision", trainer.precision)
-        trial.set_user_attr("compiled", trainer.compiled)  # as asked; its first epoch says whether it held
+        trial.set_user_attr("compiled", trainer.compiled)  # False until a compiled step has run (epoch 1 says)
         self.started = time.perf_counter()
 
     def epoch(self, trainer: Trainer, metrics: dict) -> None:
