@@ -167,7 +167,7 @@ class Trainer:
                                        len(data.train_labels) * recipe.epochs)
         self.compile_failure: str | None = None  # why torch.compile was given up, when it was
         self._compiled: nn.Module | None = None
-        self._compile_checked = False  # whether the first compiled step was seen to run compiled
+        self._compile_checked = False  # whether the first compiled step has run and been checked
         if self.compile == "on":
             # Dynamo keeps at most `recompile_limit` (8) graphs of one forward() per process and runs any further
             # model or batch size uncompiled, silently: the ninth compiled training of a benchmark, a search
