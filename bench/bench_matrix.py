@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench_train import baseline_epoch, flops_per_image, peak_gflops, save_json
+from bench_train import EPOCH, baseline_epoch, flops_per_image, peak_gflops, save_json
 from tinymnist.data import load_mnist
 from tinymnist.executor import execute
 from tinymnist.machine import cpu_name
@@ -49,7 +49,6 @@ from tinymnist.recipes import Options, RunSpec
 from tinymnist.steps import get_step
 
 MODELS = ["compact_7k4", "sep_3k8", "tiny:w=8.12.20.20.20,pool=2,sep=2"]  # the last: the 2k separable layout
-EPOCH = 60_000
 ENGINES = {"tinymnist": {"compile": "off"}, "tinymnist-nchw": {"compile": "off", "channels_last": False},
            "tinymnist-compiled": {"compile": "on"}}  # Options for each way of running tinymnist's step
 ENGINE_FLAGS = {name: ["--compile", o["compile"], *(["--no-channels-last"] if o.get("channels_last") is False else [])]

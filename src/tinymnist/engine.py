@@ -31,11 +31,8 @@ from .schedule import lr_at
 SCORE_PREFIX = {"test": "test", "validation": "val"}  # a metric's key names what it was measured on
 EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/performance.md)
 # `--compile auto` compiles a CPU training of at least this many images (epochs x training images) on two or more
-# threads: ten epochs of MNIST. On 2 cores a first speed matrix had the compiled step save 1.6-4.6 s an epoch of
-# compact_7k4 against a warm-up of about 18 s with an empty compiler cache, so ten epochs paid for a cold start
-# about evenly; a second run, on a slower day, saved -0.7 to +1.9 s an epoch of it (sep_3k8 -1.9 to +2.6 s, the
-# 2k layout 1.8-8.2 s) against a cold warm-up of about 26 s, and 2 s with the cache a previous run of it left
-# (docs/performance.md, the speed matrices; README "Speed" has the full-recipe pairs).
+# threads: ten epochs of MNIST, about what it takes for a step's saving to pay back the compiler's warm-up with an
+# empty cache on 2 cores (docs/performance.md, the speed matrices; README "Speed" has the full-recipe pairs).
 COMPILE_MIN_IMAGES = 600_000
 
 
