@@ -57,3 +57,42 @@ def frontier_2k5_trial_59(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG
     return create_model("tiny:w=8.12.20.20.20,pool=2,sep=2,sq=0"), {
         "epochs": 15, "batch_size": 32, "lr": 0.30443807204573564, "cycle_epochs": 12, "rotate": 2.843,
         "shift": 0.0203, "scale": 0.0203}
+
+
+# --- a focused space for the bands between 4,000 and 6,000 parameters ----------------------------------------
+# tinymnist search --study band-4k-6k --space examples/spaces.py:band_4k_6k --max-params 6000 --trials 200 \
+#     --design 0 --workers 1 --storage sqlite:///band-4k-6k.db
+BAND = (4000, 6000)  # parameters: more than the first, at most the second
+AUGMENT = {"compact": {"rotate": 7.0, "shift": 0.05, "scale": 0.05},  # compact_step4's
+           "mild": {"rotate": 4.0, "shift": 0.03, "scale": 0.03}}  # for models that underfit the compact one
+
+
+def band_layouts() -> list[tuple[str, int]]:
+    """Every layout of band_4k_6k inside BAND, as (WIDTHS-sepN, parameters): the space's size."""
+    from tinymnist.models import tiny_params
+
+    out = []
+    for w1 in (8, 12):
+        for w2 in (16, 24, 32):
+            for width in (24, 32, 40, 48):
+                for layers in (5, 6, 7):
+                    for sep in (2, 3):
+                        w = ".".join(map(str, [w1, w2] + [width] * (layers - 2)))
+                        params = tiny_params(w, 2, sep)
+                        if BAND[0] < params <= BAND[1]:
+                            out.append((f"{w}-sep{sep}", params))  # no commas: a trial's parameters are k=v,...
+    return out
+
+
+def band_4k_6k(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001 - an optuna Trial
+    """Trial 13's shape (two layers, a max-pool, then equal-width layers, depthwise-separable from layer ``sep``)
+    at compact_step4's recipe with weight averaging: one of the band's layouts (band_layouts: the first two
+    widths, the width after the pool, the number of layers, where separable layers start), and one recipe
+    setting (augmentation, compact or mild). Every sample is inside the band, so none is refused untrained."""
+    from tinymnist.models import create_model
+
+    layout = trial.suggest_categorical("layout", [name for name, _ in band_layouts()])
+    augment = trial.suggest_categorical("augment", list(AUGMENT))
+    widths, sep = layout.split("-sep")
+    recipe = {"epochs": 15, "batch_size": 64, "lr": 0.2, "cycle_epochs": 11, "ema": 0.999, **AUGMENT[augment]}
+    return create_model(f"tiny:w={widths},pool=2,sep={sep},sq=0"), recipe

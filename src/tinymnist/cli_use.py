@@ -1,5 +1,5 @@
 """The commands that use a trained run (`eval`, `predict`, `export`, `serve`): parse, call the library
-(inference.py, loading.py, serve.py; ONNX and FastAPI are imported only when their command runs), print."""
+(inference.py, loading.py, deploy.py, serve.py; ONNX and FastAPI are imported only when their command runs), print."""
 
 from __future__ import annotations
 
@@ -57,27 +57,77 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _need_onnx() -> None:
     try:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
         raise UsageError("ONNX export needs the [onnx] extra: pip install \"tinymnist[onnx]\"") from None
-    from .inference import export_onnx, onnx_parity
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     from .loading import load_model
 
-    loaded = load_model(RunRecord(args.run), args.trust_remote_code)
-    out = Path(args.onnx)
-    export_onnx(loaded.model, out)
-    data = load_data(args)
-    parity = onnx_parity(loaded, out, data.test_images[:1000], data.test_labels[:1000])
-    say(f"wrote {out} (input 'image' (N, 1, 28, 28) normalized with mean {loaded.mean:.4f} std {loaded.std:.4f}; "
-        f"output 'log_probs' (N, 10))",
-        f"parity on {parity['images']} test images against onnxruntime: "
-        f"{'identical' if parity['same_predictions'] else 'DIFFERENT'} predictions, "
-        f"max |log-prob difference| {parity['max_abs_diff']:.2e}")
-    ok = parity["same_predictions"] and parity["max_abs_diff"] < 1e-4
+    if not (args.onnx or args.int8 or args.web):
+        raise UsageError("say what to export: --onnx FILE, --int8 [FILE] and/or --web DIR.")
+    if args.web:
+        from .deploy import empty_folder
+
+        empty_folder(Path(args.web))  # before any work: a refused export writes nothing
+    run = RunRecord(args.run).require(finished=True)
+    loaded = load_model(run, args.trust_remote_code)
+    ok = True
+    if args.web:
+        from .deploy import export_web
+
+        sizes = export_web(loaded, Path(args.web), run.summary().get("last_test_acc"))
+        say(f"wrote {args.web}/: the draw-a-digit page, no server needed ({sum(sizes.values()) / 1024:.1f} KB: "
+            + ", ".join(f"{name} {size / 1024:.1f} KB" for name, size in sizes.items()) + ")",
+            f"open {Path(args.web) / 'index.html'} in a browser, or put the folder on any static host "
+            f"(docs/deploy.md, 'GitHub Pages')")
+    if args.onnx or args.int8:
+        ok = _export_onnx(args, loaded)
     return EXIT_OK if ok else EXIT_CHECK
+
+
+def _export_onnx(args: argparse.Namespace, loaded: object) -> bool:
+    """--onnx and --int8: write the files, print and (for int8) record what they weigh and score."""
+    import tempfile
+
+    _need_onnx()
+    from .deploy import CALIBRATION_IMAGES, compare_int8, quantize_int8
+    from .engine import model_inputs
+    from .inference import export_onnx, onnx_parity
+
+    data = load_data(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(args.onnx) if args.onnx else Path(tmp) / "fp32.onnx"
+        export_onnx(loaded.model, fp32)
+        parity = onnx_parity(loaded, fp32, data.test_images[:1000], data.test_labels[:1000])
+        ok = parity["same_predictions"] and parity["max_abs_diff"] < 1e-4
+        if args.onnx:
+            say(f"wrote {fp32} (input 'image' (N, 1, 28, 28) normalized with mean {loaded.mean:.4f} std "
+                f"{loaded.std:.4f}; output 'log_probs' (N, 10))",
+                f"parity on {parity['images']} test images against onnxruntime: "
+                f"{'identical' if parity['same_predictions'] else 'DIFFERENT'} predictions, "
+                f"max |log-prob difference| {parity['max_abs_diff']:.2e}")
+        if not args.int8:
+            return ok
+        inputs = model_inputs(loaded.mean, loaded.std)
+        int8 = Path(args.int8)
+        quantize_int8(fp32, int8, inputs(data.train_images[:CALIBRATION_IMAGES]).numpy())
+        result = compare_int8(fp32, int8, inputs(data.test_images).numpy(), data.test_labels.numpy())
+    result |= {"run": str(args.run), "model": loaded.name, "params": loaded.params,
+               "calibration_images": CALIBRATION_IMAGES, "int8_file": str(int8)}
+    record = int8.with_name(int8.name + ".json")
+    record.write_text(json.dumps(result, indent=2) + "\n")
+    say(f"wrote {int8}: int8 (static, per-channel weights, QDQ), {result['int8_bytes']:,} bytes against "
+        f"{result['fp32_bytes']:,} in fp32",
+        f"full test set ({result['images']:,} images): fp32 {result['fp32_test_acc']:.2f}%, int8 "
+        f"{result['int8_test_acc']:.2f}% ({result['int8_test_acc'] - result['fp32_test_acc']:+.2f} points); "
+        f"the same digit for {100 * result['agreement']:.2f}% of images",
+        f"recorded in {record}")
+    return ok
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -107,9 +157,14 @@ def add_use_commands(sub: argparse._SubParsersAction) -> None:
     add_trust_arg(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a run's model to ONNX and check it against onnxruntime")
+    p = sub.add_parser("export", help="a run's model as ONNX (fp32 or int8) or as a page that needs no server")
     p.add_argument("run", help="a run directory")
-    p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--onnx", metavar="FILE", help="write the fp32 ONNX file, checked against onnxruntime")
+    p.add_argument("--int8", metavar="FILE", nargs="?", const="model.int8.onnx",
+                   help="write an int8 ONNX file (default model.int8.onnx) and FILE.json with its size and "
+                        "full-test-set accuracy against fp32 (docs/deploy.md)")
+    p.add_argument("--web", metavar="DIR", help="write the draw-a-digit page as a static folder that runs the model "
+                                                "in the browser (a new or empty folder)")
     add_trust_arg(p)
     add_data_args(p)
     p.set_defaults(func=cmd_export)
