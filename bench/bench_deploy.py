@@ -83,6 +83,17 @@ def forward_all(page, images: np.ndarray) -> np.ndarray:  # noqa: ANN001
     return np.concatenate(out)
 
 
+ORT_WEB_FILES = ("dist/ort.wasm.min.js", "dist/ort-wasm-simd-threaded.mjs", "dist/ort-wasm-simd-threaded.wasm")
+
+
+def ort_web_bytes(pack: Path) -> dict:
+    """The files the smallest ONNX Runtime Web page loads (its wasm build), from `npm pack onnxruntime-web
+    --json`'s listing of the package."""
+    listing = json.loads(pack.read_text())[0]
+    sizes = {f["path"]: f["size"] for f in listing["files"]}
+    return {"package": listing["id"], "files": {name: sizes[name] for name in ORT_WEB_FILES}}
+
+
 def measure_web(run: Path, data_dir: str | None) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -199,6 +210,13 @@ def render_web(r: dict) -> list[str]:
     for d in r["drawn"]:
         out.append(f"| {d['drawn']} | {d['page']} | {d['predict_on_page_pixels']} | {d['max_prob_diff']:.1e} | "
                    f"{d['predict_on_png']} | {d['pixels_as_predict']} of 784 |")
+    if "onnxruntime_web" in r:
+        ort = r["onnxruntime_web"]
+        total = sum(ort["files"].values())
+        out += ["", f"The alternative, ONNX Runtime Web ({ort['package']} from npm), needs "
+                    + ", ".join(f"`{Path(k).name}` {v / 2**20:.2f} MB" for k, v in ort["files"].items())
+                    + f" before its first answer: {total / 2**20:.1f} MB, {total / r['page_bytes']:.0f} times this "
+                      f"whole page, to run {r['params']:,} weights."]
     return out + [""]
 
 
@@ -210,7 +228,7 @@ def render(results: list[dict], template: str) -> str:
         "{{web}}", "\n".join(sections["web"]).rstrip())
 
 
-def doc(path: Path) -> str:
+def doc() -> str:
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
     return render(results, (ROOT / "docs" / "templates" / "deploy.md").read_text())
 
@@ -221,18 +239,24 @@ def main() -> int:
     parser.add_argument("runs", nargs="*", type=Path)
     parser.add_argument("--json", type=Path, help="where to write the measurement")
     parser.add_argument("--data-dir", help="MNIST files (default: $TINYMNIST_DATA)")
+    parser.add_argument("--ort-pack", type=Path, help="web: `npm pack onnxruntime-web --json` output, to weigh the "
+                                                     "alternative runtime")
     parser.add_argument("--doc", type=Path, help="render docs/deploy.md from bench/results/deploy/*.json")
     args = parser.parse_args()
     if args.what:
-        result = measure_int8(args.runs, args.data_dir) if args.what == "int8" else measure_web(args.runs[0],
-                                                                                                 args.data_dir)
+        if args.what == "int8":
+            result = measure_int8(args.runs, args.data_dir)
+        else:
+            result = measure_web(args.runs[0], args.data_dir)
+            if args.ort_pack:
+                result["onnxruntime_web"] = ort_web_bytes(args.ort_pack)
         text = json.dumps(result, indent=2) + "\n"
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(text)
         print(text)
     if args.doc:
-        args.doc.write_text(doc(args.doc))
+        args.doc.write_text(doc())
         print(f"wrote {args.doc}")
     return 0
 

@@ -126,9 +126,8 @@ def test_consistency_defaults_to_fresh_seeds_and_marks_tuning_seeds(capsys: pyte
 def test_old_names_work_with_one_note(capsys: pytest.CaptureFixture) -> None:
     code, out, err = run_cli(capsys, "summary", "valid_7k4")
     assert code == 0 and "total: 7,432 params" in out
-    assert err.splitlines() == ["tinymnist: note: command 'summary' is now called 'layers'; the old name still "
-                                "works.", "tinymnist: note: model 'valid_7k4' is now called 'compact_7k4'; the old "
-                                "name still works."]
+    assert err.splitlines() == ["tinymnist: note: command 'summary' is now called 'layers'; model 'valid_7k4' is "
+                                "now called 'compact_7k4'; the old names still work."]
 
 
 def test_layers_command(capsys: pytest.CaptureFixture) -> None:

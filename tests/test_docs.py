@@ -52,3 +52,14 @@ def test_search_doc_is_rendered_from_the_committed_study_exports(tmp_path: Path,
     assert (ROOT / "docs" / "search.md").read_text() == text, (
         "docs/search.md differs from the study exports and confirmation runs; regenerate it with the command "
         "at its top")
+
+
+def test_deploy_doc_is_rendered_from_the_deploy_json() -> None:
+    spec = importlib.util.spec_from_file_location("bench_deploy", ROOT / "bench" / "bench_deploy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    kinds = {json.loads(p.read_text())["kind"] for p in (ROOT / "bench" / "results" / "deploy").glob("*.json")}
+    assert kinds == {"int8", "web"}, "bench/results/deploy/ needs an int8 and a web measurement"
+    assert (ROOT / "docs" / "deploy.md").read_text() == bench.doc(), (
+        "docs/deploy.md differs from bench/results/deploy/*.json; regenerate it with "
+        "`python bench/bench_deploy.py --doc docs/deploy.md`")

@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .cli_common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -21,6 +22,7 @@ from .cli_common import (
     add_run_args,
     add_seed_args,
     load_data,
+    model_of,
     parse_seeds,
     positive_int,
     published_for,
@@ -34,11 +36,20 @@ from .cli_common import (
 from .cli_search import add_search_commands
 from .cli_use import add_use_commands
 from .data import load_mnist
-from .errors import Note, TinyMnistError, UsageError
+from .errors import NameNote, Note, TinyMnistError, UsageError
 from .models import count_params, create_model, list_models
 from .names import current
 from .records import RunRecord, run_dir
-from .render import epoch_table, layer_lines, over_seeds_lines, results_markdown, seed_list, verdict_lines
+from .render import (
+    csv_lines,
+    epoch_table,
+    layer_lines,
+    over_seeds_lines,
+    results_markdown,
+    run_lines,
+    seed_list,
+    verdict_lines,
+)
 from .runner import confirmation_runs, create_run
 from .steps import DEFAULT_RECIPE, JOURNEYS, RECIPES, get_journey
 from .targets import LAST_K, TARGET, fresh_seeds
@@ -101,6 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError("name a step to train (see `tinymnist steps`), or --resume RUN_DIR.")
         step = step_to_train(args)
         spec = spec_for(args, step, run_options(args))
+        create_model(spec.recipe.model)  # a wrong model file or name is the likelier mistake: before MNIST
         data = load_data(args, args.subset)
         run = RunRecord(run_dir(args.runs, step.name, spec.recipe.seed))
         create_run(run, spec, data)
@@ -118,6 +130,7 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     step = step_to_train(args)
     spec = spec_for(args, step, run_options(args))
     seeds = parse_seeds(args, fresh_seeds(args.seeds, step.tuned_seeds))
+    create_model(spec.recipe.model)
     data = load_data(args, args.subset)
     spec.recipe.check(train_size=len(data.train_labels))
     figures = seeds_shown(spec, seeds, Path(args.runs), data, args.last_k, args.jobs, args.trust_remote_code)
@@ -133,7 +146,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     run = RunRecord(args.run)
     if not run.exists():
         raise UsageError(f"{run.path} is not a run directory (no recipe.json).")
-    say(*epoch_table(run.metrics(), published_for(run.step(), run), args.markdown))
+    metrics = run.metrics()
+    if not metrics:
+        raise UsageError(f"{run.path} has no completed epoch yet; train it with: tinymnist train --resume {run.path}")
+    if args.csv:
+        say(*csv_lines(metrics))
+        return EXIT_OK
+    say(*run_lines(run))
+    say(*epoch_table(metrics, published_for(run.step(), run), args.markdown))
     if run.finished():
         summary = run.summary()
         say("", f"{summary['device']}, {summary.get('precision', 'fp32')}, torch {summary['torch']}, "
@@ -143,7 +163,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     current("command", args.command)
-    say(*layer_lines(create_model(args.model)))
+    say(*layer_lines(create_model(model_of(args.model))))
     return EXIT_OK
 
 
@@ -193,15 +213,22 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {args.out}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    say(text)
+    out = Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as e:
+        raise UsageError(f"cannot write {out} ({e.strerror}).") from None
+    rows = sum(line.startswith("| ") and not line.startswith("| step") for line in text.splitlines())
+    say(f"wrote {out}: {rows} table rows from the run records under {args.runs}")
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tinymnist", description="Design, train, prove and use very small CNNs on MNIST.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser.add_argument("--version", action="version", version=f"tinymnist {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND",
+                                title="commands (tinymnist COMMAND --help for each)")
 
     p = sub.add_parser("data", help="find (or download) MNIST, print statistics, write a grid of digits")
     add_data_args(p)
@@ -244,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("layers", aliases=["summary"], help="per-layer table: output shape, params, receptive field")
-    p.add_argument("model", help="a model name (see `tinymnist models`), or your own as FILE.py:NAME")
+    p.add_argument("model", help="a model or step name (see `tinymnist models`, `tinymnist steps`), or your own "
+                                 "model as FILE.py:NAME")
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("report", help="run (or reuse) a journey's four steps and write report.md with figures")
@@ -260,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a run's per-epoch table and verdict from its records")
     p.add_argument("run", help="a run directory")
     p.add_argument("--markdown", action="store_true", help="a markdown table")
+    p.add_argument("--csv", action="store_true", help="the per-epoch metrics as CSV (a header line, then one line "
+                                                      "per epoch)")
     p.set_defaults(func=cmd_show)
     return parser
 
@@ -267,12 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with warnings.catch_warnings():  # restores the filters and showwarning on the way out
-        show, noted = warnings.showwarning, set()
+        show, noted, renamed = warnings.showwarning, set(), []
 
         def note(message, category, *rest):  # noqa: ANN001, ANN002, ANN202 - warnings.showwarning's signature
             if not issubclass(category, Note):
                 show(message, category, *rest)
-            elif str(message) not in noted:  # an old name, accepted: one line, once
+            elif issubclass(category, NameNote):  # old names accepted: said together, in one line at the end
+                text = str(message).removesuffix("; the old name still works.")
+                renamed.extend([text] if text not in renamed else [])
+            elif str(message) not in noted:  # any other note: one line, once
                 noted.add(str(message))
                 print(f"tinymnist: note: {message}", file=sys.stderr)
 
@@ -292,3 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             # the reader went away (`| head`): say nothing more, and keep Python from complaining at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_PIPE
+        finally:
+            if renamed:
+                print(f"tinymnist: note: {'; '.join(renamed)}; the old name{'s' * (len(renamed) > 1)} still "
+                      f"work{'s' * (len(renamed) == 1)}.", file=sys.stderr)

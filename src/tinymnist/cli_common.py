@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from .data import MNIST, load_mnist
 from .errors import UsageError
-from .models import is_user_model
+from .models import is_user_model, list_models
+from .names import current
 from .recipes import Options, RunSpec, Step
 from .records import RunRecord
 from .render import HEADER, epoch_row
@@ -119,6 +120,15 @@ def step_to_train(args: argparse.Namespace) -> Step:
     if args.recipe:
         raise UsageError(f"--recipe goes with a model of your own (FILE.py:NAME); {args.step} has its recipe.")
     return get_step(args.step)
+
+
+def model_of(name: str) -> str:
+    """The model a name stands for where a model is wanted (`layers`): a step's or recipe's name gives its
+    model; a model's name, a family's or a user's FILE.py:NAME stays as it is."""
+    if ":" in name or name in list_models():
+        return name
+    step = current("step", name)
+    return all_steps()[step].recipe.model if step in all_steps() else name
 
 
 def spec_for(args: argparse.Namespace, step: Step, options: Options, journey_file: Path | None = None) -> RunSpec:

@@ -47,9 +47,11 @@ def search_config(args: argparse.Namespace) -> object:
 def cmd_search(args: argparse.Namespace) -> int:
     from .render import trial_line
     from .search import search
+    from .search_space import probe_space
     from .search_study import counts, shown_url
 
     config = search_config(args)
+    probe_space(config)  # a budget below the space is refused before anything is said or written
     say(f"study {args.study!r} in {shown_url(args.storage)}: {args.trials} trained trials, {args.workers} "
         f"worker(s) here; models of at most {config.max_params:,} parameters, scored on the last "
         f"{config.validation:,} training images (the test set is not read).")

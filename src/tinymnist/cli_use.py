@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from .cli_common import EXIT_CHECK, EXIT_OK, add_data_args, add_trust_arg, load_data, positive_int, say
+from .cli_common import EXIT_CHECK, EXIT_OK, EXIT_USAGE, add_data_args, add_trust_arg, load_data, positive_int, say
 from .errors import UsageError
 from .records import RunRecord
 
@@ -34,10 +35,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .loading import load_model
 
     loaded = load_model(RunRecord(args.run), args.trust_remote_code)
-    images = np.stack([preprocess(Path(p)) for p in args.images])
+    good, prepared, failed = [], [], []
+    for path in args.images:  # every readable image is answered; each bad one is named, and the exit says so
+        try:
+            prepared.append(preprocess(Path(path)))
+            good.append(path)
+        except UsageError as e:
+            failed.append(str(e))
+    for message in failed:
+        print(f"tinymnist: error: {message}", file=sys.stderr)
+    if not good:
+        return EXIT_USAGE
+    images = np.stack(prepared)
     probs = predict_images(loaded, images)
     results = []
-    for path, p in zip(args.images, probs, strict=True):
+    for path, p in zip(good, probs, strict=True):
         values, classes = p.topk(3)
         results.append({"image": path, "top3": [{"digit": int(c), "probability": round(float(v), 6)}
                                                 for v, c in zip(values, classes, strict=True)]})
@@ -49,12 +61,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                    columns=min(len(images), 6))
     if args.json:
         say(json.dumps(results, indent=2))
-        return EXIT_OK
-    for r in results:
-        say(f"{r['image']}: " + "  ".join(f"{t['digit']} ({100 * t['probability']:.1f}%)" for t in r["top3"]))
-    if args.show_input:
-        say(f"wrote {args.show_input}")
-    return EXIT_OK
+    else:
+        for r in results:
+            say(f"{r['image']}: " + "  ".join(f"{t['digit']} ({100 * t['probability']:.1f}%)" for t in r["top3"]))
+        if args.show_input:
+            say(f"wrote {args.show_input}")
+    return EXIT_USAGE if failed else EXIT_OK
 
 
 def _need_onnx() -> None:

@@ -92,7 +92,10 @@ def preprocess_bytes(data: bytes, name: str = "the image") -> np.ndarray:
     except Image.DecompressionBombError:
         raise UsageError(f"{path} declares an image over the {MAX_IMAGE_PIXELS // 10**6} megapixel limit; crop "
                          f"or shrink it.") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError:
+        raise UsageError(f"{path} cannot be read as an image (not a format Pillow knows); give a PNG or "
+                         f"JPEG.") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise UsageError(f"{path} cannot be read as an image ({e}); give a PNG or JPEG.") from None
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))

@@ -39,6 +39,36 @@ def epoch_table(metrics: list[dict], published: tuple[float, ...] = (), markdown
     return lines
 
 
+CSV_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
+
+
+def csv_lines(metrics: list[dict]) -> list[str]:
+    """The per-epoch metrics as CSV: accuracies in percent, lr per batch at the epoch's end, seconds of the epoch
+    (training and evaluation); ``test_`` is the run's held-out split (``tinymnist show`` names it)."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metrics)
+    return out.getvalue().splitlines()
+
+
+def run_lines(run: RunRecord) -> list[str]:
+    """What a run trained: its model and size, its images (a subset said so), the held-out split, precision."""
+    recipe, options, header = run.recipe(), run.options(), run.header()
+    train, test = run.data_sizes()
+    held_out = header.get("held_out", "test")
+    summary = run.summary() if run.finished() else {}
+    params = f"{summary['params']:,} params, " if "params" in summary else ""
+    images = f"the first {train:,} training images (a subset)" if train else "every training image"
+    tested = f"{test:,} {held_out} images" if test else f"the whole {held_out} split"
+    return [f"{run.step()}: model {recipe.model} ({params}{recipe.epochs} epochs, seed {recipe.seed})",
+            f"trained on {images}, scored on {tested}; {summary.get('precision', options.precision)}, "
+            f"{options.threads or 'all'} thread(s)"]
+
+
 def verdict_lines(summary: dict) -> list[str]:
     lines = [f"{'met ' if c['met'] else 'MISS'}  {c['name']}: {c['measured']}" for c in summary["verdict"]["checks"]]
     first = summary["first_epoch_holding"]

@@ -14,7 +14,7 @@ from .engine import Trainer, resolve_options
 from .errors import CheckpointError, TrainingError, UsageError
 from .executor import Callbacks, Sink, cut, execute
 from .machine import cpu_cores
-from .models import count_params
+from .models import count_params, create_model
 from .recipes import Options, RunSpec
 from .records import RunRecord, run_dir
 from .supervise import Supervisor
@@ -65,6 +65,7 @@ def create_run(run: RunRecord, spec: RunSpec, data: MNIST) -> None:
     """Write a new run's header (its spec, the images it trains on, their normalization), under its lock."""
     data = cut(spec, data)
     spec.recipe.check(train_size=len(data.train_labels))
+    create_model(spec.recipe.model)  # a missing file or a wrong name is one sentence before anything is written
     spec = dataclasses.replace(spec, options=resolve_options(spec.options, len(data.train_labels) * spec.recipe.epochs))
     with run.lock():
         run.create(spec, (len(data.train_labels), len(data.test_labels)), data.full_sizes, (data.mean, data.std))

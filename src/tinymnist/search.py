@@ -134,9 +134,9 @@ def search(url: str, name: str, config: SearchConfig, trials: int, workers: int 
            on_note: Callable[[str], None] | None = None) -> object:
     """Run (or join) study ``name`` in ``url`` with ``workers`` local worker processes until it has ``trials``
     trained trials; returns the study. ``on_trial`` gets each trial that finishes (from any worker or host)."""
-    storage = open_storage(url, heartbeat)
-    probe_space(config)
+    probe_space(config)  # a refused search creates no storage: these come first
     load_validation_split(data_dir, config.validation, config.train_size)  # missing files fail here, once
+    storage = open_storage(url, heartbeat)
     study = open_study(storage, name, config)
     threads = max(1, cpu_cores() // workers)
     shown = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
