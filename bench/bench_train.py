@@ -530,7 +530,8 @@ def render(results: list[dict]) -> str:
              "Accuracy is not judged here from one seed: a table's last-5 column is one run. Precision, weight",
              "averaging and the compiled step are compared over fresh seeds, paired seed by seed, in docs/results.md",
              "(\"Paired comparisons\": the mean difference in the lowest last-5 test accuracy with its 95% interval);",
-             "the choice of `--precision auto` (fp32) follows from that table, as the README's \"Precision\" says.",
+             "the choice of `--precision auto` (fp32) follows from that table, as docs/findings.md's "
+             "\"Precision\" says.",
              ""]
     order = {None: 0, "matrix": 1, "floor": 2, "grad_error": 3, "profile": 4, "parallel": 5, "stacked": 6, "serve": 7}
     renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve,

@@ -63,3 +63,19 @@ def test_deploy_doc_is_rendered_from_the_deploy_json() -> None:
     assert (ROOT / "docs" / "deploy.md").read_text() == bench.doc(), (
         "docs/deploy.md differs from bench/results/deploy/*.json; regenerate it with "
         "`python bench/bench_deploy.py --doc docs/deploy.md`")
+
+
+def test_readme_is_a_front_door_whose_table_is_generated() -> None:
+    import warnings
+
+    from tinymnist.cli import headline_readme
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200, "README.md is the front door: at most 200 lines; the rest goes to docs/"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert headline_readme(readme, ROOT / "evidence" / "runs") == readme, (
+            "README.md's headline table differs from evidence/runs; regenerate it with "
+            "`tinymnist results --readme README.md`")
+    for link in ("docs/guide.md", "docs/findings.md", "docs/deploy.md", "CONTRIBUTING.md", "CHANGELOG.md"):
+        assert (ROOT / link).is_file() and f"]({link}" in readme, link

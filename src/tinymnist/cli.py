@@ -43,6 +43,7 @@ from .records import RunRecord, run_dir
 from .render import (
     csv_lines,
     epoch_table,
+    headline_lines,
     layer_lines,
     over_seeds_lines,
     results_markdown,
@@ -130,6 +131,9 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     step = step_to_train(args)
     spec = spec_for(args, step, run_options(args))
     seeds = parse_seeds(args, fresh_seeds(args.seeds, step.tuned_seeds))
+    if args.last_k > spec.recipe.epochs:
+        raise UsageError(f"--last-k {args.last_k} is more than the recipe's {spec.recipe.epochs} epochs; give at most "
+                         f"{spec.recipe.epochs}.")
     create_model(spec.recipe.model)
     data = load_data(args, args.subset)
     spec.recipe.check(train_size=len(data.train_labels))
@@ -185,7 +189,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         fresh[step.name] = confirmation_runs(root, step.name, spec, {*step.tuned_seeds, *seeds})
     command = "tinymnist report " + " ".join(args.argv)
     journey = journey_file.stem if journey_file else args.journey
-    path = write_report(journey, steps, runs, data, Path(args.out), command, fresh=fresh, trust=args.trust_remote_code)
+    path = write_report(journey, steps, runs, data, Path(args.out), command, fresh=fresh, trust=args.trust_remote_code,
+                        base=journey_file.parent if journey_file else None)
     say("", f"wrote {path} and its figures")
     return EXIT_OK
 
@@ -211,7 +216,28 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+HEADLINE = ("<!-- headline: generated from evidence/runs by `tinymnist results --readme README.md`; do not edit -->",
+            "<!-- /headline -->")
+
+
+def headline_readme(text: str, root: Path) -> str:
+    """``text`` (a README) with the block between the HEADLINE markers regenerated from the runs under ``root``."""
+    start, end = (text.find(marker) for marker in HEADLINE)
+    if start < 0 or end < start:
+        raise UsageError(f"the README has no headline block; put the two lines {HEADLINE[0]!r} and {HEADLINE[1]!r} "
+                         f"where the table goes.")
+    return text[:start] + "\n".join([HEADLINE[0], *headline_lines(root)]) + "\n" + text[end:]
+
+
 def cmd_results(args: argparse.Namespace) -> int:
+    if args.readme:
+        readme = Path(args.readme)
+        try:
+            readme.write_text(headline_readme(readme.read_text(), Path(args.runs)))
+        except OSError as e:
+            raise UsageError(f"cannot rewrite {readme} ({e.strerror}).") from None
+        say(f"wrote the headline table of {readme} from the run records under {args.runs}")
+        return EXIT_OK
     text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {args.out}")
     out = Path(args.out)
     try:
@@ -268,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="docs/results.md from run records")
     p.add_argument("--runs", default="evidence/runs", help="where the runs are (default: evidence/runs)")
     p.add_argument("--out", default="docs/results.md", help="markdown file to write")
+    p.add_argument("--readme", metavar="FILE", help="instead, regenerate the headline table of FILE (README.md)")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("layers", aliases=["summary"], help="per-layer table: output shape, params, receptive field")

@@ -208,13 +208,13 @@ def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto (default): fp32; bf16: bf16 autocast (README, \"Precision\", says why)")
+                   help="auto (default): fp32; bf16: bf16 autocast (docs/findings.md, \"Precision\", says why)")
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: one per core)")
     p.add_argument("--no-channels-last", action="store_true",
-                   help="keep NCHW tensors (slower on CPU at one thread; README \"Speed\")")
+                   help="keep NCHW tensors (slower on CPU at one thread; docs/speed.md)")
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="the training step through torch.compile; auto (default): on for a CPU training of ten "
-                        "MNIST epochs or more on two or more threads (README, \"Speed\")")
+                        "MNIST epochs or more on two or more threads (docs/speed.md)")
     add_trust_arg(p)
     p.add_argument("--runs", *(["--out"] if overrides else []), default="runs", metavar="DIR",
                    help="where runs live: DIR/STEP/seed-N (default: runs)")

@@ -230,7 +230,8 @@ def compare_int8(fp32: Path, int8: Path, x: np.ndarray, labels: np.ndarray) -> d
     (percent) and the fraction of images both classify the same."""
     a, b = onnx_predictions(fp32, x).argmax(1), onnx_predictions(int8, x).argmax(1)
     return {"images": len(x), "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size,
-            "fp32_test_acc": 100 * float((a == labels).mean()), "int8_test_acc": 100 * float((b == labels).mean()),
+            "fp32_test_acc": round(100 * float((a == labels).mean()), 2),  # percent
+            "int8_test_acc": round(100 * float((b == labels).mean()), 2),
             "agreement": float((a == b).mean())}
 
 

@@ -32,7 +32,7 @@ SCORE_PREFIX = {"test": "test", "validation": "val"}  # a metric's key names wha
 EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/performance.md)
 # `--compile auto` compiles a CPU training of at least this many images (epochs x training images) on two or more
 # threads: ten epochs of MNIST, about what it takes for a step's saving to pay back the compiler's warm-up with an
-# empty cache on 2 cores (docs/performance.md, the speed matrices; README "Speed" has the full-recipe pairs).
+# empty cache on 2 cores (docs/performance.md, the speed matrices; docs/speed.md has the full-recipe pairs).
 COMPILE_MIN_IMAGES = 600_000
 
 
@@ -64,7 +64,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> fp32 on every device. bf16 is asked for by name: paired over fresh seeds it was not shown to
-    cost accuracy, nor shown not to (README "Precision"), and it saves about a tenth of an epoch on the CPUs
+    cost accuracy, nor shown not to (docs/findings.md, "Precision"), and it saves about a tenth of an epoch on the CPUs
     measured, against a target that seeds miss by hundredths of a point."""
     if precision == "auto":
         return "fp32"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import UsageError
@@ -158,7 +158,10 @@ def analyse(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> l
     low = min(min(t) for t in tails)
     of = f" in {passing} of {len(tails)} seeds" if len(tails) > 1 else ""
     spread = f"(lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points)"
-    if passing == len(tails):
+    if min(len(h) for h in histories) < last_k:
+        consistency = (f"Consistency not judged: {min(len(h) for h in histories)} epochs ran, fewer than the last "
+                       f"{last_k} the target reads {spread}.")
+    elif passing == len(tails):
         consistency = f"Consistent: test accuracy holds {TARGET} in each of the last {last_k} epochs{of} {spread}."
     elif len(tails) > 1:
         consistency = f"Not consistent: test accuracy holds {TARGET} in each of the last {last_k} epochs{of} {spread}."
@@ -300,15 +303,13 @@ def fresh(runs: dict[int, RunRecord]) -> list[int]:
     return sorted(s for s in runs if s not in tuned)
 
 
-def results_markdown(root: Path, command: str) -> str:
-    """docs/results.md from every finished run under ``root``: a row per step (and per set of overrides) and
-    per kind of seed, tuning or fresh; journeys' steps first, in order."""
-    ordered = run_groups(root)
-    rows, tuned_by_step = [], {}
-    for (name, flags, _, cpu), runs in ordered.items():
+def result_groups(root: Path) -> Iterator[tuple[str, str, dict, dict, str | None, str]]:
+    """Every row of docs/results.md as (name with flags, kind of seed, figures over its seeds, precision and
+    threads per seed, CPU, the command that reproduces it): a row per step (and per set of overrides) and per
+    kind of seed, tuning or fresh; journeys' steps first, in order."""
+    for (name, flags, _, cpu), runs in run_groups(root).items():
         header = next(iter(runs.values())).header()
         tuned, origin = set(header["tuned_seeds"]), header["origin"]
-        tuned_by_step[name] = tuple(sorted(tuned))
         for kind, seeds in (("tuning", sorted(s for s in runs if s in tuned)),
                             ("fresh", sorted(s for s in runs if s not in tuned))):
             if not seeds:
@@ -322,8 +323,32 @@ def results_markdown(root: Path, command: str) -> str:
             if len(set(how.values())) == 1:  # one precision and thread count: the command reproduces every seed
                 precision, threads = next(iter(how.values()))
                 cmd += f" --precision {precision}" + (f" --threads {threads}" if threads else "")
-            rows.append(results_row(f"{name}{' ' + flags if flags else ''}", kind, figures, how, cpu, cmd))
+            yield f"{name}{' ' + flags if flags else ''}", kind, figures, how, cpu, cmd
+
+
+def results_markdown(root: Path, command: str) -> str:
+    """docs/results.md from every finished run under ``root``."""
+    ordered = run_groups(root)
+    tuned_by_step = {name: tuple(sorted(next(iter(runs.values())).header()["tuned_seeds"]))
+                     for (name, *_), runs in ordered.items()}
+    rows = [results_row(*row) for row in result_groups(root)]
     return results_document(rows, tuned_by_step, command, paired_rows(ordered))
+
+
+HEADLINE_HEAD = (f"| Step / recipe | Params | Fresh seeds | Seeds holding {TARGET} in each of the last {LAST_K} "
+                 f"epochs (95% interval) | Final test acc | Trained with |\n|---|---:|---|---|---|---|")
+
+
+def headline_lines(root: Path) -> list[str]:
+    """The README's headline table: every row of fresh seeds (none of them looked at while choosing the
+    recipe), from the same records and arithmetic as docs/results.md."""
+    rows = [HEADLINE_HEAD]
+    for name, kind, figures, how, cpu, _ in result_groups(root):
+        if kind == "fresh":
+            rows.append(f"| `{name}` | {figures['params']:,} | {len(figures['seeds'])} | {pass_count(figures)} | "
+                        f"{figures['final_mean']:.2f} ± {figures['final_std']:.2f} | "
+                        f"{arithmetic(how)}{', ' + cpu if cpu else ''} |")
+    return rows
 
 
 def trial_line(trial) -> str:  # noqa: ANN001 - an optuna FrozenTrial

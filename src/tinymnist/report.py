@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .data import MNIST
+from .handin import code_block, compare_lines, did_not_learn, layer_block, log_block, shown_model
 from .inference import evaluate_loaded
 from .loading import load_model
 from .recipes import Step
@@ -55,11 +56,13 @@ def curves_figure(history: list[dict], title: str) -> Figure:
     acc_ax.plot(epochs, [m["train_acc"] for m in history], "o-", label="train")
     acc_ax.plot(epochs, [m["test_acc"] for m in history], "o-", label="test")
     acc_ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET} target")
-    low = min(min(m["test_acc"], m["train_acc"]) for m in history[len(history) // 3:])
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(max(90.0, low - 0.3), 100))
+    low = min(min(m["test_acc"], m["train_acc"]) for m in history)
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (every epoch)",
+               ylim=(max(0.0, low - 0.5), 100.2))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()
+        whole_epochs(ax)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -71,10 +74,19 @@ def compare_curves(named: dict[str, list[dict]], path: Path, title: str) -> None
     for name, history in named.items():
         ax.plot([m["epoch"] for m in history], [m["test_acc"] for m in history], "o-", label=name)
     ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET} target")
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=title, ylim=(97.0, 100))
+    low = min(m["test_acc"] for history in named.values() for m in history)
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=title, ylim=(max(0.0, low - 0.5), 100.2))
     ax.grid(alpha=0.3)
     ax.legend()
+    whole_epochs(ax)
     _save(fig, path)
+
+
+def whole_epochs(ax: object) -> None:
+    """Ticks on whole epochs only (matplotlib would put them at 1.5, 2.5 on a short run)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def confusion(labels: torch.Tensor, predicted: torch.Tensor, path: Path, title: str) -> None:
@@ -115,6 +127,7 @@ def step_rows(histories: list[list[dict]], params: int, last_k: int = LAST_K) ->
     held = [f for f in firsts if f is not None]
     verdicts = [judge(params, [m["test_acc"] for m in h], last_k) for h in histories]
     met = sum(v.met for v in verdicts)
+    short = min(len(h) for h in histories) < last_k
     return {
         "params": f"{params:,}",
         "best_train": _stat([max(m["train_acc"] for m in h) for h in histories]),
@@ -122,7 +135,8 @@ def step_rows(histories: list[list[dict]], params: int, last_k: int = LAST_K) ->
         "min_last": _stat([min(m["test_acc"] for m in h[-last_k:]) for h in histories]),
         "first_holding": (", ".join(str(f) if f else "none" for f in firsts) if len(firsts) > 1
                           else (str(held[0]) if held else "none")),
-        "met": ("yes" if met else "no") if len(verdicts) == 1 else f"{met} of {len(verdicts)} seeds",
+        "met": (f"not judged ({min(len(h) for h in histories)} epochs, fewer than the last {last_k})" if short else
+                ("yes" if met else "no") if len(verdicts) == 1 else f"{met} of {len(verdicts)} seeds"),
     }
 
 
@@ -144,9 +158,10 @@ def _label(step: Step) -> str:
 
 def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]], data: MNIST, out: Path,
                  command: str, last_k: int = LAST_K, fresh: dict[str, list[RunRecord]] | None = None,
-                 trust: bool = False) -> Path:
+                 trust: bool = False, base: Path | None = None) -> Path:
     """report.md and figures for a journey whose runs are finished: ``runs[step.name]`` lists one run per seed;
-    ``fresh[step.name]``, when given, the step's finished runs on seeds it was not tuned on (its confirmation)."""
+    ``fresh[step.name]``, when given, the step's finished runs on seeds it was not tuned on (its confirmation);
+    ``base``, the journey file's folder, that a user's model files are shown relative to."""
     figures = out / "figures"
     seeds = len(next(iter(runs.values())))
     lines = [f"# Journey `{journey}`: {len(steps)} steps", "",
@@ -187,7 +202,7 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
         augmentation = (f"rotate ±{r.rotate:g}°, shift ±{r.shift:g}, scale ±{r.scale:g}"
                         if r.rotate or r.shift or r.scale else "none")
         lines += [f"## Step {i}: `{label}`", "", f"**Target.** {step.target}", "", "**Results.**", "",
-                  f"- Params: {c['params']}; model `{r.model}`",
+                  f"- Params: {c['params']}; model `{shown_model(r.model, base)}`",
                   f"- Recipe: {r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}"
                   f"{' (Nesterov)' if r.nesterov else ''}, momentum {r.momentum:g}, weight decay {r.weight_decay:g}, "
                   f"{schedule}; augmentation: {augmentation}",
@@ -196,8 +211,18 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
                   f"every later one holds {TARGET}: {c['first_holding']}",
                   f"- Targets met: {c['met']}; trained on {summary['device']} ({summary.get('precision', 'fp32')}), "
                   f"{summary['wall_seconds']:.0f} s wall for seed {r.seed}", "",
+                  "Layers (output shape, parameters, receptive field):", "",
+                  *layer_block(r.model, run.model_source(trust)), "", *log_block(histories[name][0]), "",
+                  "Model code:", "", *code_block(r.model, run.model_source(trust), out), "",
                   "**Analysis** (generated from the measurements).", ""]
-        lines += [f"- {sentence}" for sentence in analyse(histories[name], params[name], last_k)]
+        sentences = analyse(histories[name], params[name], last_k)
+        if (failed := did_not_learn(histories[name][0])) is not None:
+            sentences = [failed, sentences[-1]]  # fit and consistency mean nothing yet; the size still does
+        if i > 1:
+            before = steps[i - 2]
+            sentences += compare_lines((_label(before), runs[before.name][0].recipe(), histories[before.name][0],
+                                        params[before.name]), (r, histories[name][0], params[name]), base, last_k)
+        lines += [f"- {sentence}" for sentence in sentences]
         confirmed = (fresh or {}).get(name)
         if confirmed:
             seeds = [run.recipe().seed for run in confirmed]

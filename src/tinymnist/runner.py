@@ -112,8 +112,6 @@ def run_seeds(spec: RunSpec, seeds: list[int], root: Path, data: MNIST,
 
     ``jobs`` > 1 trains that many seeds at once, each in its own process (see ``train_parallel``); then
     ``on_epoch`` gets each epoch's metrics with a "seed" key added and ``on_run``/``on_batch`` are not called."""
-    if last_k > spec.recipe.epochs:
-        raise UsageError(f"K = {last_k} last epochs is more than the recipe's {spec.recipe.epochs} epochs.")
     if jobs > 1:
         threads = spec.options.threads or max(1, cpu_cores() // jobs)
         spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, threads=threads))

@@ -1,0 +1,95 @@
+"""A student's own four-step journey becomes a report folder they can hand in: per step the layer table with
+receptive field, the per-epoch log, the model's code, and an analysis that compares it with the step before."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tinymnist.cli import main
+
+NETS = '''import torch
+from torch import nn
+
+
+def block(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Skeleton(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(block(1, 8), block(8, 16), nn.MaxPool2d(2), block(16, 16))
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x)).mean((2, 3))
+
+
+class Wider(Skeleton):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(block(1, 8), block(8, 24), nn.MaxPool2d(2), block(24, 16))
+'''
+
+JOURNEY = '''[recipe]
+epochs = 2
+seed = 1
+
+[[step]]
+name = "skeleton"
+model = "nets.py:Skeleton"
+target = "A skeleton that trains."
+lr = 0.00001
+
+[[step]]
+name = "lr"
+model = "nets.py:Skeleton"
+target = "A learning rate that learns."
+lr = 0.05
+
+[[step]]
+name = "wider"
+model = "nets.py:Wider"
+target = "More channels in the second layer."
+lr = 0.05
+
+[[step]]
+name = "onecycle"
+model = "nets.py:Wider"
+target = "A one-cycle schedule."
+lr = 0.1
+schedule = "onecycle"
+'''
+
+
+@pytest.mark.integration
+def test_a_students_journey_gives_a_report_to_hand_in(mnist_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    work = tmp_path / "exercise"
+    work.mkdir()
+    (work / "nets.py").write_text(NETS)
+    (work / "journey.toml").write_text(JOURNEY)
+    monkeypatch.chdir(tmp_path)
+    code = main(["report", "exercise/journey.toml", "--subset", "3000", "--out", "exercise/report",
+                 "--runs", "runs", "--data-dir", str(mnist_dir)])
+    assert code == 0, capsys.readouterr().err
+    report = (work / "report" / "report.md").read_text()
+    steps = report.split("\n## Step ")[1:]
+    assert len(steps) == 4
+    for i, section in enumerate(steps):
+        assert "```text" in section and " RF " in section and "receptive field" in section  # the layer table
+        assert "<details>" in section and "| 2 |" in section  # the per-epoch log, both epochs
+        assert "```python" in section and "class " in section  # the model's code
+        assert "not judged (2 epochs, fewer than the last 5)" in report
+        if i:
+            assert f"Against step `{['skeleton', 'lr', 'wider'][i - 1]}`" in section
+    assert "model `nets.py:Skeleton`" in report and str(tmp_path) not in report  # paths relative to the journey
+    assert "changed lr: 1e-05 -> 0.05" in steps[1] and "model: nets.py:Skeleton -> nets.py:Wider" in steps[2]
+    analyses = [re.search(r"\*\*Analysis\*\*.*?(?=\n!\[|\Z)", s, re.S).group(0) for s in steps]
+    assert len(set(analyses)) == 4  # two steps with different numbers never read the same
+    for name in ("test-accuracy.png", "skeleton-curves.png", "onecycle-confusion.png"):
+        assert (work / "report" / "figures" / name).is_file()
