@@ -58,7 +58,7 @@ def _builtin_source(name: str) -> str:
         order.append(fn)
 
     visit(factory)
-    return "\n\n".join(inspect.getsource(fn).rstrip() for fn in order)
+    return "\n\n\n".join(inspect.getsource(fn).rstrip() for fn in order)
 
 
 def _user_source(path: Path, attr: str) -> str:

@@ -16,7 +16,7 @@ from .handin import code_block, compare_lines, did_not_learn, layer_block, log_b
 from .inference import evaluate_loaded
 from .loading import load_model
 from .recipes import Step
-from .records import RunRecord
+from .records import WEIGHTS, RunRecord
 from .render import analyse, over_seeds_lines, pass_count, seed_list
 from .targets import LAST_K, TARGET, TARGET_ACC, first_epoch_holding, judge, over_seeds
 
@@ -46,20 +46,23 @@ def curves(history: list[dict], path: Path, title: str) -> None:
 
 
 def curves_figure(history: list[dict], title: str) -> Figure:
-    """Loss and accuracy per epoch, train and test, with the target line (a notebook shows the Figure)."""
+    """Loss and accuracy per epoch, train and test, every epoch; a third panel zooms on the target line (a
+    notebook shows the Figure)."""
     epochs = [m["epoch"] for m in history]
-    fig = Figure(figsize=(11, 4))
-    loss_ax, acc_ax = fig.subplots(1, 2)
+    fig = Figure(figsize=(15, 4))
+    loss_ax, acc_ax, zoom_ax = fig.subplots(1, 3)
     loss_ax.plot(epochs, [m["train_loss"] for m in history], "o-", label="train")
     loss_ax.plot(epochs, [m["test_loss"] for m in history], "o-", label="test")
     loss_ax.set(xlabel="epoch", ylabel="loss (NLL)", title="loss", yscale="log")
-    acc_ax.plot(epochs, [m["train_acc"] for m in history], "o-", label="train")
-    acc_ax.plot(epochs, [m["test_acc"] for m in history], "o-", label="test")
-    acc_ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET} target")
+    for ax in (acc_ax, zoom_ax):
+        ax.plot(epochs, [m["train_acc"] for m in history], "o-", label="train")
+        ax.plot(epochs, [m["test_acc"] for m in history], "o-", label="test")
+        ax.axhline(TARGET_ACC, color="gray", linestyle="--", label=f"{TARGET} target")
     low = min(min(m["test_acc"], m["train_acc"]) for m in history)
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy (every epoch)",
                ylim=(max(0.0, low - 0.5), 100.2))
-    for ax in (loss_ax, acc_ax):
+    zoom_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="near the target", ylim=(TARGET_ACC - 1, 100))
+    for ax in (loss_ax, acc_ax, zoom_ax):
         ax.grid(alpha=0.3)
         ax.legend()
         whole_epochs(ax)
@@ -156,6 +159,24 @@ def _label(step: Step) -> str:
     return step.name.rsplit("/", 1)[-1]
 
 
+def _weight_figures(run: RunRecord, label: str, data: MNIST, figures: Path, trust: bool) -> bool:
+    """The confusion matrix and the most confident mistakes, which need the run's weights. A run whose weights
+    were not kept (the records committed under evidence/) keeps the two figures this folder already has from
+    it; without weights or figures, False."""
+    paths = figures / f"{label}-misclassified.png", figures / f"{label}-confusion.png"
+    if not (run / WEIGHTS).is_file():
+        return all(p.is_file() for p in paths)
+    confidence, predicted = evaluate_loaded(load_model(run, trust), data.test_images, data.test_labels,
+                                            "cpu").log_probs.exp().max(1)
+    wrong = (predicted != data.test_labels).nonzero().flatten()
+    wrong = wrong[confidence[wrong].argsort(descending=True)][:40]
+    captions = [f"{int(data.test_labels[j])}→{int(predicted[j])} {100 * float(confidence[j]):.0f}%" for j in wrong]
+    digit_grid(data.test_images[wrong], captions, paths[0],
+               f"{label}: the {len(wrong)} most confident mistakes (true→predicted, confidence)")
+    confusion(data.test_labels, predicted, paths[1], f"{label}: confusion matrix")
+    return True
+
+
 def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]], data: MNIST, out: Path,
                  command: str, last_k: int = LAST_K, fresh: dict[str, list[RunRecord]] | None = None,
                  trust: bool = False, base: Path | None = None) -> Path:
@@ -183,17 +204,9 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
     for i, step in enumerate(steps, 1):
         run = runs[step.name][0]
         r, summary = run.recipe(), run.summary()
-        confidence, predicted = evaluate_loaded(load_model(run, trust), data.test_images, data.test_labels,
-                                                "cpu").log_probs.exp().max(1)
-        wrong = (predicted != data.test_labels).nonzero().flatten()
-        wrong = wrong[confidence[wrong].argsort(descending=True)][:40]
-        captions = [f"{int(data.test_labels[j])}→{int(predicted[j])} {100 * float(confidence[j]):.0f}%"
-                    for j in wrong]
         name, label = step.name, _label(step)
         curves(histories[name][0], figures / f"{label}-curves.png", f"{label}: loss and accuracy (seed {r.seed})")
-        digit_grid(data.test_images[wrong], captions, figures / f"{label}-misclassified.png",
-                   f"{label}: the {len(wrong)} most confident mistakes (true→predicted, confidence)")
-        confusion(data.test_labels, predicted, figures / f"{label}-confusion.png", f"{label}: confusion matrix")
+        kept = _weight_figures(run, label, data, figures, trust)
         c = step_rows(histories[name], params[name], last_k)
         cycle_end = f"by epoch {r.cycle_epochs}, then held" if r.cycle_epochs else "at the end"
         schedule = {"constant": "constant LR", "step": f"StepLR({r.step_size}, gamma {r.gamma}) per epoch",
@@ -232,9 +245,13 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
                       *over_seeds_lines(confirmation), "```"]
         if step.notes:
             lines += ["", "Notes:", ""] + [f"- {note}" for note in step.notes]
-        lines += ["", f"![curves](figures/{label}-curves.png)", "",
-                  f"![misclassified](figures/{label}-misclassified.png)", "",
-                  f"![confusion](figures/{label}-confusion.png)", ""]
+        lines += ["", f"![curves](figures/{label}-curves.png)", ""]
+        if kept:
+            lines += [f"![misclassified](figures/{label}-misclassified.png)", "",
+                      f"![confusion](figures/{label}-confusion.png)", ""]
+        else:
+            lines += ["(The run kept no weights, so there are no confusion matrix and misclassified digits here: "
+                      "train the step again to draw them.)", ""]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"
