@@ -93,3 +93,39 @@ def test_a_students_journey_gives_a_report_to_hand_in(mnist_dir: Path, tmp_path:
     assert len(set(analyses)) == 4  # two steps with different numbers never read the same
     for name in ("test-accuracy.png", "skeleton-curves.png", "onecycle-confusion.png"):
         assert (work / "report" / "figures" / name).is_file()
+
+
+@pytest.mark.parametrize(("journey", "code", "says"), [("compact", 0, "check passed"),
+                                                       ("original", 1, "check FAILED: original_step4")])
+def test_check_reads_the_committed_records(journey: str, code: int, says: str, capsys: pytest.CaptureFixture) -> None:
+    root = Path(__file__).resolve().parent.parent / "evidence" / "runs"
+    assert main(["check", journey, "--runs", str(root)]) == code
+    out = capsys.readouterr().out
+    assert says in out and len(out.splitlines()) == 5  # a line per step, then the verdict
+
+
+def test_check_without_runs_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["check", "compact", "--runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "no finished run for 4 step(s)" in err
+
+
+def test_init_writes_a_workflow_that_checks_the_journey(tmp_path: Path) -> None:
+    assert main(["init", str(tmp_path / "mine")]) == 0
+    workflow = (tmp_path / "mine" / ".github" / "workflows" / "tinymnist.yml").read_text()
+    assert "tinymnist check journey.toml --runs runs" in workflow and "on: [push, pull_request]" in workflow
+    assert "runs/**/*.safetensors" in (tmp_path / "mine" / ".gitignore").read_text()
+
+
+def test_a_training_introduces_itself(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["train", "compact_step4", "--epochs", "1", "--subset", "500", "--data-dir", str(mnist_dir), "--no-download"]
+    assert main([*args, "--runs", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(out) if line.lstrip().startswith("epoch"))
+    intro = "\n".join(out[:header])
+    assert "model: compact_7k4: 7,432 params, receptive field 28x28 px" in intro and "MFLOPs per image" in intro
+    assert "recipe: 1 epochs, batch 64, SGD lr 0.2" in intro and "the first 500 training images" in intro
+    assert "accuracy in %" in intro and "seconds per epoch" in intro
+    assert main([*args, "--runs", str(tmp_path / "q"), "--quiet"]) == 0
+    quiet = capsys.readouterr().out
+    assert "epoch" not in quiet.split("\n", 2)[0] and "model:" not in quiet and "targets NOT met" in quiet

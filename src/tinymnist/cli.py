@@ -33,6 +33,7 @@ from .cli_common import (
     step_to_train,
     train_shown,
 )
+from .cli_journey import add_journey_commands
 from .cli_search import add_search_commands
 from .cli_use import add_use_commands
 from .data import load_mnist
@@ -51,8 +52,8 @@ from .render import (
     seed_list,
     verdict_lines,
 )
-from .runner import confirmation_runs, create_run
-from .steps import DEFAULT_RECIPE, JOURNEYS, RECIPES, get_journey
+from .runner import create_run
+from .steps import DEFAULT_RECIPE, JOURNEYS, RECIPES
 from .targets import LAST_K, TARGET, fresh_seeds
 
 # --- subcommands ---------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = RunRecord(run_dir(args.runs, step.name, spec.recipe.seed))
         create_run(run, spec, data)
     try:
-        summary = train_shown(run, data, published_for(run.step(), run), args.trust_remote_code)
+        summary = train_shown(run, data, published_for(run.step(), run), args.trust_remote_code, args.quiet)
     except KeyboardInterrupt:
         say("", f"interrupted; {run.path} holds every completed epoch. Resume with: "
                 f"tinymnist train --resume {run.path}")
@@ -168,51 +169,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_layers(args: argparse.Namespace) -> int:
     current("command", args.command)
     say(*layer_lines(create_model(model_of(args.model))))
-    return EXIT_OK
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-
-    steps = get_journey(args.journey)
-    journey_file = Path(args.journey) if args.journey.endswith(".toml") else None
-    data = load_data(args, args.subset)
-    options = run_options(args)
-    root = Path(args.runs)
-    runs, fresh = {}, {}
-    for step in steps:
-        seeds = parse_seeds(args, [step.recipe.seed + i for i in range(args.seeds)])
-        spec = spec_for(args, step, options, journey_file)
-        if seeds_shown(spec, seeds, root, data, trust=args.trust_remote_code) is None:
-            return EXIT_INTERRUPTED
-        runs[step.name] = [RunRecord(run_dir(root, step.name, s)) for s in seeds]
-        fresh[step.name] = confirmation_runs(root, step.name, spec, {*step.tuned_seeds, *seeds})
-    command = "tinymnist report " + " ".join(args.argv)
-    journey = journey_file.stem if journey_file else args.journey
-    path = write_report(journey, steps, runs, data, Path(args.out), command, fresh=fresh, trust=args.trust_remote_code,
-                        base=journey_file.parent if journey_file else None)
-    say("", f"wrote {path} and its figures")
-    return EXIT_OK
-
-
-STARTER = ("models.py", "journey.toml", "README.md")
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    from importlib.resources import files
-
-    out = Path(args.dir)
-    taken = [name for name in STARTER if (out / name).exists()]
-    if taken:
-        raise UsageError(f"{out} already has {', '.join(taken)}; choose an empty or new directory.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in STARTER:
-            (out / name).write_text((files("tinymnist") / "starter" / name).read_text())
-    except OSError as e:
-        raise UsageError(f"cannot write the starter into {out} ({e.strerror}).") from None
-    say(f"wrote {', '.join(str(out / name) for name in STARTER)}",
-        f"the original exercise's four steps, ready to edit; next: cd {out} && tinymnist report journey.toml")
     return EXIT_OK
 
 
@@ -271,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in this directory")
     p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--quiet", action="store_true", help="print only the verdict (no introduction, rows or bar)")
     add_run_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -287,10 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p)
     p.set_defaults(func=cmd_consistency)
 
-    p = sub.add_parser("init", help="write a starter: a model file and a journey file to edit (the original's steps)")
-    p.add_argument("dir", help="directory to write models.py, journey.toml and README.md into")
-    p.set_defaults(func=cmd_init)
-
     p = sub.add_parser("results", help="docs/results.md from run records")
     p.add_argument("--runs", default="evidence/runs", help="where the runs are (default: evidence/runs)")
     p.add_argument("--out", default="docs/results.md", help="markdown file to write")
@@ -302,13 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "model as FILE.py:NAME")
     p.set_defaults(func=cmd_layers)
 
-    p = sub.add_parser("report", help="run (or reuse) a journey's four steps and write report.md with figures")
-    p.add_argument("journey", help="a journey name (see `tinymnist steps`), or your own journey file (NAME.toml)")
-    add_seed_args(p, 1, "seeds per step, from each recipe's own seed upwards (default 1)")
-    p.add_argument("--out", default="report", help="directory for report.md and figures/")
-    add_run_args(p, overrides=False)
-    p.set_defaults(func=cmd_report)
-
+    add_journey_commands(sub)
     add_use_commands(sub)
     add_search_commands(sub)
 

@@ -12,11 +12,11 @@ from tqdm import tqdm
 
 from .data import MNIST, load_mnist
 from .errors import UsageError
-from .models import is_user_model, list_models
+from .models import create_model, is_user_model, list_models
 from .names import current
 from .recipes import Options, RunSpec, Step
 from .records import RunRecord
-from .render import HEADER, epoch_row
+from .render import HEADER, epoch_row, model_line, recipe_line, run_lines
 from .runner import check_options, run_seeds, train_run
 from .steps import DEFAULT_RECIPE, all_steps, get_step, user_model_step
 from .targets import LAST_K
@@ -59,17 +59,18 @@ def say(*lines: str) -> None:
 
 
 class Progress:
-    """A tqdm bar per epoch on a terminal; nothing between the per-epoch rows otherwise."""
+    """A tqdm bar per epoch on a terminal (batches done, rate, the epoch's ETA); nothing between the per-epoch
+    rows otherwise: a log gets one plain line per epoch."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.bar: tqdm | None = None
-        self.enabled = sys.stderr.isatty()
+        self.enabled = enabled and sys.stderr.isatty()
 
     def batch(self, done: int, total: int) -> None:
         if not self.enabled:
             return
         if self.bar is None:
-            self.bar = tqdm(total=total, leave=False, unit="batch", dynamic_ncols=True)
+            self.bar = tqdm(total=total, leave=False, unit="batch", dynamic_ncols=True, desc="epoch")
         self.bar.update(done - self.bar.n)
         if done == total:
             self.close()
@@ -138,19 +139,36 @@ def spec_for(args: argparse.Namespace, step: Step, options: Options, journey_fil
                    overrides=overrides, journey_file=str(journey_file) if journey_file else None)
 
 
-def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = (), trust: bool = False) -> dict:
-    progress = Progress()
-    say(f"run directory: {run.path}", HEADER + (f" {'original':>9}" if published else ""))
+def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = (), trust: bool = False,
+                quiet: bool = False) -> dict:
+    """Train ``run`` with a word on what it trains first, then a row per epoch (a bar with the epoch's ETA on a
+    terminal); ``quiet``: nothing until the verdict."""
+    progress = Progress(enabled=not quiet)
+    if not quiet:
+        say(*introduction(run, trust), HEADER + (f" {'original':>9}" if published else ""))
 
     def on_epoch(m: dict) -> None:
         progress.close()
-        e = m["epoch"]
-        say(epoch_row(m, published[e - 1] if published and e <= len(published) else None))
+        if not quiet:
+            e = m["epoch"]
+            say(epoch_row(m, published[e - 1] if published and e <= len(published) else None))
 
     try:
         return train_run(run, data, on_epoch, progress.batch, trust=trust)
     finally:
         progress.close()
+
+
+def introduction(run: RunRecord, trust: bool = False) -> list[str]:
+    """What a training is about to do, before its first epoch: the run, the model, the recipe, the data."""
+    recipe = run.recipe()
+    model = create_model(recipe.model, run.model_source(trust))
+    done = len(run.metrics())
+    return [f"run directory: {run.path}" + (f" (resuming after epoch {done})" if done else ""),
+            f"model: {recipe.model}: {model_line(model)}",
+            f"recipe: {recipe_line(recipe)}; seed {recipe.seed}",
+            f"data: {run_lines(run)[1].removeprefix('trained on ')}",
+            "columns: loss is the mean NLL; accuracy in %; lr per batch at the epoch's end; seconds per epoch"]
 
 
 def seeds_shown(spec: RunSpec, seeds: list[int], root: Path, data: MNIST, last_k: int = LAST_K, jobs: int = 1,

@@ -66,7 +66,31 @@ def run_lines(run: RunRecord) -> list[str]:
     tested = f"{test:,} {held_out} images" if test else f"the whole {held_out} split"
     return [f"{run.step()}: model {recipe.model} ({params}{recipe.epochs} epochs, seed {recipe.seed})",
             f"trained on {images}, scored on {tested}; {summary.get('precision', options.precision)}, "
-            f"{options.threads or 'all'} thread(s)"]
+            + (f"{options.threads} thread(s)" if options.threads else "one thread per core")]
+
+
+def recipe_line(r: object) -> str:
+    """A recipe in one line: epochs, batch, optimizer, schedule, augmentation (a Recipe)."""
+    cycle_end = f"by epoch {r.cycle_epochs}, then held" if r.cycle_epochs else "at the end"
+    schedule = {"constant": "constant LR", "step": f"StepLR({r.step_size}, gamma {r.gamma}) per epoch",
+                "onecycle": f"one-cycle (warm-up {r.warmup:.0%} of the cycle, down to {r.final_lr:g} x peak "
+                            f"{cycle_end})"}[r.schedule]
+    augmentation = (f"rotate ±{r.rotate:g}°, shift ±{r.shift:g}, scale ±{r.scale:g}"
+                    if r.rotate or r.shift or r.scale else "none")
+    ema = f"; weight average (decay {r.ema:g} per batch)" if r.ema else ""
+    return (f"{r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}"
+            f"{' (Nesterov)' if r.nesterov else ''}, momentum {r.momentum:g}, weight decay {r.weight_decay:g}, "
+            f"{schedule}; augmentation: {augmentation}{ema}")
+
+
+def model_line(model: object) -> str:
+    """A model in one line: parameters, receptive field, inference MFLOPs per image (an nn.Module)."""
+    from .layers import flops_per_image, layer_table
+    from .models import count_params
+
+    rf = layer_table(model)[-1].rf
+    return (f"{count_params(model):,} params, receptive field {rf}x{rf} px, {flops_per_image(model) / 1e6:.2f} "
+            f"MFLOPs per image")
 
 
 def verdict_lines(summary: dict) -> list[str]:

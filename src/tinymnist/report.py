@@ -17,7 +17,7 @@ from .inference import evaluate_loaded
 from .loading import load_model
 from .recipes import Step
 from .records import WEIGHTS, RunRecord
-from .render import analyse, over_seeds_lines, pass_count, seed_list
+from .render import analyse, over_seeds_lines, pass_count, recipe_line, seed_list
 from .targets import LAST_K, TARGET, TARGET_ACC, first_epoch_holding, judge, over_seeds
 
 
@@ -208,17 +208,9 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
         curves(histories[name][0], figures / f"{label}-curves.png", f"{label}: loss and accuracy (seed {r.seed})")
         kept = _weight_figures(run, label, data, figures, trust)
         c = step_rows(histories[name], params[name], last_k)
-        cycle_end = f"by epoch {r.cycle_epochs}, then held" if r.cycle_epochs else "at the end"
-        schedule = {"constant": "constant LR", "step": f"StepLR({r.step_size}, gamma {r.gamma}) per epoch",
-                    "onecycle": f"one-cycle (warm-up {r.warmup:.0%} of the cycle, down to {r.final_lr:g} x peak "
-                                f"{cycle_end})"}[r.schedule]
-        augmentation = (f"rotate ±{r.rotate:g}°, shift ±{r.shift:g}, scale ±{r.scale:g}"
-                        if r.rotate or r.shift or r.scale else "none")
         lines += [f"## Step {i}: `{label}`", "", f"**Target.** {step.target}", "", "**Results.**", "",
                   f"- Params: {c['params']}; model `{shown_model(r.model, base)}`",
-                  f"- Recipe: {r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}"
-                  f"{' (Nesterov)' if r.nesterov else ''}, momentum {r.momentum:g}, weight decay {r.weight_decay:g}, "
-                  f"{schedule}; augmentation: {augmentation}",
+                  f"- Recipe: {recipe_line(r)}",
                   f"- Best train accuracy: {c['best_train']}%; best test accuracy: {c['best_test']}%",
                   f"- Lowest test accuracy over the last {last_k} epochs: {c['min_last']}%; first epoch from which "
                   f"every later one holds {TARGET}: {c['first_holding']}",
