@@ -129,3 +129,21 @@ def test_a_training_introduces_itself(mnist_dir: Path, tmp_path: Path, capsys: p
     assert main([*args, "--runs", str(tmp_path / "q"), "--quiet"]) == 0
     quiet = capsys.readouterr().out
     assert "epoch" not in quiet.split("\n", 2)[0] and "model:" not in quiet and "targets NOT met" in quiet
+
+
+@pytest.mark.integration
+def test_the_flagship_in_plain_pytorch_runs_alone(mnist_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "compact_step4.py"
+    import ast
+
+    tree = ast.parse(script.read_text())
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(m.startswith("tinymnist") for m in modules)
+    out = subprocess.run([sys.executable, str(script), "--data", str(mnist_dir), "--epochs", "1", "--subset", "2000"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "compact_7k4: 7,432 parameters" in out and "epoch  1: test accuracy" in out
+    assert "does not hold 99.40% in each of the last 5" in out  # one epoch cannot hold five
