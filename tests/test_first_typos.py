@@ -113,3 +113,18 @@ def test_a_refused_search_creates_no_file(tmp_path: Path, monkeypatch: pytest.Mo
     assert main(["search", "--max-params", "10"]) == 2
     out, err = capsys.readouterr()
     assert one_sentence(err) and out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_tensorboard_gets_every_epoch(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+    pytest.importorskip("tensorboard", reason="the [tensorboard] extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tinymnist.logsinks import TensorBoardSink
+    from tinymnist.runner import train_run
+
+    run = start_run(tmp_path / "runs", "compact_step4", Recipe(model="compact_7k4", epochs=2, seed=3), small_mnist)
+    train_run(run, small_mnist, sinks=(TensorBoardSink(tmp_path / "tb"),))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("accuracy/test")] == [1, 2]
+    assert {"loss/train", "loss/test", "accuracy/train", "lr", "seconds"} <= set(events.Tags()["scalars"])

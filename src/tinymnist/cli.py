@@ -119,7 +119,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = RunRecord(run_dir(args.runs, step.name, spec.recipe.seed))
         create_run(run, spec, data)
     try:
-        summary = train_shown(run, data, published_for(run.step(), run), args.trust_remote_code, args.quiet)
+        sinks = ()
+        if args.tensorboard:
+            from .logsinks import TensorBoardSink
+
+            sinks = (TensorBoardSink(Path(args.tensorboard) / run.step() / run.path.name),)
+        summary = train_shown(run, data, published_for(run.step(), run), args.trust_remote_code, args.quiet, sinks)
     except KeyboardInterrupt:
         say("", f"interrupted; {run.path} holds every completed epoch. Resume with: "
                 f"tinymnist train --resume {run.path}")
@@ -228,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in this directory")
     p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--quiet", action="store_true", help="print only the verdict (no introduction, rows or bar)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars per epoch under "
+                                                        "DIR/STEP/seed-N (the [tensorboard] extra; view: "
+                                                        "tensorboard --logdir DIR)")
     add_run_args(p)
     p.set_defaults(func=cmd_train)
 

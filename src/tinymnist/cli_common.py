@@ -140,7 +140,7 @@ def spec_for(args: argparse.Namespace, step: Step, options: Options, journey_fil
 
 
 def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = (), trust: bool = False,
-                quiet: bool = False) -> dict:
+                quiet: bool = False, sinks: tuple = ()) -> dict:
     """Train ``run`` with a word on what it trains first, then a row per epoch (a bar with the epoch's ETA on a
     terminal); ``quiet``: nothing until the verdict."""
     progress = Progress(enabled=not quiet)
@@ -154,7 +154,7 @@ def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = (), 
             say(epoch_row(m, published[e - 1] if published and e <= len(published) else None))
 
     try:
-        return train_run(run, data, on_epoch, progress.batch, trust=trust)
+        return train_run(run, data, on_epoch, progress.batch, trust=trust, sinks=sinks)
     finally:
         progress.close()
 

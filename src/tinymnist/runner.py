@@ -72,7 +72,8 @@ def create_run(run: RunRecord, spec: RunSpec, data: MNIST) -> None:
 
 
 def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None,
-              on_batch: BatchCallback | None = None, last_k: int = LAST_K, trust: bool = False) -> dict:
+              on_batch: BatchCallback | None = None, last_k: int = LAST_K, trust: bool = False,
+              sinks: tuple[Sink, ...] = ()) -> dict:
     """Train the run recorded in ``run`` to its end, continuing from its checkpoint when it has one, with the
     spec it records (``data`` is cut to its images); return its summary. A finished run is returned as it is.
     All of it happens under the run's lock: no second process writes the same run."""
@@ -85,7 +86,7 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
         if run.finished():  # finished by another process in the meantime
             return run.summary()
         record = RecordSink(run, last_k)
-        execute(run.spec(), data, [record, Callbacks(on_epoch, on_batch)], normalization=run.normalization(),
+        execute(run.spec(), data, [record, Callbacks(on_epoch, on_batch), *sinks], normalization=run.normalization(),
                 model_source=run.model_source(trust))
         return record.summary
 
