@@ -128,3 +128,9 @@ def test_tensorboard_gets_every_epoch(small_mnist, tmp_path: Path) -> None:  # n
     events.Reload()
     assert [e.step for e in events.Scalars("accuracy/test")] == [1, 2]
     assert {"loss/train", "loss/test", "accuracy/train", "lr", "seconds"} <= set(events.Tags()["scalars"])
+
+
+def test_steps_fits_a_terminal(capsys: pytest.CaptureFixture) -> None:
+    assert main(["steps"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) > 14 and max(len(line) for line in lines) <= 80

@@ -89,14 +89,17 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_steps(args: argparse.Namespace) -> int:
-    def line(i: str, step) -> str:  # noqa: ANN001
+    import textwrap
+
+    def lines(i: str, step) -> list[str]:  # noqa: ANN001
         params = count_params(create_model(step.recipe.model))
         tuned = f"tuned on seed{'s' * (len(step.tuned_seeds) > 1)} {seed_list(step.tuned_seeds) or 'none'}"
-        return f"  {i}{step.name} ({params:,} params, {step.recipe.epochs} epochs; {tuned}): {step.target}"
+        head = f"  {i}{step.name} ({params:,} params, {step.recipe.epochs} epochs; {tuned})"
+        return [head, *textwrap.wrap(step.target, 80, initial_indent="      ", subsequent_indent="      ")]
 
     for journey, steps in JOURNEYS.items():
-        say(f"journey {journey}:", *(line(f"{i}. ", step) for i, step in enumerate(steps, 1)))
-    say("other recipes:", *(line("", step) for step in RECIPES))
+        say(f"journey {journey}:", *(line for i, step in enumerate(steps, 1) for line in lines(f"{i}. ", step)))
+    say("other recipes:", *(line for step in RECIPES for line in lines("", step)))
     return EXIT_OK
 
 
