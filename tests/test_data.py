@@ -187,3 +187,20 @@ def test_augment_deterministic_under_seed() -> None:
     b = augment(x, torch.Generator().manual_seed(5), rotate=8, shift=0.1, scale=0.1)
     c = augment(x, torch.Generator().manual_seed(6), rotate=8, shift=0.1, scale=0.1)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_elastic_distortion_moves_pixels_by_its_strength_and_only_when_asked() -> None:
+    from tinymnist.data import augment
+
+    torch.manual_seed(0)
+    images = torch.rand(16, 1, 28, 28)
+
+    def draw(**kw: float) -> torch.Tensor:
+        return augment(images, torch.Generator().manual_seed(7), **kw)
+
+    assert torch.equal(draw(rotate=5.0), draw(rotate=5.0, elastic=0.0))  # no elastic draw: the same stream
+    mild, strong = draw(rotate=5.0, elastic=8.0), draw(rotate=5.0, elastic=34.0)
+    assert torch.equal(mild, draw(rotate=5.0, elastic=8.0))  # deterministic per generator
+    base = draw(rotate=5.0)
+    assert 0 < (mild - base).abs().mean() < (strong - base).abs().mean()
+    assert mild.min() >= 0 and mild.max() <= 1

@@ -454,3 +454,18 @@ def test_builtin_2_counts_every_model_of_builtin_and_more() -> None:
     count within a budget grows with the budget."""
     small, large = search_space.builtin_2_architectures(2500), search_space.builtin_2_architectures(4000)
     assert search_space.builtin_architectures(2500) < small < large
+
+
+@pytest.mark.integration
+def test_the_prepared_gpu_study_runs_on_a_cpu_with_a_tiny_budget(mnist_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("timeout") is None:
+        pytest.skip("coreutils' timeout is not installed")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DATA": str(mnist_dir), "TRIALS": "1", "WORKERS": "1",
+           "BUDGET_S": "240", "EXTRA": "--subset 300 --validation 300"}
+    subprocess.run(["bash", "bench/gpu_study.sh"], cwd=root, env=env, check=True, capture_output=True, timeout=300)
+    export = json.loads((tmp_path / "out" / "band-4k-6k-gpu.json").read_text())
+    assert [t["state"] for t in export["trials"]] == ["complete"]
+    assert 4000 < export["trials"][0]["n_params"] <= 6000 and (tmp_path / "out" / "band-4k-6k-gpu.db").is_file()

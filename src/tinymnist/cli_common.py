@@ -95,7 +95,7 @@ def run_options(args: argparse.Namespace) -> Options:
     return options
 
 
-OVERRIDES = ("epochs", "lr", "batch_size", "ema", "seed")  # recipe settings a training command may change
+OVERRIDES = ("epochs", "lr", "batch_size", "ema", "elastic", "seed")  # recipe settings a training command may change
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict:
@@ -223,6 +223,9 @@ def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
         p.add_argument("--ema", type=float, metavar="DECAY",
                        help="keep an exponential moving average of the weights with this decay per batch (e.g. "
                             "0.999; 0: none), scored and saved in place of the trained weights")
+        p.add_argument("--elastic", type=float, metavar="ALPHA",
+                       help="add an elastic distortion of strength ALPHA pixels to the augmentation (e.g. 16; "
+                            "0: none)")
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],

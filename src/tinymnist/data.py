@@ -239,13 +239,18 @@ def load_validation_split(directory: str | os.PathLike | None = None, validation
     return MNIST(images[:train], labels[:train], images[rest:], labels[rest:], where, (len(images), 0), "validation")
 
 
+ELASTIC_SIGMA = 4.0  # pixels: the smoothing of an elastic distortion's random displacement field (Simard's)
+
+
 def augment(images: torch.Tensor, generator: torch.Generator, rotate: float = 0.0, shift: float = 0.0,
-            scale: float = 0.0) -> torch.Tensor:
+            scale: float = 0.0, elastic: float = 0.0) -> torch.Tensor:
     """Random affine per sample, batched: rotation in ±``rotate`` degrees, translation in ±``shift`` of
-    the image side, zoom in 1±``scale``. Input and output are float [0, 1] (N, 1, H, W); the border is
-    filled with 0 (the MNIST background)."""
+    the image side, zoom in 1±``scale``; with ``elastic`` > 0, an elastic distortion too (a uniform random
+    displacement field per sample, smoothed by a Gaussian of ELASTIC_SIGMA pixels, times ``elastic`` pixels).
+    Input and output are float [0, 1] (N, 1, H, W); the border is filled with 0 (the MNIST background). The
+    elastic field is drawn only when asked for, so recipes without it draw exactly what they drew before."""
     n = images.shape[0]
-    if n == 0 or (rotate == 0 and shift == 0 and scale == 0):
+    if n == 0 or (rotate == 0 and shift == 0 and scale == 0 and elastic == 0):
         return images
     params = torch.rand(n, 4, generator=generator, device=generator.device).to(images.device) * 2 - 1
     angle = params[:, 0] * (rotate * torch.pi / 180)
@@ -256,4 +261,22 @@ def augment(images: torch.Tensor, generator: torch.Generator, rotate: float = 0.
         torch.stack([sin, cos, params[:, 3] * shift * 2], 1),
     ], 1).to(images.dtype)
     grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    if elastic:
+        grid = grid + elastic_field(n, images.shape[-2:], elastic, generator).to(images.device, images.dtype)
     return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def elastic_field(n: int, size: torch.Size, alpha: float, generator: torch.Generator) -> torch.Tensor:
+    """Displacements (n, H, W, 2) in grid_sample's units (2 / side per pixel): uniform noise in [-1, 1] per
+    pixel and axis, smoothed by a separable Gaussian of ELASTIC_SIGMA pixels, times ``alpha`` pixels."""
+    h, w = size
+    noise = torch.rand(n, 2, h, w, generator=generator, device=generator.device) * 2 - 1
+    radius = int(2 * ELASTIC_SIGMA)
+    x = torch.arange(-radius, radius + 1, dtype=noise.dtype, device=noise.device)
+    kernel = torch.exp(-x ** 2 / (2 * ELASTIC_SIGMA ** 2))
+    kernel = kernel / kernel.sum()
+    f = torch.nn.functional
+    smooth = f.conv2d(noise.reshape(-1, 1, h, w), kernel.view(1, 1, 1, -1), padding=(0, radius))
+    smooth = f.conv2d(smooth, kernel.view(1, 1, -1, 1), padding=(radius, 0)).reshape(n, 2, h, w)
+    return (smooth * alpha).permute(0, 2, 3, 1) * torch.tensor([2 / w, 2 / h], dtype=noise.dtype,
+                                                                 device=noise.device)

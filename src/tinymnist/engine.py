@@ -346,7 +346,7 @@ def batch_inputs(images: torch.Tensor, mean: float, std: float, memory_format: t
     generator when ``augmentation`` is given, normalized, in ``memory_format``."""
     if augmentation:
         r, generator = augmentation
-        images = augment(images.unsqueeze(1).float().div_(255), generator, r.rotate, r.shift, r.scale)
+        images = augment(images.unsqueeze(1).float().div_(255), generator, r.rotate, r.shift, r.scale, r.elastic)
     return normalize(images, mean, std).contiguous(memory_format=memory_format)
 
 

@@ -34,6 +34,7 @@ class Recipe:
     rotate: float = 0.0  # augmentation: rotation, ±degrees
     shift: float = 0.0  # augmentation: translation, ± fraction of the side
     scale: float = 0.0  # augmentation: zoom, 1 ± fraction
+    elastic: float = 0.0  # augmentation: elastic distortion's strength alpha, pixels (Simard et al. 2003; 0: none)
     label_smoothing: float = 0.0
     # Weight averaging: the decay of an exponential moving average of the weights and BatchNorm statistics,
     # updated after every batch (0: off). The average is what each epoch is scored with and what a run saves.
@@ -79,6 +80,9 @@ class Recipe:
         if self.cycle_epochs is not None and not 1 <= self.cycle_epochs <= self.epochs:
             raise UsageError(f"this recipe's LR cycle spans {self.cycle_epochs} epochs, more than the {self.epochs} "
                              f"asked for; use --epochs {self.cycle_epochs} or more.")
+        if self.elastic < 0:
+            raise UsageError(f"elastic must be a strength in pixels >= 0, such as 16, or 0 for none (got "
+                             f"{self.elastic}).")
         if not 0 <= self.ema < 1:
             raise UsageError(f"ema must be a decay in [0, 1), such as 0.999, or 0 for none (got {self.ema}).")
         if self.step_size < 1:

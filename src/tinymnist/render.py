@@ -76,7 +76,8 @@ def recipe_line(r: object) -> str:
                 "onecycle": f"one-cycle (warm-up {r.warmup:.0%} of the cycle, down to {r.final_lr:g} x peak "
                             f"{cycle_end})"}[r.schedule]
     augmentation = (f"rotate ±{r.rotate:g}°, shift ±{r.shift:g}, scale ±{r.scale:g}"
-                    if r.rotate or r.shift or r.scale else "none")
+                    + (f", elastic alpha {r.elastic:g} px" if r.elastic else "")
+                    if r.rotate or r.shift or r.scale or r.elastic else "none")
     ema = f"; weight average (decay {r.ema:g} per batch)" if r.ema else ""
     return (f"{r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}"
             f"{' (Nesterov)' if r.nesterov else ''}, momentum {r.momentum:g}, weight decay {r.weight_decay:g}, "
@@ -296,7 +297,8 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
         tuning, ""])
 
 
-OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "ema": "--ema"}
+OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "ema": "--ema",
+                "elastic": "--elastic"}
 
 
 def run_groups(root: Path) -> dict[RunGroup, dict[int, RunRecord]]:
