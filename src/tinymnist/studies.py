@@ -414,8 +414,9 @@ def front_lines(root: Path, groups: dict[RunGroup, dict[int, RunRecord]], figure
 def settings_text(trial: dict) -> str:
     r = trial["recipe"]
     aug = f"rotate ±{r['rotate']:g}°, shift ±{r['shift']:g}, zoom ±{r['scale']:g}" if r["rotate"] else "none"
+    ema = f", weight average (decay {r['ema']:g})" if r.get("ema") else ""
     return (f"{r['epochs']} epochs (LR cycle {r['cycle_epochs'] or r['epochs']}), batch {r['batch_size']}, peak LR "
-            f"{r['lr']:.3g}, augmentation {aug}")
+            f"{r['lr']:.3g}, augmentation {aug}{ema}")
 
 
 def search_command(export: dict) -> str:
