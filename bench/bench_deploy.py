@@ -40,7 +40,7 @@ def chromium() -> str:
     return path
 
 
-def draw(page, strokes: list[list[tuple[int, int]]]) -> dict:  # noqa: ANN001 - a Playwright page
+def draw(page, strokes: list[list[tuple[int, int]]]) -> dict:  # a Playwright page
     """Draw ``strokes`` on the page's pad with the mouse; the page's pixels and ten probabilities."""
     page.click("#clear")
     box = page.locator("#pad").bounding_box()
@@ -69,7 +69,7 @@ ONE_PREDICTION = """() => {  // the median of 20: preparing the drawn pad, then 
     return times.sort((a, b) => a - b)[10]; }"""
 
 
-def forward_all(page, images: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def forward_all(page, images: np.ndarray) -> np.ndarray:
     """The page's own forward pass (TinyMNIST.forward with the exported model) on uint8 images (N, 28, 28)."""
     out = []
     for i in range(0, len(images), 500):

@@ -86,7 +86,7 @@ def faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def per_call_ms(fn, steps: int) -> tuple[float, float]:  # noqa: ANN001
+def per_call_ms(fn, steps: int) -> tuple[float, float]:
     """(milliseconds, page faults) per call of ``fn``, after a few calls to warm up."""
     for _ in range(max(3, steps // 10)):
         fn()
@@ -96,7 +96,7 @@ def per_call_ms(fn, steps: int) -> tuple[float, float]:  # noqa: ANN001
     return (time.perf_counter() - start) / steps * 1e3, (faults() - faulted) / steps
 
 
-def training_step(model_name: str, batch: int, compiled: bool):  # noqa: ANN201
+def training_step(model_name: str, batch: int, compiled: bool):
     """The engine's uncompiled (or compiled) training step on one resident batch."""
     recipe = get_step("compact_step4").recipe
     torch.manual_seed(0)

@@ -80,7 +80,7 @@ def peer_epoch(model_name: str, x: torch.Tensor, y: torch.Tensor, test_x: torch.
     return mid - start, time.perf_counter() - mid
 
 
-def tinymnist_epoch(model_name: str, data, batch_size: int, precision: str, threads: int,  # noqa: ANN001
+def tinymnist_epoch(model_name: str, data, batch_size: int, precision: str, threads: int,
                     engine: str = "tinymnist") -> tuple[float, float]:
     """(train, eval) seconds of the second of two epochs (the first warms up)."""
     recipe = dataclasses.replace(get_step("compact_step4").recipe, model=model_name, batch_size=batch_size, epochs=2,

@@ -55,7 +55,7 @@ class PerImageMNIST(Dataset):
         return (x - self.mean) / self.std, int(self.labels[i])
 
 
-def baseline_epoch(model_name: str, data, batch_size: int, lr: float) -> tuple[float, float]:  # noqa: ANN001
+def baseline_epoch(model_name: str, data, batch_size: int, lr: float) -> tuple[float, float]:
     torch.manual_seed(0)
     model = create_model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -100,7 +100,7 @@ def peak_gflops(seconds: float = 3.0) -> float:
     return best
 
 
-def bench_recipe(args: argparse.Namespace):  # noqa: ANN201
+def bench_recipe(args: argparse.Namespace):
     """The step's recipe with --batch-size / --lr applied (the same overrides as `tinymnist train`)."""
     return get_step(args.step).recipe.with_overrides(batch_size=args.batch_size, lr=args.lr)
 
@@ -224,7 +224,7 @@ def measure_profile(args: argparse.Namespace, steps: int = 200) -> dict:
     class SecondEpochProfile(Sink):
         """torch.profiler over the training batches of epoch 2 (epoch 1 warms up; evaluation is left out)."""
 
-        def epoch(self, trainer, metrics: dict) -> None:  # noqa: ANN001
+        def epoch(self, trainer, metrics: dict) -> None:
             if trainer.epoch == 1:
                 self.prof = profile(activities=[ProfilerActivity.CPU]).__enter__()
 

@@ -28,7 +28,7 @@ from tinymnist.records import RunRecord
 from tinymnist.targets import mean_interval
 
 
-def measure(run: RunRecord, data, batch: int = 1000) -> dict:  # noqa: ANN001
+def measure(run: RunRecord, data, batch: int = 1000) -> dict:
     loaded = load_model(run)
     averaged = evaluate_loaded(loaded, data.test_images, data.test_labels, "cpu").acc
     _, model, inputs, cast = _feed(loaded, "cpu")

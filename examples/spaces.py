@@ -15,7 +15,7 @@ def block(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, bias=False), nn.BatchNorm2d(cout, momentum=0.01), nn.ReLU())
 
 
-def space(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001 - an optuna Trial
+def space(trial) -> tuple[nn.Module, dict]:  # an optuna Trial
     """Plain Conv-BN-ReLU stacks: two layers, a max-pool, two to four more; widths and the recipe searched."""
     width = trial.suggest_categorical("width", [8, 12, 16])
     after = trial.suggest_int("after_pool", 2, 4)
@@ -28,7 +28,7 @@ def space(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001 - an optuna Trial
                    "rotate": trial.suggest_float("rotate", 0.0, 10.0), "cycle_epochs": epochs - 3}
 
 
-def compact_step4(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG001 - a space of one point
+def compact_step4(trial) -> tuple[nn.Module, dict]:  # a space of one point
     """The compact journey's final step (compact_7k4, 7,432 parameters, and its recipe) as a one-point space:
     its score on the validation split is the bar the speed study's choice must reach."""
     model = nn.Sequential(block(1, 8), block(8, 16), nn.MaxPool2d(2), block(16, 8, 1), block(8, 16), block(16, 16),
@@ -42,7 +42,7 @@ def compact_step4(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG001 - a 
 #     --max-params 4000 --trials 1 --design 0 --workers 1
 # tinymnist search-rescore --study calibrate-frontier-sep-3k8 --top 1 --seeds 2,3,4 --workers 2
 
-def frontier_sep_3k8(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG001 - a space of one point
+def frontier_sep_3k8(trial) -> tuple[nn.Module, dict]:  # a space of one point
     """tinymnist's frontier_sep_3k8 (sep_3k8, 3,768 parameters, and its recipe)."""
     from tinymnist.models import create_model
 
@@ -50,7 +50,7 @@ def frontier_sep_3k8(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG001 -
                                      "shift": 0.05, "scale": 0.0}
 
 
-def frontier_2k5_trial_59(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001, ARG001 - a space of one point
+def frontier_2k5_trial_59(trial) -> tuple[nn.Module, dict]:  # a space of one point
     """Trial 59 of the study frontier-2k5 (2,108 parameters), its recipe as the study's export records it."""
     from tinymnist.models import create_model
 
@@ -84,7 +84,7 @@ def band_layouts() -> list[tuple[str, int]]:
     return out
 
 
-def band_4k_6k(trial) -> tuple[nn.Module, dict]:  # noqa: ANN001 - an optuna Trial
+def band_4k_6k(trial) -> tuple[nn.Module, dict]:  # an optuna Trial
     """Trial 13's shape (two layers, a max-pool, then equal-width layers, depthwise-separable from layer ``sep``)
     at compact_step4's recipe with weight averaging: one of the band's layouts (band_layouts: the first two
     widths, the width after the pool, the number of layers, where separable layers start), and one recipe

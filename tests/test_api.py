@@ -15,12 +15,12 @@ class Small(nn.Module):
                                       nn.Conv2d(8, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(16, 10)
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         return self.head(self.features(x))
 
 
 @pytest.mark.integration
-def test_train_a_class_and_a_factory(small_mnist) -> None:  # noqa: ANN001
+def test_train_a_class_and_a_factory(small_mnist) -> None:
     recipe = tm.recipe("compact_step3", epochs=2)
     cpu = tm.Options(device="cpu")
     a = tm.train(Small, recipe, small_mnist, cpu)
@@ -33,7 +33,7 @@ def test_train_a_class_and_a_factory(small_mnist) -> None:  # noqa: ANN001
 
 
 @pytest.mark.integration
-def test_consistency_and_layers(small_mnist) -> None:  # noqa: ANN001
+def test_consistency_and_layers(small_mnist) -> None:
     result = tm.consistency(Small, tm.recipe("compact_step3", epochs=2), small_mnist, seeds=[1001, 1002],
                             options=tm.Options(device="cpu"), last_k=1)
     assert list(result.results) == [1001, 1002] and result.figures["seeds_run"] == 2
@@ -43,7 +43,7 @@ def test_consistency_and_layers(small_mnist) -> None:  # noqa: ANN001
     assert "total: 7,432 params" in repr(tm.show_layers("compact_7k4"))
 
 
-def test_a_model_that_is_not_one_is_refused(small_mnist) -> None:  # noqa: ANN001
+def test_a_model_that_is_not_one_is_refused(small_mnist) -> None:
     with pytest.raises(tm.errors.UsageError, match="maps .* to \\(2, 5\\)"):
         tm.train(lambda: nn.Sequential(nn.Flatten(), nn.Linear(784, 5)), tm.recipe("original_step4", epochs=1),
                  small_mnist)

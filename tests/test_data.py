@@ -99,7 +99,7 @@ def test_missing_files_without_download(tmp_path: Path) -> None:
 # --- downloading, against a small HTTP server on 127.0.0.1 -------------------------------------
 
 @pytest.fixture
-def mirror(tmp_path: Path):  # noqa: ANN201
+def mirror(tmp_path: Path):
     served = write_mnist(tmp_path / "served", 50, 20)
 
     class Quiet(http.server.SimpleHTTPRequestHandler):  # a subclass: the stdlib handler stays as it is
@@ -117,7 +117,7 @@ def mirror(tmp_path: Path):  # noqa: ANN201
     server.server_close()
 
 
-def test_download_good(tmp_path: Path, mirror) -> None:  # noqa: ANN001
+def test_download_good(tmp_path: Path, mirror) -> None:
     url, checksums = mirror
     target = tmp_path / "dl"
     download(target, mirrors=[url], checksums=checksums)
@@ -127,7 +127,7 @@ def test_download_good(tmp_path: Path, mirror) -> None:  # noqa: ANN001
     assert sorted(p.name for p in target.iterdir()) == sorted(f"{n}.gz" for n, _ in FILES.values())
 
 
-def test_download_bad_checksum_leaves_nothing(tmp_path: Path, mirror) -> None:  # noqa: ANN001
+def test_download_bad_checksum_leaves_nothing(tmp_path: Path, mirror) -> None:
     url, checksums = mirror
     target = tmp_path / "dl"
     bad = {name: "0" * 32 for name in checksums}
@@ -136,7 +136,7 @@ def test_download_bad_checksum_leaves_nothing(tmp_path: Path, mirror) -> None:  
     assert list(target.iterdir()) == []
 
 
-def test_download_server_gone(tmp_path: Path, mirror) -> None:  # noqa: ANN001
+def test_download_server_gone(tmp_path: Path, mirror) -> None:
     url, checksums = mirror
     port = int(url.rsplit(":", 1)[1].strip("/"))
     target = tmp_path / "dl"
@@ -149,7 +149,7 @@ def test_download_server_gone(tmp_path: Path, mirror) -> None:  # noqa: ANN001
 
 # --- the real MNIST ------------------------------------------------------------------------------
 
-def test_real_mnist(real_mnist) -> None:  # noqa: ANN001
+def test_real_mnist(real_mnist) -> None:
     assert real_mnist.train_images.shape == (60_000, 28, 28) and len(real_mnist.test_labels) == 10_000
     assert real_mnist.train_labels.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert real_mnist.test_labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -89,7 +89,7 @@ def test_a_layer_the_page_cannot_run_is_named() -> None:
 
 
 @pytest.fixture(scope="module")
-def compact_run(small_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+def compact_run(small_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """compact_step4's model and recipe for one epoch on the small data: Conv-BN-ReLU, BatchNorm to fold."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Note)  # the LR cycle scaled to one epoch
@@ -123,7 +123,7 @@ def test_export_refuses_a_run_with_no_weights(compact_run: Path, tmp_path: Path,
     assert one_sentence(err) and "no weights" in err and not (tmp_path / "page").exists()
 
 
-def test_export_of_a_users_model_with_a_layer_the_page_cannot_run(small_mnist, tmp_path: Path,  # noqa: ANN001
+def test_export_of_a_users_model_with_a_layer_the_page_cannot_run(small_mnist, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)

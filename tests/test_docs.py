@@ -34,7 +34,7 @@ def test_results_doc_is_rendered_from_the_committed_run_records() -> None:
         "docs/results.md differs from the run records in evidence/runs; regenerate it with `tinymnist results`")
 
 
-def test_search_doc_is_rendered_from_the_committed_study_exports(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_search_doc_is_rendered_from_the_committed_study_exports(tmp_path: Path, monkeypatch) -> None:
     import pytest
 
     pytest.importorskip("matplotlib")

@@ -17,7 +17,7 @@ from tinymnist.steps import get_step
 
 
 @pytest.mark.integration
-def test_overfits_one_small_batch(small_mnist) -> None:  # noqa: ANN001
+def test_overfits_one_small_batch(small_mnist) -> None:
     one_batch = small_mnist.subset(32, 32)
     # Train and test on the same 32 images: a working engine drives them to (near) zero loss.
     one_batch.test_images, one_batch.test_labels = one_batch.train_images, one_batch.train_labels
@@ -27,7 +27,7 @@ def test_overfits_one_small_batch(small_mnist) -> None:  # noqa: ANN001
 
 
 @pytest.mark.integration
-def test_same_seed_same_history(small_mnist) -> None:  # noqa: ANN001
+def test_same_seed_same_history(small_mnist) -> None:
     recipe = Recipe(model="original_step4", epochs=2, batch_size=128, seed=3, rotate=8, shift=0.1, scale=0.1)
     strip = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
     a, b = fit(recipe, small_mnist, CPU), fit(recipe, small_mnist, CPU)
@@ -52,7 +52,7 @@ def test_onecycle_rises_then_falls_to_final() -> None:
     assert lrs[-1] == pytest.approx(0.001)
 
 
-def test_short_run_writes_complete_readable_run_directory(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_short_run_writes_complete_readable_run_directory(small_mnist, tmp_path: Path) -> None:
     data = small_mnist.subset(600, 400)
     recipe = Recipe(model="original_step4", epochs=2, batch_size=64, seed=1)
     run = start_run(tmp_path, "original_step4", recipe, data)
@@ -77,7 +77,7 @@ def test_short_run_writes_complete_readable_run_directory(small_mnist, tmp_path:
     assert trainer.evaluate()["test_acc"] == summary["last_test_acc"]
 
 
-def test_nan_loss_stops_with_clear_error(small_mnist) -> None:  # noqa: ANN001
+def test_nan_loss_stops_with_clear_error(small_mnist) -> None:
     recipe = Recipe(model="original_step1", epochs=1, batch_size=200, lr=1e6, momentum=0.99, seed=0)
     with pytest.raises(TrainingError, match=r"loss became .* at epoch 1, batch \d+"):
         fit(recipe, small_mnist, CPU)
@@ -94,7 +94,7 @@ def test_onecycle_can_end_early_and_hold() -> None:
 EMA = Recipe(model="compact_7k4", epochs=3, batch_size=64, lr=0.05, seed=2, rotate=5.0, ema=0.99)
 
 
-def test_a_weight_averaged_run_and_its_resumed_twin_are_identical(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_weight_averaged_run_and_its_resumed_twin_are_identical(small_mnist, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     data = small_mnist.subset(600, 300)
@@ -120,7 +120,7 @@ def test_a_weight_averaged_run_and_its_resumed_twin_are_identical(small_mnist, t
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_the_weight_average_is_what_a_run_scores_saves_and_serves(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_weight_average_is_what_a_run_scores_saves_and_serves(small_mnist, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from tinymnist.inference import evaluate_run
@@ -160,7 +160,7 @@ def test_compile_auto_is_on_for_long_cpu_trainings_on_two_threads_or_more(monkey
         resolve_compile("fast", cpu, 2, 0)
 
 
-def _fit_compiled(small_mnist, compile: str, images: int = 640, epochs: int = 2,  # noqa: ANN001
+def _fit_compiled(small_mnist, compile: str, images: int = 640, epochs: int = 2,
                   channels_last: bool = True, batch_size: int = 64) -> Trainer:
     import dataclasses
 
@@ -173,7 +173,7 @@ def _fit_compiled(small_mnist, compile: str, images: int = 640, epochs: int = 2,
 
 
 @pytest.mark.integration
-def test_the_compiled_step_trains_as_the_uncompiled_one(small_mnist) -> None:  # noqa: ANN001
+def test_the_compiled_step_trains_as_the_uncompiled_one(small_mnist) -> None:
     """Same recipe, same seed, four batches (the last, smaller one uncompiled): the same weights up to rounding.
     torch.compile orders the arithmetic differently, so over a whole run the numbers are another draw, as with
     another thread count. Compared with the uncompiled step in NCHW: the uncompiled channels_last step's
@@ -188,7 +188,7 @@ def test_the_compiled_step_trains_as_the_uncompiled_one(small_mnist) -> None:  #
 
 @pytest.mark.integration
 def test_without_a_compiler_the_run_says_so_once_and_trains_uncompiled(
-        small_mnist, capfd: pytest.CaptureFixture) -> None:  # noqa: ANN001
+        small_mnist, capfd: pytest.CaptureFixture) -> None:
     import torch._inductor.config as inductor
 
     with inductor.patch({"cpp.cxx": (None, "/nonexistent/g++")}):  # the config's own patch: undone exactly
@@ -202,7 +202,7 @@ def test_without_a_compiler_the_run_says_so_once_and_trains_uncompiled(
 
 @pytest.mark.integration
 def test_every_compiled_training_of_a_process_runs_compiled_and_a_silent_fallback_is_said(
-        small_mnist, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:  # noqa: ANN001
+        small_mnist, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
     """Dynamo keeps a few graphs of one forward() per process (8; 1 here) and runs the next model or batch size
     eager without a word: each compiled training starts from an empty in-process cache, so the second one here
     compiles too; without that reset the fallback is caught, said once, and the run records it uncompiled."""

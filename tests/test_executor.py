@@ -21,7 +21,7 @@ def without_seconds(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if "seconds" not in k} for m in history]
 
 
-def test_the_same_spec_gives_the_same_epochs_through_every_sink(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_same_spec_gives_the_same_epochs_through_every_sink(small_mnist, tmp_path: Path) -> None:
     optuna = pytest.importorskip("optuna")
     from tinymnist.search import TrialSink
     from tinymnist.search_space import SearchConfig
@@ -51,7 +51,7 @@ def test_the_same_spec_gives_the_same_epochs_through_every_sink(small_mnist, tmp
     assert [reported[e] for e in (1, 2)] == [m["test_acc"] for m in recorded] == study.trials[0].user_attrs["val_acc"]
 
 
-def test_a_run_is_scored_on_the_images_its_spec_names(small_mnist) -> None:  # noqa: ANN001
+def test_a_run_is_scored_on_the_images_its_spec_names(small_mnist) -> None:
     spec = RunSpec(RECIPE, CPU, held_out="validation")
     with pytest.raises(UsageError, match="scored on validation images, but the data given holds test images"):
         execute(spec, small_mnist)
@@ -59,7 +59,7 @@ def test_a_run_is_scored_on_the_images_its_spec_names(small_mnist) -> None:  # n
         RunSpec(RECIPE, CPU, held_out="train")
 
 
-def test_validation_scores_are_called_validation_scores(small_mnist) -> None:  # noqa: ANN001
+def test_validation_scores_are_called_validation_scores(small_mnist) -> None:
     import dataclasses
 
     validation = dataclasses.replace(small_mnist.subset(500, 200), held_out="validation")

@@ -55,7 +55,7 @@ def test_layers_takes_every_name_train_takes(capsys: pytest.CaptureFixture) -> N
     assert by_step == capsys.readouterr().out and "7,432" in by_step
 
 
-def test_show_of_a_run_with_no_epoch_says_so(small_mnist, tmp_path: Path,  # noqa: ANN001
+def test_show_of_a_run_with_no_epoch_says_so(small_mnist, tmp_path: Path,
                                              capsys: pytest.CaptureFixture) -> None:
     run = start_run(tmp_path, "compact_step4", Recipe(model="compact_7k4", epochs=1, seed=3), small_mnist)
     assert main(["show", str(run.path)]) == 2
@@ -115,7 +115,7 @@ def test_a_refused_search_creates_no_file(tmp_path: Path, monkeypatch: pytest.Mo
     assert one_sentence(err) and out == "" and list(tmp_path.iterdir()) == []
 
 
-def test_tensorboard_gets_every_epoch(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tensorboard_gets_every_epoch(small_mnist, tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the [tensorboard] extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -18,7 +18,7 @@ from tinymnist.runner import train_run
 
 
 @pytest.fixture(scope="module")
-def trained(real_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+def trained(real_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An original_step4 run trained briefly on 6,000 real digits (about 97-98% test accuracy)."""
     data = real_mnist.subset(6000)
     run = start_run(tmp_path_factory.mktemp("runs"), "original_step4", Recipe(model="original_step4", epochs=2,
@@ -57,7 +57,7 @@ def variants(digit: np.ndarray, tmp: Path) -> list[Path]:
 
 
 @pytest.mark.integration
-def test_predict_matches_the_mnist_original(real_mnist, trained: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_predict_matches_the_mnist_original(real_mnist, trained: Path, tmp_path: Path) -> None:
     loaded = load_model(RunRecord(trained))
     originals = real_mnist.test_images[:200].numpy()
     probs = predict_images(loaded, originals)
@@ -71,7 +71,7 @@ def test_predict_matches_the_mnist_original(real_mnist, trained: Path, tmp_path:
             assert got == expected, f"test image {i} as {path.name}: {got} instead of {expected}"
 
 
-def test_predict_cli_json_and_show_input(small_mnist, trained_run: Path, tmp_path: Path,  # noqa: ANN001
+def test_predict_cli_json_and_show_input(small_mnist, trained_run: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
     paths = variants(small_mnist.test_images[0].numpy(), tmp_path)
     shown = tmp_path / "seen.png"

@@ -35,7 +35,7 @@ DIGITS = {
 
 
 @pytest.fixture(scope="module")
-def mnist_run(real_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+def mnist_run(real_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """compact_step3's recipe for 3 epochs on 20,000 real digits: a model that reads handwriting."""
     data = real_mnist.subset(20_000)
     run = start_run(tmp_path_factory.mktemp("page"), "compact_step3",
@@ -45,7 +45,7 @@ def mnist_run(real_mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:  # 
 
 
 @pytest.fixture(scope="module")
-def server(mnist_run: Path):  # noqa: ANN201
+def server(mnist_run: Path):
     with serving(mnist_run) as url:
         yield url
 

@@ -59,7 +59,7 @@ def test_run_dir_is_the_one_layout() -> None:
     assert run_dir("runs", "user/my_journey/step1", 7) == Path("runs/user/my_journey/step1/seed-7")
 
 
-def test_files_get_the_mode_the_umask_gives(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_files_get_the_mode_the_umask_gives(small_mnist, tmp_path: Path) -> None:
     from tinymnist.runner import train_run
 
     old = os.umask(0o022)
@@ -98,7 +98,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_resume_while_the_run_trains_elsewhere_exits_2(small_mnist, tmp_path: Path, full_synthetic_dir: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+                                                        capsys: pytest.CaptureFixture) -> None:
     run = start_run(tmp_path, "original_step4", Recipe(model="original_step4", epochs=2, seed=0), small_mnist)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run.path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -113,7 +113,7 @@ def test_resume_while_the_run_trains_elsewhere_exits_2(small_mnist, tmp_path: Pa
 
 
 def test_a_new_run_records_the_precision_it_resolved_and_an_earlier_auto_keeps_its_meaning(
-        small_mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+        small_mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """'auto' is fp32 now, and a header never records it; a header that says 'auto' (written by 0.3.0 or
     earlier) resumes in what 'auto' meant then: bf16 on hardware with native bf16, else fp32."""
     import dataclasses
@@ -137,7 +137,7 @@ def test_a_new_run_records_the_precision_it_resolved_and_an_earlier_auto_keeps_i
 
 
 def test_a_new_run_records_the_compile_setting_it_resolved_and_an_earlier_run_resumes_uncompiled(
-        small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+        small_mnist, tmp_path: Path) -> None:
     """--compile auto resolves when the run is created (a 2,000-image epoch is too short to compile), and a header
     from before --compile existed resumes as it trained: uncompiled, whatever 'auto' would say now."""
     import json

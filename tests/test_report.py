@@ -72,7 +72,7 @@ def test_a_gap_shown_the_same_is_judged_the_same() -> None:
     assert analyse([history(test, [99.4949] * 15)], 7_000)[0].startswith("Neither")  # shown as 0.49
 
 
-def fake_run(root: Path, step: str, model: str, seed: int, test: list[float], data) -> RunRecord:  # noqa: ANN001
+def fake_run(root: Path, step: str, model: str, seed: int, test: list[float], data) -> RunRecord:
     """A finished run record with untrained weights and a made-up history."""
     run = start_run(root, step, Recipe(model=model, epochs=len(test), seed=seed), data)
     torch.manual_seed(seed)
@@ -85,7 +85,7 @@ def fake_run(root: Path, step: str, model: str, seed: int, test: list[float], da
 
 
 @pytest.mark.integration
-def test_report_on_fake_runs_has_every_section_and_figure(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_report_on_fake_runs_has_every_section_and_figure(small_mnist, tmp_path: Path) -> None:
     """Steps 3 and 4 both have fresh-seed runs: the report once crashed (TypeError) on the step after the first
     one confirmed."""
     steps = tuple(Step(f"s{i}", f"target {i}", Recipe(model=m, epochs=6), (f"note {i}",))

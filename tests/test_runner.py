@@ -16,7 +16,7 @@ from tinymnist.runner import run_seeds, train_run
 TINY = Recipe(model="compact_7k4", epochs=2, seed=0)
 
 
-def test_a_finished_run_is_returned_as_it_is(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_finished_run_is_returned_as_it_is(small_mnist, tmp_path: Path) -> None:
     data = small_mnist.subset(500, 200)
     run = start_run(tmp_path, "compact_step2", TINY, data)
     summary = train_run(run, data)
@@ -24,7 +24,7 @@ def test_a_finished_run_is_returned_as_it_is(small_mnist, tmp_path: Path) -> Non
     assert train_run(run, data) == summary and (run / "metrics.jsonl").read_text() == before
 
 
-def test_a_run_records_its_images_and_resumes_on_them(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_run_records_its_images_and_resumes_on_them(small_mnist, tmp_path: Path) -> None:
     part = small_mnist.subset(500, 300)
     run = start_run(tmp_path, "compact_step2", TINY, part)
     assert run.data_sizes() == (500, 300)
@@ -35,7 +35,7 @@ def test_a_run_records_its_images_and_resumes_on_them(small_mnist, tmp_path: Pat
 
 
 @pytest.mark.integration
-def test_run_seeds_in_order_judges_every_seed(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_run_seeds_in_order_judges_every_seed(small_mnist, tmp_path: Path) -> None:
     seen = []
     figures = run_seeds(RunSpec(TINY, CPU, "compact_step2"), [3, 4], tmp_path, small_mnist,
                         on_run=lambda seed, run: seen.append(seed), last_k=2)
@@ -47,7 +47,7 @@ def test_run_seeds_in_order_judges_every_seed(small_mnist, tmp_path: Path) -> No
 
 
 @pytest.mark.integration
-def test_seeds_of_another_recipe_are_refused_before_training(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_seeds_of_another_recipe_are_refused_before_training(small_mnist, tmp_path: Path) -> None:
     run_seeds(RunSpec(TINY, CPU, "compact_step2"), [3], tmp_path, small_mnist, last_k=2)
     with pytest.raises(UsageError, match="holds a different recipe"):
         run_seeds(RunSpec(TINY.with_overrides(lr=0.05), CPU, "compact_step2"), [5, 3], tmp_path, small_mnist, last_k=2)

@@ -108,7 +108,7 @@ def test_pruner_compares_trials_of_the_same_length_only() -> None:
     search_space.BASE_RECIPE.with_overrides(epochs=e, cycle_epochs=c, warmup=w, lr=0.2)
     for e, c, w in [(15, 11, 0.2), (15, 15, 0.2), (15, 11, 0.5), (8, 6, 0.2), (6, 6, 0.1), (3, 2, 0.2)]
 ] + [search_space.BASE_RECIPE.with_overrides(epochs=15, schedule="step", step_size=6, gamma=0.1, lr=0.05)])
-def test_the_pruner_never_cuts_before_the_lr_has_decayed_nor_inside_the_scoring_window(recipe) -> None:  # noqa: ANN001
+def test_the_pruner_never_cuts_before_the_lr_has_decayed_nor_inside_the_scoring_window(recipe) -> None:
     from tinymnist.schedule import lr_at
 
     last_k = 5
@@ -168,7 +168,7 @@ def test_rescoring_ranks_recipes_by_their_mean_level_over_seeds_not_by_one_draw(
              (2, 1): 99.00, (2, 2): 99.00, (2, 3): 99.00, (2, 4): 99.00}
     config = search_space.SearchConfig(max_params=8000)
 
-    def fake(trial) -> float:  # noqa: ANN001
+    def fake(trial) -> float:
         x, seed = trial.suggest_int("x", 0, 2), trial.user_attrs.get("seed", 1)
         accs = [level[x, seed] - 0.5] * 10 + [level[x, seed]] * 5
         for key, value in (("model", f"m{x}"), ("params", 1000 + x), ("seed", seed), ("val_acc", accs),

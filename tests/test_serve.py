@@ -11,11 +11,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from conftest import serving  # noqa: E402
-from tinymnist.cli import main  # noqa: E402
-from tinymnist.serve import MAX_BODY_BYTES, create_app  # noqa: E402
+from conftest import serving
+from tinymnist.cli import main
+from tinymnist.serve import MAX_BODY_BYTES, create_app
 
 
 def png(draw: bool = True, size: int = 200) -> bytes:
@@ -95,7 +95,7 @@ def test_a_chunked_upload_over_the_cap_on_a_real_server(trained_run: Path, mnist
     with serving(trained_run, "--data-dir", str(mnist_dir)) as url:
         chunk = b"\0" * 65536
 
-        def body():  # noqa: ANN202 - a generator: httpx sends it chunked, with no Content-Length
+        def body():  # a generator: httpx sends it chunked, with no Content-Length
             for _ in range(MAX_BODY_BYTES // len(chunk) + 4):
                 yield chunk
 

@@ -14,7 +14,7 @@ from tinymnist.steps import get_step
 
 
 @pytest.mark.slow
-def test_compact_step4_meets_every_target(real_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_compact_step4_meets_every_target(real_mnist, tmp_path: Path) -> None:
     # Seed 1004 with one thread and bf16, a fresh seed recorded in docs/results.md, holds 99.54-99.56% in its
     # last five epochs on the reference machine: a margin of over ten test images for a CPU that computes
     # slightly differently. (A run is a draw: docs/results.md shows 9 of 10 fresh seeds pass, not all.)

@@ -14,7 +14,7 @@ from tinymnist.targets import (
 )
 
 
-def consistent(verdict) -> bool:  # noqa: ANN001
+def consistent(verdict) -> bool:
     return next(t for t in verdict.checks if "last" in t.name).met
 
 

@@ -167,7 +167,7 @@ def test_an_unchanged_file_needs_no_switch(user_run: Path, mnist_dir: Path, caps
 # --- the starter and journey files ---------------------------------------------------------------------------
 
 @pytest.mark.integration
-def test_the_starter_trains_exactly_as_the_original_steps(small_mnist, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_starter_trains_exactly_as_the_original_steps(small_mnist, tmp_path: Path) -> None:
     from conftest import fit
     from tinymnist.recipes import Options
     from tinymnist.steps import get_journey, get_step

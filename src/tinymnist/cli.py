@@ -91,7 +91,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_steps(args: argparse.Namespace) -> int:
     import textwrap
 
-    def lines(i: str, step) -> list[str]:  # noqa: ANN001
+    def lines(i: str, step) -> list[str]:
         params = count_params(create_model(step.recipe.model))
         tuned = f"tuned on seed{'s' * (len(step.tuned_seeds) > 1)} {seed_list(step.tuned_seeds) or 'none'}"
         head = f"  {i}{step.name} ({params:,} params, {step.recipe.epochs} epochs; {tuned})"
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():  # restores the filters and showwarning on the way out
         show, noted, renamed = warnings.showwarning, set(), []
 
-        def note(message, category, *rest):  # noqa: ANN001, ANN002, ANN202 - warnings.showwarning's signature
+        def note(message, category, *rest):  # warnings.showwarning's signature
             if not issubclass(category, Note):
                 show(message, category, *rest)
             elif issubclass(category, NameNote):  # old names accepted: said together, in one line at the end

@@ -109,7 +109,7 @@ def cpp_compiler() -> str | None:
     try:
         from torch._inductor import cpp_builder
         return cpp_builder.get_cpp_compiler()
-    except Exception:  # noqa: BLE001 - any failure to find one means none
+    except Exception:  # any failure to find one means none
         return None
 
 
@@ -207,7 +207,7 @@ class Trainer:
             before = dynamo_frames()
             try:
                 out = self._compiled(x)
-            except Exception as e:  # noqa: BLE001 - whatever the compiler raises, training goes on without it
+            except Exception as e:  # whatever the compiler raises, training goes on without it
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 self._give_up_compiling(f"{type(e).__name__}: {reason}")
                 return self.model(x)

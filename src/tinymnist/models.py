@@ -270,7 +270,7 @@ def tiny_fits(layers: int, pool: int, pool2: int = 0) -> bool:
     return side >= 1
 
 
-def tiny_params(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0) -> int:  # noqa: ARG001 - a pool has no weights
+def tiny_params(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0) -> int:  # a pool has no weights
     """The parameter count of ``tiny(w, pool, sep, sq)`` without building it (the search's initial design weighs
     every layout against a budget): a 3x3 convolution has 9 x in x out weights, a separable layer 9 x in +
     in x out, a 1x1 squeeze in x out, each BatchNorm 2 per channel; the head has 10 x in."""

@@ -377,7 +377,7 @@ def headline_lines(root: Path) -> list[str]:
     return rows
 
 
-def trial_line(trial) -> str:  # noqa: ANN001 - an optuna FrozenTrial
+def trial_line(trial) -> str:  # an optuna FrozenTrial
     """One line for a finished trial of a search."""
     attrs = trial.user_attrs
     params = f"{attrs['params']:>6,} params" if "params" in attrs else " " * 13

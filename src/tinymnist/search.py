@@ -41,7 +41,7 @@ class TrialSink(Sink):
     """An Optuna trial as the executor's sink: it records the sampled model and refuses it when it is over the
     parameter budget (before any training), then reports each epoch's validation accuracy and prunes."""
 
-    def __init__(self, trial, config: SearchConfig) -> None:  # noqa: ANN001 - an optuna Trial
+    def __init__(self, trial, config: SearchConfig) -> None:  # an optuna Trial
         self.trial, self.config = trial, config
         self.accs: list[float] = []
 
@@ -79,12 +79,12 @@ class TrialSink(Sink):
         return self.config.value(self.accs)
 
 
-def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa: ANN001 - MNIST's validation split
+def objective(config: SearchConfig, data, options: Options) -> Callable:  # MNIST's validation split
     """The function a worker's study optimizes: train the sampled recipe on the validation split's training
     part, report each epoch's validation accuracy, and return the worst of the last ``last_k``."""
     optuna = optuna_module()
 
-    def run(trial) -> float:  # noqa: ANN001
+    def run(trial) -> float:
         recipe = sample(trial, config)
         seed = trial.user_attrs.get("seed", config.seed)  # a re-scoring trial trains another seed (rescore)
         recipe = dataclasses.replace(recipe, seed=seed)
@@ -100,12 +100,12 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # noqa
     return run
 
 
-def waiting(study) -> bool:  # noqa: ANN001
+def waiting(study) -> bool:
     """Whether a trial waits to be trained (a retry of a failed one, a re-scoring or a design trial)."""
     return bool(study.get_trials(deepcopy=False, states=(optuna_module().trial.TrialState.WAITING,)))
 
 
-def work_left(study, trials: int) -> bool:  # noqa: ANN001
+def work_left(study, trials: int) -> bool:
     return counts(study)["trained"] < trials or waiting(study)
 
 
@@ -181,7 +181,7 @@ def search(url: str, name: str, config: SearchConfig, trials: int, workers: int 
     return study
 
 
-def _orphans(study, dead: set[str]) -> bool:  # noqa: ANN001
+def _orphans(study, dead: set[str]) -> bool:
     """Whether a trial of a worker of ours that died is still marked running."""
     optuna = optuna_module()
     return any(t.user_attrs.get("worker") in dead

@@ -37,7 +37,7 @@ ROTATE_RANGE, SHIFT_RANGE, SCALE_RANGE = (0.0, 12.0), (0.0, 0.12), (0.0, 0.12)
 SPACES = ("builtin-2", "builtin")  # the first is the default; a study keeps the space it was created with
 
 
-def optuna_module():  # noqa: ANN201 - optuna, imported on first use (an optional extra)
+def optuna_module():  # optuna, imported on first use (an optional extra)
     try:
         import optuna
     except ImportError:
@@ -82,7 +82,7 @@ EARLIER = {"score": "worst", "design": 0}  # what a study created by tinymnist 0
 
 # --- spaces ---------------------------------------------------------------------------------------------------
 
-def builtin_space(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # noqa: ANN001 - an optuna Trial
+def builtin_space(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # an optuna Trial
     """A model of the `tiny` family (models.tiny) and recipe settings for ``trial``."""
     layers = trial.suggest_int("layers", *LAYERS)
     widths = [trial.suggest_categorical("w1", FIRST_WIDTHS), trial.suggest_categorical("w2", SECOND_WIDTHS)]
@@ -99,7 +99,7 @@ def builtin_space(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # noqa: 
     return f"tiny:{format_args(arch)}", settings
 
 
-def builtin_space_2(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # noqa: ANN001 - an optuna Trial
+def builtin_space_2(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # an optuna Trial
     """The `tiny` family with a width per layer and an optional second max-pool, and every setting of the
     one-cycle recipe: peak and final LR, warm-up, batch, rotation, shift and zoom apart, weight decay, label
     smoothing, weight averaging, and the epochs held at the cycle's end."""
@@ -132,7 +132,7 @@ BASE_RECIPE = Recipe(model="tiny:w=8", optimizer="sgd", momentum=0.9, nesterov=T
                      warmup=0.2, final_lr=0.005)
 
 
-def sample(trial, config: SearchConfig) -> Recipe:  # noqa: ANN001
+def sample(trial, config: SearchConfig) -> Recipe:
     """The recipe (model included) ``config``'s space gives ``trial``; a user space's failure is one sentence."""
     if config.space in BUILTIN:
         model, settings = BUILTIN[config.space](trial, config.epochs)
@@ -142,7 +142,7 @@ def sample(trial, config: SearchConfig) -> Recipe:  # noqa: ANN001
             _, settings = user_space(path, name)(trial)
         except (TinyMnistError, optuna_module().TrialPruned):
             raise
-        except Exception as e:  # noqa: BLE001 - whatever the user's space raises, one sentence names it
+        except Exception as e:  # whatever the user's space raises, one sentence names it
             raise UsageError(f"the search space {config.space} failed ({type(e).__name__}: {e}); fix the "
                              f"function (it takes an Optuna trial and returns (model, recipe settings)).") from None
         if not isinstance(settings, dict):

@@ -24,11 +24,11 @@ def shown_url(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - shown as given when it does not even parse
+    except Exception:  # shown as given when it does not even parse
         return url
 
 
-def open_storage(url: str, heartbeat: int = HEARTBEAT):  # noqa: ANN201 - an optuna RDBStorage
+def open_storage(url: str, heartbeat: int = HEARTBEAT):  # an optuna RDBStorage
     """An RDB storage with heartbeats: a trial whose worker stops beating for 3 heartbeats is failed and retried
     (up to MAX_RETRY times) as a new trial linked to it. Bad URLs and unreachable databases are one sentence."""
     optuna = optuna_module()
@@ -51,13 +51,13 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT):  # noqa: ANN201 - an opt
     except ImportError as e:
         raise UsageError(f"--storage {shown_url(url)!r} needs a database driver that is not installed ({e}).") \
             from None
-    except Exception as e:  # noqa: BLE001 - connection refused, unknown host, bad password, unwritable file
+    except Exception as e:  # connection refused, unknown host, bad password, unwritable file
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise UsageError(f"cannot open the study storage {shown_url(url)} ({reason}); check the URL and that "
                          f"the database is running and reachable.") from None
 
 
-def serialize_sqlite(engine) -> None:  # noqa: ANN001 - a SQLAlchemy engine
+def serialize_sqlite(engine) -> None:  # a SQLAlchemy engine
     """Make every transaction on a SQLite storage take the database's write lock when it begins (BEGIN
     IMMEDIATE). Python's sqlite3 starts a transaction only at the first write, so two workers could both read a
     queued trial as waiting and both take it (Optuna's SELECT ... FOR UPDATE is a no-op on SQLite): measured,
@@ -65,17 +65,17 @@ def serialize_sqlite(engine) -> None:  # noqa: ANN001 - a SQLAlchemy engine
     from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
-    def _no_implicit_transactions(dbapi_connection, record) -> None:  # noqa: ANN001, ARG001
+    def _no_implicit_transactions(dbapi_connection, record) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" below starts every transaction
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(connection) -> None:  # noqa: ANN001
+    def _begin_immediate(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # the connections opened while the storage checked its schema had no such hooks
 
 
-def open_study(storage, name: str, config: SearchConfig | None = None):  # noqa: ANN001, ANN201
+def open_study(storage, name: str, config: SearchConfig | None = None):
     """Load study ``name``; with ``config``, create it when new, or check that it asks the same question. A
     setting the study did not record reads as what studies did before it existed."""
     optuna = optuna_module()
@@ -103,7 +103,7 @@ def open_study(storage, name: str, config: SearchConfig | None = None):  # noqa:
     return study
 
 
-def sampler(design: int = 0):  # noqa: ANN201
+def sampler(design: int = 0):
     """TPE; with several workers, a running trial counts as a bad result (constant liar) so that they spread.
     Its random start-up is the study's initial design when it has one (``design`` enqueued trials, every one
     in budget, so each is trained), else 10 samples."""
@@ -132,7 +132,7 @@ PRUNER = (f"late median pruning: a trial is stopped after epoch e when its valid
           f"epochs begin: those are the score, and a trial that reached them finishes")
 
 
-def pruner():  # noqa: ANN201
+def pruner():
     """Prune a trial whose validation accuracy at epoch e is below the median of the finished trials with the
     same number of epochs at epoch e, only inside the trial's window (user attributes ``prune_from`` and
     ``prune_until``, from prune_window): never at peak LR, never inside the scoring window, and never a
@@ -144,7 +144,7 @@ def pruner():  # noqa: ANN201
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
     class LateMedianPruner(optuna.pruners.BasePruner):
-        def prune(self, study, trial) -> bool:  # noqa: ANN001
+        def prune(self, study, trial) -> bool:
             step, attrs = trial.last_step, trial.user_attrs
             if step is None or "rescore_of" in attrs or not attrs.get("prune_from", EARLIER_PRUNE_FROM) <= step \
                     <= attrs.get("prune_until", step):
@@ -157,7 +157,7 @@ def pruner():  # noqa: ANN201
     return LateMedianPruner()
 
 
-def enqueue_design(study, design: list[dict]) -> bool:  # noqa: ANN001
+def enqueue_design(study, design: list[dict]) -> bool:
     """Enqueue the first trial of ``design`` the study does not have yet (trained, running or waiting); False
     when it has them all. Workers enqueue one before each trial they start, so the design is trained first
     and only as far as the study's --trials go."""
@@ -170,7 +170,7 @@ def enqueue_design(study, design: list[dict]) -> bool:  # noqa: ANN001
     return False
 
 
-def counts(study) -> dict[str, int]:  # noqa: ANN001
+def counts(study) -> dict[str, int]:
     """Trials by state; ``trained``: complete or pruned after training (over-budget samples are not)."""
     optuna = optuna_module()
     states = optuna.trial.TrialState
@@ -183,7 +183,7 @@ def counts(study) -> dict[str, int]:  # noqa: ANN001
     return result
 
 
-def fail_stale(study) -> None:  # noqa: ANN001
+def fail_stale(study) -> None:
     """Fail the trials whose worker stopped beating (another host, a killed process); the storage's callback
     queues each again as a retry."""
     optuna = optuna_module()
@@ -192,11 +192,11 @@ def fail_stale(study) -> None:  # noqa: ANN001
         optuna.storages.fail_stale_trials(study)
 
 
-def export(study) -> dict:  # noqa: ANN001
+def export(study) -> dict:
     """A study as plain JSON data: its settings and every trial with its parameters, state, value and curve."""
     optuna = optuna_module()
 
-    def retried(trial) -> int | None:  # noqa: ANN001
+    def retried(trial) -> int | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)

@@ -58,7 +58,7 @@ async def image_bytes(request: Request) -> bytes:
 
     try:
         form = await Request(request.scope, replay).form()
-    except Exception as e:  # noqa: BLE001 - a malformed form is the client's
+    except Exception as e:  # a malformed form is the client's
         raise ClientError(400, f"the multipart form cannot be read ({e}).") from None
     upload = next((v for v in form.values() if hasattr(v, "read")), None)
     if upload is None:

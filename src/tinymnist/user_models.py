@@ -103,7 +103,7 @@ def _load_module(path: Path) -> object:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - whatever the user's file raises, one sentence names it
+    except Exception as e:  # whatever the user's file raises, one sentence names it
         raise UsageError(f"{path} failed to import ({type(e).__name__}: {e}); fix the file.") from None
     sys.modules[module_name] = module
     return module
@@ -117,7 +117,7 @@ def build_user_model(path: Path, attr: str, params: dict[str, object] | None = N
         space = user_space(path, attr)
         try:
             model = space(fixed_trial(params))[0]
-        except Exception as e:  # noqa: BLE001 - whatever the user's space raises, one sentence names it
+        except Exception as e:  # whatever the user's space raises, one sentence names it
             raise UsageError(f"{path}:{attr} failed for the parameters {format_args(params)} "
                              f"({type(e).__name__}: {e}).") from None
         return prepare_model(model, f"{path}:{attr}")
@@ -129,7 +129,7 @@ def build_user_model(path: Path, attr: str, params: dict[str, object] | None = N
         raise unknown_name(f"class or function in {path}:", attr, candidates)
     try:
         model = factory()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UsageError(f"{path}:{attr}() failed ({type(e).__name__}: {e}); it must build with no arguments.") \
             from None
     return prepare_model(model, f"{path}:{attr}")
@@ -163,7 +163,7 @@ def prepare_model(model: object, where: str) -> nn.Module:
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, 1, 28, 28))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UsageError(f"{where} fails on a batch of (2, 1, 28, 28) images ({type(e).__name__}: {e}).") from None
     model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 10):
