@@ -38,7 +38,8 @@ def test_search_doc_is_rendered_from_the_committed_study_exports(tmp_path: Path,
     import pytest
 
     pytest.importorskip("matplotlib")
-    from tinymnist.studies import read_exports, search_markdown
+    from tinymnist.studies import search_markdown
+    from tinymnist.study_analysis import read_exports
 
     monkeypatch.chdir(ROOT)  # the document names the exports and runs by their paths in the repository
     exports = [Path("evidence/studies") / p.name for p in sorted((ROOT / "evidence" / "studies").glob("*.json"))]

@@ -120,7 +120,7 @@ def test_a_new_run_records_the_precision_it_resolved_and_an_earlier_auto_keeps_i
     import json
 
     from conftest import CPU
-    from tinymnist import engine
+    from tinymnist import machine
 
     run = start_run(tmp_path, "compact_step1", Recipe(model="compact_7k4", epochs=1, seed=3), small_mnist,
                     dataclasses.replace(CPU, precision="auto"))
@@ -130,9 +130,9 @@ def test_a_new_run_records_the_precision_it_resolved_and_an_earlier_auto_keeps_i
 
     header["options"]["precision"] = "auto"  # as 0.3.0 wrote it
     (run.path / "recipe.json").write_text(json.dumps(header))
-    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
+    monkeypatch.setattr(machine, "native_bf16", lambda device: True)
     assert run.options().precision == "bf16"
-    monkeypatch.setattr(engine, "native_bf16", lambda device: False)
+    monkeypatch.setattr(machine, "native_bf16", lambda device: False)
     assert run.options().precision == "fp32"
 
 

@@ -95,7 +95,11 @@ def test_report_on_fake_runs_has_every_section_and_figure(small_mnist, tmp_path:
                      for seed in (1, 2)] for s in steps}
     fresh = {s.name: [fake_run(tmp_path / "runs", s.name, s.recipe.model, 1001, accs[1001], small_mnist)]
              for s in steps[2:]}
-    path = write_report("fake", steps, runs, small_mnist, tmp_path / "out", "tinymnist report fake", fresh=fresh)
+    from tinymnist.inference import confident_predictions
+
+    predictions = {s.name: confident_predictions(runs[s.name][0], small_mnist) for s in steps}
+    path = write_report("fake", steps, runs, small_mnist, tmp_path / "out", "tinymnist report fake", fresh=fresh,
+                        predictions=predictions)
     text = path.read_text()
     for i, s in enumerate(steps, 1):
         assert f"## Step {i}: `{s.name}`" in text and f"target {i}" in text and f"note {i}" in text

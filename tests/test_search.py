@@ -161,7 +161,7 @@ def test_the_initial_design_is_in_budget_and_covers_every_axis() -> None:
 def test_rescoring_ranks_recipes_by_their_mean_level_over_seeds_not_by_one_draw() -> None:
     """A fake objective: recipe x = 0 is lucky on the screening seed (1) and poor on others; x = 1 is steady.
     Screening ranks 0 first; re-scoring on seeds 2-4 ranks 1 first, by its mean level."""
-    from tinymnist.studies import by_recipe, rescore_plan
+    from tinymnist.study_analysis import by_recipe, rescore_plan
 
     level = {(0, 1): 99.60, (0, 2): 99.20, (0, 3): 99.25, (0, 4): 99.15,
              (1, 1): 99.50, (1, 2): 99.45, (1, 3): 99.48, (1, 4): 99.44,
@@ -365,7 +365,7 @@ def test_a_new_study_starts_with_its_design_and_rescoring_trains_the_best_recipe
     assert [t["design"] for t in before["trials"]] == [True, True]  # the study's 2 trials: its design's first 2
     assert [{k: t["params"][k] for k in d} for t, d in zip(before["trials"], design, strict=False)] == design[:2]
     best = max((t for t in before["trials"] if t["state"] == "complete"), key=lambda t: t["value"])
-    from tinymnist.studies import rescore_plan
+    from tinymnist.study_analysis import rescore_plan
 
     study = search_study.open_study(search_study.open_storage(storage), "e")  # another host queued the pair and
     for params, attrs in rescore_plan(before, top=1, seeds=[2]):  # stopped before training it: it waits

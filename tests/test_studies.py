@@ -14,7 +14,8 @@ from tinymnist.recipes import Recipe, RunSpec
 from tinymnist.records import RunRecord, run_dir
 from tinymnist.render import results_markdown
 from tinymnist.runner import create_run, train_run
-from tinymnist.studies import pareto, read_exports, search_markdown
+from tinymnist.studies import search_markdown
+from tinymnist.study_analysis import pareto, read_exports
 
 RECIPE = {**Recipe(model="tiny:w=4.8.8,pool=2", epochs=2, batch_size=64, seed=1).__dict__}
 

@@ -43,8 +43,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         fresh[step.name] = confirmation_runs(root, step.name, spec, {*step.tuned_seeds, *seeds})
     command = "tinymnist report " + " ".join(args.argv)
     journey = journey_file.stem if journey_file else args.journey
+    from .inference import confident_predictions
+
+    predictions = {step.name: confident_predictions(runs[step.name][0], data, args.trust_remote_code) for step in steps}
     path = write_report(journey, steps, runs, data, Path(args.out), command, fresh=fresh, trust=args.trust_remote_code,
-                        base=journey_file.parent if journey_file else None)
+                        base=journey_file.parent if journey_file else None, predictions=predictions)
     say("", f"wrote {path} and its figures")
     return EXIT_OK
 

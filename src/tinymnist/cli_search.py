@@ -74,7 +74,7 @@ def cmd_search_rescore(args: argparse.Namespace) -> int:
     from .render import trial_line
     from .search import rescore
     from .search_study import export, shown_url
-    from .studies import by_recipe
+    from .study_analysis import by_recipe
 
     try:
         seeds = sorted({int(s) for s in args.seeds.split(",")})
@@ -111,7 +111,7 @@ def cmd_search_export(args: argparse.Namespace) -> int:
 
 def cmd_search_confirm(args: argparse.Namespace) -> int:
     from .search_study import trial_recipe
-    from .studies import read_exports
+    from .study_analysis import read_exports
 
     exported = read_exports([Path(args.export)])[0]
     recipe = trial_recipe(exported, args.trial)
@@ -133,7 +133,8 @@ def cmd_search_confirm(args: argparse.Namespace) -> int:
 
 
 def cmd_search_doc(args: argparse.Namespace) -> int:
-    from .studies import read_exports, search_markdown
+    from .studies import search_markdown
+    from .study_analysis import read_exports
 
     out, figure = Path(args.out), Path(args.figure)
     command = (f"tinymnist search-doc {' '.join(args.exports)} --runs {args.runs} --out {args.out} "

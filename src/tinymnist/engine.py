@@ -23,7 +23,7 @@ from torch import nn
 
 from .data import MNIST, augment, normalize
 from .errors import TrainingError, UsageError
-from .machine import cpu_flags
+from .machine import pick_device
 from .models import create_model
 from .recipes import Options, Recipe
 from .schedule import lr_at
@@ -34,32 +34,6 @@ EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/per
 # threads: ten epochs of MNIST, about what it takes for a step's saving to pay back the compiler's warm-up with an
 # empty cache on 2 cores (docs/performance.md, the speed matrices; docs/speed.md has the full-recipe pairs).
 COMPILE_MIN_IMAGES = 600_000
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda, else mps, else cpu; or the device named."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or mps.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
-    return device
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively (CUDA with bf16, or a CPU with AVX512-BF16 or AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-    return False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -111,12 +85,6 @@ def cpp_compiler() -> str | None:
         return cpp_builder.get_cpp_compiler()
     except Exception:  # any failure to find one means none
         return None
-
-
-def earlier_auto(device: torch.device) -> str:
-    """What 'auto' meant up to tinymnist 0.3.0 (bf16 where the hardware has it natively): a run recorded with
-    'auto' by then resumes and evaluates in the precision it trained with."""
-    return "bf16" if native_bf16(device) else "fp32"
 
 
 class WeightAverage:

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from .data import MNIST
-from .engine import Evaluation, autocast, evaluate, log_probs, model_inputs, pick_device, resolve_precision
+from .engine import Evaluation, autocast, evaluate, log_probs, model_inputs, resolve_precision
 from .errors import UsageError
 from .executor import cut
 from .loading import LoadedModel, load_model
-from .records import RunRecord
+from .machine import pick_device
+from .records import WEIGHTS, RunRecord
 
 MAX_IMAGE_PIXELS = 50_000_000  # a 50-megapixel photo of a digit is plenty; larger images are refused unread
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # likewise for the file
@@ -45,6 +46,15 @@ def evaluate_run(run: RunRecord, data: MNIST, device: str = "auto", trust: bool 
     predicted, labels = result.predicted.cpu(), data.test_labels
     return {"test_loss": result.loss, "test_acc": result.acc, "recorded": run.summary()["last_test_acc"],
             "per_class": [100 * float((predicted[labels == c] == c).float().mean()) for c in range(10)]}
+
+
+def confident_predictions(run: RunRecord, data: MNIST, trust: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(confidence, predicted digit) of a run's model on every test image of ``data``; None when the run kept
+    no weights (the records committed under evidence/ keep none)."""
+    if not (run / WEIGHTS).is_file():
+        return None
+    result = evaluate_loaded(load_model(run, trust), data.test_images, data.test_labels, "cpu")
+    return result.log_probs.exp().max(1)
 
 
 # --- real images -----------------------------------------------------------------------------------------

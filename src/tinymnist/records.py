@@ -34,10 +34,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from . import __version__
-from .engine import earlier_auto, pick_device
 from .errors import CheckpointError, UsageError
 from .files import exclusive, read_json, write_atomic, write_json
-from .machine import cpu_name
+from .machine import cpu_name, earlier_auto, pick_device
 from .models import file_sha256, is_user_model, split_user_model
 from .names import current
 from .recipes import Options, Recipe, RunSpec

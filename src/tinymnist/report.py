@@ -13,10 +13,8 @@ from matplotlib.figure import Figure
 
 from .data import MNIST
 from .handin import code_block, compare_lines, did_not_learn, layer_block, log_block, shown_model
-from .inference import evaluate_loaded
-from .loading import load_model
 from .recipes import Step
-from .records import WEIGHTS, RunRecord
+from .records import RunRecord
 from .render import analyse, over_seeds_lines, pass_count, recipe_line, seed_list
 from .targets import LAST_K, TARGET, TARGET_ACC, first_epoch_holding, judge, over_seeds
 
@@ -159,15 +157,15 @@ def _label(step: Step) -> str:
     return step.name.rsplit("/", 1)[-1]
 
 
-def _weight_figures(run: RunRecord, label: str, data: MNIST, figures: Path, trust: bool) -> bool:
-    """The confusion matrix and the most confident mistakes, which need the run's weights. A run whose weights
-    were not kept (the records committed under evidence/) keeps the two figures this folder already has from
-    it; without weights or figures, False."""
+def _weight_figures(label: str, data: MNIST, figures: Path,
+                    predictions: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+    """The confusion matrix and the most confident mistakes, from a run's (confidence, predicted digit) per test
+    image (``predictions``; None: the run kept no weights, like the records committed under evidence/, and
+    this folder keeps the two figures it already has from it). False when there are none to show."""
     paths = figures / f"{label}-misclassified.png", figures / f"{label}-confusion.png"
-    if not (run / WEIGHTS).is_file():
+    if predictions is None:
         return all(p.is_file() for p in paths)
-    confidence, predicted = evaluate_loaded(load_model(run, trust), data.test_images, data.test_labels,
-                                            "cpu").log_probs.exp().max(1)
+    confidence, predicted = predictions
     wrong = (predicted != data.test_labels).nonzero().flatten()
     wrong = wrong[confidence[wrong].argsort(descending=True)][:40]
     captions = [f"{int(data.test_labels[j])}→{int(predicted[j])} {100 * float(confidence[j]):.0f}%" for j in wrong]
@@ -179,10 +177,13 @@ def _weight_figures(run: RunRecord, label: str, data: MNIST, figures: Path, trus
 
 def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]], data: MNIST, out: Path,
                  command: str, last_k: int = LAST_K, fresh: dict[str, list[RunRecord]] | None = None,
-                 trust: bool = False, base: Path | None = None) -> Path:
+                 trust: bool = False, base: Path | None = None,
+                 predictions: dict[str, tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> Path:
     """report.md and figures for a journey whose runs are finished: ``runs[step.name]`` lists one run per seed;
     ``fresh[step.name]``, when given, the step's finished runs on seeds it was not tuned on (its confirmation);
-    ``base``, the journey file's folder, that a user's model files are shown relative to."""
+    ``base``, the journey file's folder, that a user's model files are shown relative to; ``predictions[step.name]``
+    the first run's (confidence, predicted digit) per test image, for the figures that need its weights (the
+    caller evaluates: a report trains and evaluates nothing)."""
     figures = out / "figures"
     seeds = len(next(iter(runs.values())))
     lines = [f"# Journey `{journey}`: {len(steps)} steps", "",
@@ -206,7 +207,7 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
         r, summary = run.recipe(), run.summary()
         name, label = step.name, _label(step)
         curves(histories[name][0], figures / f"{label}-curves.png", f"{label}: loss and accuracy (seed {r.seed})")
-        kept = _weight_figures(run, label, data, figures, trust)
+        kept = _weight_figures(label, data, figures, (predictions or {}).get(name))
         c = step_rows(histories[name], params[name], last_k)
         lines += [f"## Step {i}: `{label}`", "", f"**Target.** {step.target}", "", "**Results.**", "",
                   f"- Params: {c['params']}; model `{shown_model(r.model, base)}`",

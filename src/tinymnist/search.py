@@ -29,7 +29,7 @@ from .models import count_params
 from .recipes import Options, RunSpec
 from .search_space import OVER_BUDGET, SearchConfig, initial_design, optuna_module, probe_space, sample
 from .search_study import HEARTBEAT, counts, enqueue_design, export, fail_stale, open_storage, open_study, prune_window
-from .studies import rescore_plan
+from .study_analysis import rescore_plan
 from .supervise import Supervisor
 
 
