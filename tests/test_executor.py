@@ -65,3 +65,29 @@ def test_validation_scores_are_called_validation_scores(small_mnist) -> None:
     validation = dataclasses.replace(small_mnist.subset(500, 200), held_out="validation")
     history = execute(RunSpec(dataclasses.replace(RECIPE, epochs=1), CPU, held_out="validation"), validation).history
     assert "val_acc" in history[0] and "val_loss" in history[0] and "test_acc" not in history[0]
+
+
+def test_a_sink_given_first_or_last_gives_the_same_resumed_run(small_mnist, tmp_path: Path) -> None:
+    """The executor restores a resumed run before any sink starts: a record sink given before or after the
+    other sinks trains the same epochs."""
+    import dataclasses
+    import shutil
+
+    from tinymnist.records import RunRecord
+    from tinymnist.runner import RecordSink
+
+    recipe = dataclasses.replace(RECIPE, epochs=3)
+    first = start_run(tmp_path / "a", "order", recipe, small_mnist)
+    execute(dataclasses.replace(first.spec(), recipe=dataclasses.replace(recipe, epochs=1)), small_mnist,
+            [RecordSink(first)])  # one epoch checkpointed: the run to resume
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    second = RunRecord(tmp_path / "b" / first.path.relative_to(tmp_path / "a"))
+    histories = []
+    for run, order in ((first, "record first"), (second, "record last")):
+        seen: list[dict] = []
+        sinks = [RecordSink(run), Callbacks(seen.append)]
+        execute(run.spec(), small_mnist, sinks if order == "record first" else sinks[::-1],
+                resume=run.load_checkpoint(recipe.model), normalization=run.normalization())
+        histories.append([{k: v for k, v in m.items() if "seconds" not in k} for m in run.metrics()])
+        assert [m["epoch"] for m in seen] == [1, 2, 3]  # the resumed epoch is observed too, then the new ones
+    assert histories[0] == histories[1] and len(histories[0]) == 3

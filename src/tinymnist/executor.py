@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .data import MNIST
 from .engine import Trainer
-from .errors import UsageError
+from .errors import CheckpointError, UsageError
 from .recipes import RunSpec
 
 
@@ -24,8 +25,9 @@ class Sink:
     """Where a training's events go; every method may be left as it is (nothing)."""
 
     def start(self, trainer: Trainer) -> None:
-        """Before the first epoch is trained: a run record restores its checkpoint into ``trainer`` here, and a
-        search trial may refuse the model (too many parameters) by raising."""
+        """Before the first epoch is trained, once the executor has restored a resumed run (its epochs are in
+        ``trainer.history``): a sink observes; a search trial may refuse the model (too many parameters) by
+        raising, and nothing else changes what is trained."""
 
     def batch(self, done: int, total: int) -> None:
         """After each batch of the epoch being trained."""
@@ -74,12 +76,20 @@ def cut(spec: RunSpec, data: MNIST) -> MNIST:
 
 def execute(spec: RunSpec, data: MNIST, sinks: Sequence[Sink] = (), *,
             normalization: tuple[float, float] | None = None, model_source: Path | None = None,
-            build: Callable[[], nn.Module] | None = None) -> Trainer:
+            build: Callable[[], nn.Module] | None = None,
+            resume: tuple[dict[str, torch.Tensor], list[dict]] | None = None) -> Trainer:
     """Train ``spec`` on ``data`` (cut to the spec's images) to its last epoch; returns the Trainer.
     ``normalization``: a recorded (mean, std) instead of the training images' own; ``model_source``: where a
-    user's model file is read from; ``build``: a function building the model instead of the recipe's name."""
+    user's model file is read from; ``build``: a function building the model instead of the recipe's name;
+    ``resume``: a checkpoint's (tensors, history), restored here before any sink starts, so that sinks only
+    observe and their order does not matter."""
     data = cut(spec, data)
     trainer = Trainer(spec.recipe, data, spec.options, normalization, model_source, build, spec.held_out)
+    if resume and resume[1]:
+        try:
+            trainer.load_state(*resume)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"the checkpoint does not fit model {spec.recipe.model!r} ({e}).") from None
     for sink in sinks:
         sink.start(trainer)
 

@@ -30,8 +30,8 @@ def check_options(options: Options) -> None:
 
 
 class RecordSink(Sink):
-    """A run record as the executor's sink: its checkpoint is restored before the first epoch, every epoch is
-    checkpointed as it ends, and the summary (with the verdict) is written after the last."""
+    """A run record as the executor's sink: every epoch is checkpointed as it ends, and the summary (with the
+    verdict) is written after the last. Resuming is the executor's (train_run hands it the checkpoint)."""
 
     def __init__(self, run: RunRecord, last_k: int = LAST_K) -> None:
         self.run, self.last_k = run, last_k
@@ -41,14 +41,6 @@ class RecordSink(Sink):
         self.started = time.perf_counter()
         if self.run.normalization() is None:  # a run of schema 1 used its training images' own, as trainer does
             self.run.record_normalization(trainer.mean, trainer.std)
-        model = trainer.recipe.model
-        tensors, history = self.run.load_checkpoint(model)
-        if history:
-            try:
-                trainer.load_state(tensors, history)
-            except (KeyError, RuntimeError, ValueError) as e:
-                raise CheckpointError(f"the checkpoint in {self.run.path} does not fit model {model!r} ({e}).") \
-                    from None
 
     def epoch(self, trainer: Trainer, metrics: dict) -> None:
         self.run.save_checkpoint(trainer.recipe.model, trainer.state_tensors(), trainer.history, trainer.weights())
@@ -86,8 +78,12 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
         if run.finished():  # finished by another process in the meantime
             return run.summary()
         record = RecordSink(run, last_k)
-        execute(run.spec(), data, [record, Callbacks(on_epoch, on_batch), *sinks], normalization=run.normalization(),
-                model_source=run.model_source(trust))
+        checkpoint, source = run.load_checkpoint(run.recipe().model), run.model_source(trust)
+        try:
+            execute(run.spec(), data, [record, Callbacks(on_epoch, on_batch), *sinks], resume=checkpoint,
+                    normalization=run.normalization(), model_source=source)
+        except CheckpointError as e:  # the checkpoint does not fit the model: say which run
+            raise CheckpointError(f"{run.path}: {e}") from None
         return record.summary
 
 
