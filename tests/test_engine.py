@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -219,3 +220,25 @@ def test_every_compiled_training_of_a_process_runs_compiled_and_a_silent_fallbac
     third = _fit_compiled(small_mnist, "on", 96, 1, batch_size=32)  # over the limit of 1: dynamo runs it eager
     err = capfd.readouterr().err.strip().splitlines()
     assert not third.compiled and len(err) == 1 and "gave it up and ran it eager" in err[0], err
+
+
+def test_distilling_from_itself_costs_nothing_and_a_teacher_changes_the_training(small_mnist) -> None:
+    import dataclasses
+
+    from conftest import CPU
+    from tinymnist.engine import Teacher
+    from tinymnist.executor import execute
+    from tinymnist.models import create_model
+    from tinymnist.recipes import Recipe, RunSpec
+
+    torch.manual_seed(0)
+    model = create_model("compact_7k4").eval()
+    x = torch.randn(8, 1, 28, 28)
+    same = Teacher(model, 0.13, 0.31).loss(model(x), x, 0.13, 0.31, contextlib.nullcontext)
+    assert abs(float(same.detach())) < 1e-6
+    data = small_mnist.subset(600, 200)
+    recipe = Recipe(model="compact_7k4", epochs=1, batch_size=32, lr=0.05, seed=4)
+    plain = execute(RunSpec(recipe, CPU), data).history[0]
+    teacher = Teacher(create_model("compact_8k7"), data.mean, data.std)
+    taught = execute(RunSpec(dataclasses.replace(recipe, teacher="a run"), CPU), data, teacher=teacher).history[0]
+    assert taught["train_loss"] != plain["train_loss"]

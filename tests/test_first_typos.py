@@ -134,3 +134,19 @@ def test_steps_fits_a_terminal(capsys: pytest.CaptureFixture) -> None:
     assert main(["steps"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) > 14 and max(len(line) for line in lines) <= 80
+
+
+def test_a_teacher_is_recorded_and_a_bad_one_refused(trained_run: Path, mnist_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    args = ["train", "compact_step4", "--epochs", "1", "--subset", "300", "--data-dir", str(mnist_dir), "--no-download"]
+    assert main([*args, "--runs", str(tmp_path / "bad"), "--teacher", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("tinymnist: error: ")]
+    assert "Traceback" not in err and len(errors) == 1 and "is not a run directory" in errors[0]
+    assert not (tmp_path / "bad").exists()
+    assert main([*args, "--runs", str(tmp_path / "runs"), "--teacher", str(trained_run), "--quiet"]) == 0
+    header = json.loads((tmp_path / "runs" / "compact_step4" / "seed-1" / "recipe.json").read_text())
+    assert header["recipe"]["teacher"] == str(trained_run) and header["overrides"]["teacher"] == str(trained_run)
+    assert main(["show", str(tmp_path / "runs" / "compact_step4" / "seed-1")]) == 0

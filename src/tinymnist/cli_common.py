@@ -95,7 +95,8 @@ def run_options(args: argparse.Namespace) -> Options:
     return options
 
 
-OVERRIDES = ("epochs", "lr", "batch_size", "ema", "elastic", "seed")  # recipe settings a training command may change
+# recipe settings a training command may change
+OVERRIDES = ("epochs", "lr", "batch_size", "ema", "elastic", "teacher", "distill", "seed")
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict:
@@ -223,6 +224,10 @@ def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
         p.add_argument("--ema", type=float, metavar="DECAY",
                        help="keep an exponential moving average of the weights with this decay per batch (e.g. "
                             "0.999; 0: none), scored and saved in place of the trained weights")
+        p.add_argument("--teacher", metavar="RUN", help="distill from this finished run's model (reported apart: "
+                                                        "extra training the exercise does not count)")
+        p.add_argument("--distill", type=float, metavar="SHARE", help="with --teacher: the teacher's share of the "
+                                                                       "loss (default 0.5)")
         p.add_argument("--elastic", type=float, metavar="ALPHA",
                        help="add an elastic distortion of strength ALPHA pixels to the augmentation (e.g. 16; "
                             "0: none)")

@@ -114,12 +114,14 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, data: MNIST, options: Options = Options(),
                  normalization: tuple[float, float] | None = None, model_source: Path | None = None,
-                 build: Callable[[], nn.Module] | None = None, held_out: str = "test") -> None:
+                 build: Callable[[], nn.Module] | None = None, held_out: str = "test",
+                 teacher: Teacher | None = None) -> None:
         """``normalization`` (mean, std) defaults to the training images' own; a reloaded run passes the one it
         recorded. ``model_source``: where a user's model file is read from (a run's kept copy); ``build``: a
         function that builds the model instead of the recipe's name (a notebook's own class). ``held_out``
         names what ``data``'s second part is, "test" or "validation", and so the metrics' keys (``test_acc``,
-        ``val_acc``)."""
+        ``val_acc``). ``teacher``: the trained model a recipe with a ``teacher`` distills from (its caller
+        loads it)."""
         recipe.check(train_size=len(data.train_labels), model=build is None)
         self.recipe = recipe
         self.device, self.memory_format, self.precision = placement(options)
@@ -148,6 +150,9 @@ class Trainer:
         self.held_out_labels = data.test_labels.to(self.device)
         self.score_prefix = SCORE_PREFIX[held_out]
         self.history: list[dict] = []
+        if recipe.teacher and teacher is None:
+            raise UsageError(f"the recipe distills from {recipe.teacher}, but no teacher model was given.")
+        self.teacher = teacher.placed(self.device, self.memory_format) if recipe.teacher else None
 
     @property
     def epoch(self) -> int:
@@ -212,7 +217,7 @@ class Trainer:
         order = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
         images, labels = self.train_images[order], self.train_labels[order]
         batches = self.batches_per_epoch()
-        augmented = bool(r.rotate or r.shift or r.scale)
+        augmented = bool(r.rotate or r.shift or r.scale or r.elastic)
         losses = torch.zeros(batches, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for b in range(batches):
@@ -224,6 +229,9 @@ class Trainer:
             with self._autocast():
                 out = self._forward(x)
             loss = batch_loss(out, y, r.label_smoothing)
+            if self.teacher is not None:
+                loss = (1 - r.distill) * loss + r.distill * self.teacher.loss(out, x, self.mean, self.std,
+                                                                                self._autocast)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -316,6 +324,37 @@ def batch_inputs(images: torch.Tensor, mean: float, std: float, memory_format: t
         r, generator = augmentation
         images = augment(images.unsqueeze(1).float().div_(255), generator, r.rotate, r.shift, r.scale, r.elastic)
     return normalize(images, mean, std).contiguous(memory_format=memory_format)
+
+
+DISTILL_TEMPERATURE = 4.0  # Hinton et al. 2015: the teacher's and student's probabilities softened alike
+
+
+@dataclass
+class Teacher:
+    """A trained model to distill from, with the normalization it was trained with."""
+
+    model: nn.Module
+    mean: float
+    std: float
+
+    def placed(self, device: torch.device, memory_format: torch.memory_format) -> Teacher:
+        model = self.model.to(device, memory_format=memory_format).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return Teacher(model, self.mean, self.std)
+
+    def loss(self, student: torch.Tensor, x: torch.Tensor, mean: float, std: float,
+             cast: Callable[[], AbstractContextManager]) -> torch.Tensor:
+        """T^2 x KL(teacher || student) at DISTILL_TEMPERATURE on the student's batch ``x`` (normalized with
+        ``mean``, ``std``; renormalized for the teacher when its own differ). Log-probabilities and logits
+        soften alike: a constant shift does not change a softmax."""
+        if (mean, std) != (self.mean, self.std):
+            x = (x * std + mean - self.mean) / self.std
+        with torch.no_grad(), cast():
+            target = torch.log_softmax(self.model(x).float().flatten(1) / DISTILL_TEMPERATURE, dim=1)
+        soft = torch.log_softmax(student.float() / DISTILL_TEMPERATURE, dim=1)
+        kl = nn.functional.kl_div(soft, target, log_target=True, reduction="batchmean")
+        return kl * DISTILL_TEMPERATURE ** 2
 
 
 def batch_loss(log_probs: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

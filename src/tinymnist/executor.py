@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .data import MNIST
-from .engine import Trainer
+from .engine import Teacher, Trainer
 from .errors import CheckpointError, UsageError
 from .recipes import RunSpec
 
@@ -77,14 +77,15 @@ def cut(spec: RunSpec, data: MNIST) -> MNIST:
 def execute(spec: RunSpec, data: MNIST, sinks: Sequence[Sink] = (), *,
             normalization: tuple[float, float] | None = None, model_source: Path | None = None,
             build: Callable[[], nn.Module] | None = None,
-            resume: tuple[dict[str, torch.Tensor], list[dict]] | None = None) -> Trainer:
+            resume: tuple[dict[str, torch.Tensor], list[dict]] | None = None,
+            teacher: Teacher | None = None) -> Trainer:
     """Train ``spec`` on ``data`` (cut to the spec's images) to its last epoch; returns the Trainer.
     ``normalization``: a recorded (mean, std) instead of the training images' own; ``model_source``: where a
     user's model file is read from; ``build``: a function building the model instead of the recipe's name;
     ``resume``: a checkpoint's (tensors, history), restored here before any sink starts, so that sinks only
-    observe and their order does not matter."""
+    observe and their order does not matter; ``teacher``: the model a distilling recipe learns from."""
     data = cut(spec, data)
-    trainer = Trainer(spec.recipe, data, spec.options, normalization, model_source, build, spec.held_out)
+    trainer = Trainer(spec.recipe, data, spec.options, normalization, model_source, build, spec.held_out, teacher)
     if resume and resume[1]:
         try:
             trainer.load_state(*resume)

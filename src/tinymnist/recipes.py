@@ -35,6 +35,10 @@ class Recipe:
     shift: float = 0.0  # augmentation: translation, ± fraction of the side
     scale: float = 0.0  # augmentation: zoom, 1 ± fraction
     elastic: float = 0.0  # augmentation: elastic distortion's strength alpha, pixels (Simard et al. 2003; 0: none)
+    # Distillation: a finished run whose model teaches (its directory; None: none), and the teacher's share of
+    # the loss (the rest is the labels' NLL); the teacher's probabilities are softened at DISTILL_TEMPERATURE.
+    teacher: str | None = None
+    distill: float = 0.5
     label_smoothing: float = 0.0
     # Weight averaging: the decay of an exponential moving average of the weights and BatchNorm statistics,
     # updated after every batch (0: off). The average is what each epoch is scored with and what a run saves.
@@ -80,6 +84,8 @@ class Recipe:
         if self.cycle_epochs is not None and not 1 <= self.cycle_epochs <= self.epochs:
             raise UsageError(f"this recipe's LR cycle spans {self.cycle_epochs} epochs, more than the {self.epochs} "
                              f"asked for; use --epochs {self.cycle_epochs} or more.")
+        if not 0 < self.distill <= 1:
+            raise UsageError(f"distill must be the teacher's share of the loss, in (0, 1] (got {self.distill}).")
         if self.elastic < 0:
             raise UsageError(f"elastic must be a strength in pixels >= 0, such as 16, or 0 for none (got "
                              f"{self.elastic}).")

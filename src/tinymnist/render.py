@@ -79,6 +79,7 @@ def recipe_line(r: object) -> str:
                     + (f", elastic alpha {r.elastic:g} px" if r.elastic else "")
                     if r.rotate or r.shift or r.scale or r.elastic else "none")
     ema = f"; weight average (decay {r.ema:g} per batch)" if r.ema else ""
+    ema += f"; distilled from {r.teacher} (share {r.distill:g})" if r.teacher else ""
     return (f"{r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}"
             f"{' (Nesterov)' if r.nesterov else ''}, momentum {r.momentum:g}, weight decay {r.weight_decay:g}, "
             f"{schedule}; augmentation: {augmentation}{ema}")
@@ -298,7 +299,7 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
 
 
 OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "ema": "--ema",
-                "elastic": "--elastic"}
+                "elastic": "--elastic", "teacher": "--teacher", "distill": "--distill"}
 
 
 def run_groups(root: Path) -> dict[RunGroup, dict[int, RunRecord]]:

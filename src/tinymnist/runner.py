@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .data import MNIST, load_mnist
-from .engine import Trainer, resolve_options
+from .engine import Teacher, Trainer, resolve_options
 from .errors import CheckpointError, TrainingError, UsageError
 from .executor import Callbacks, Sink, cut, execute
 from .machine import cpu_cores
@@ -58,9 +58,20 @@ def create_run(run: RunRecord, spec: RunSpec, data: MNIST) -> None:
     data = cut(spec, data)
     spec.recipe.check(train_size=len(data.train_labels))
     create_model(spec.recipe.model)  # a missing file or a wrong name is one sentence before anything is written
+    load_teacher(spec.recipe.teacher)  # so is a teacher that is not a finished run
     spec = dataclasses.replace(spec, options=resolve_options(spec.options, len(data.train_labels) * spec.recipe.epochs))
     with run.lock():
         run.create(spec, (len(data.train_labels), len(data.test_labels)), data.full_sizes, (data.mean, data.std))
+
+
+def load_teacher(path: str | None, trust: bool = False) -> Teacher | None:
+    """The trained model a distilling recipe learns from: a finished run's, as `tinymnist eval` loads it."""
+    if not path:
+        return None
+    from .loading import load_model
+
+    loaded = load_model(RunRecord(path).require(finished=True), trust)
+    return Teacher(loaded.model, loaded.mean, loaded.std)
 
 
 def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None,
@@ -79,9 +90,10 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
             return run.summary()
         record = RecordSink(run, last_k)
         checkpoint, source = run.load_checkpoint(run.recipe().model), run.model_source(trust)
+        teacher = load_teacher(run.recipe().teacher, trust)
         try:
             execute(run.spec(), data, [record, Callbacks(on_epoch, on_batch), *sinks], resume=checkpoint,
-                    normalization=run.normalization(), model_source=source)
+                    normalization=run.normalization(), model_source=source, teacher=teacher)
         except CheckpointError as e:  # the checkpoint does not fit the model: say which run
             raise CheckpointError(f"{run.path}: {e}") from None
         return record.summary
