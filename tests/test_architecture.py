@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tinymnist"
 ROOMS = {
     "ground": ("errors", "names", "targets", "machine", "data", "files"),
     "models": ("models", "user_models", "layers"),
-    "training": ("recipes", "schedule", "engine", "executor", "stacked"),
+    "training": ("recipes", "schedule", "placement", "engine", "executor", "stacked"),
     "steps": ("steps", "journey_file"),
     "runs": ("records", "loading", "runner", "supervise", "logsinks"),
     "search": ("search_space", "search_study", "study_analysis", "search"),

@@ -144,18 +144,18 @@ def test_the_weight_average_is_what_a_run_scores_saves_and_serves(small_mnist, t
 
 
 def test_compile_auto_is_on_for_long_cpu_trainings_on_two_threads_or_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tinymnist import engine
-    from tinymnist.engine import COMPILE_MIN_IMAGES, resolve_compile
+    from tinymnist import placement
     from tinymnist.errors import UsageError
+    from tinymnist.placement import COMPILE_MIN_IMAGES, resolve_compile
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(engine, "cpp_compiler", lambda: "g++")
+    monkeypatch.setattr(placement, "cpp_compiler", lambda: "g++")
     assert resolve_compile("auto", cpu, 2, COMPILE_MIN_IMAGES) == "on"
     assert resolve_compile("auto", cpu, 1, COMPILE_MIN_IMAGES) == "off"  # one thread: measured no faster
     assert resolve_compile("auto", cpu, 2, COMPILE_MIN_IMAGES - 1) == "off"  # the warm-up would not pay
     assert resolve_compile("auto", cuda, 2, COMPILE_MIN_IMAGES) == "off"  # unmeasured
     assert resolve_compile("on", cuda, 1, 0) == "on" and resolve_compile("off", cpu, 2, 10**9) == "off"
-    monkeypatch.setattr(engine, "cpp_compiler", lambda: None)
+    monkeypatch.setattr(placement, "cpp_compiler", lambda: None)
     assert resolve_compile("auto", cpu, 2, COMPILE_MIN_IMAGES) == "off"  # no compiler: auto does not try
     with pytest.raises(UsageError, match="use auto, on or off"):
         resolve_compile("fast", cpu, 2, 0)
@@ -207,7 +207,7 @@ def test_every_compiled_training_of_a_process_runs_compiled_and_a_silent_fallbac
     """Dynamo keeps a few graphs of one forward() per process (8; 1 here) and runs the next model or batch size
     eager without a word: each compiled training starts from an empty in-process cache, so the second one here
     compiles too; without that reset the fallback is caught, said once, and the run records it uncompiled."""
-    from tinymnist.engine import dynamo_frames
+    from tinymnist.placement import dynamo_frames
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     first = _fit_compiled(small_mnist, "on", 96, 1, batch_size=32)

@@ -10,7 +10,6 @@ is reproduced exactly from its seed, and resumed exactly from an epoch-end check
 from __future__ import annotations
 
 import copy
-import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -23,70 +22,13 @@ from torch import nn
 
 from .data import MNIST, augment, normalize
 from .errors import TrainingError, UsageError
-from .machine import pick_device
 from .models import create_model
+from .placement import autocast, dynamo_frames, placement, resolve_compile
 from .recipes import Options, Recipe
 from .schedule import lr_at
 
 SCORE_PREFIX = {"test": "test", "validation": "val"}  # a metric's key names what it was measured on
 EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/performance.md)
-# `--compile auto` compiles a CPU training of at least this many images (epochs x training images) on two or more
-# threads: ten epochs of MNIST, about what it takes for a step's saving to pay back the compiler's warm-up with an
-# empty cache on 2 cores (docs/performance.md, the speed matrices; docs/speed.md has the full-recipe pairs).
-COMPILE_MIN_IMAGES = 600_000
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> fp32 on every device. bf16 is asked for by name: paired over fresh seeds it was not shown to
-    cost accuracy, nor shown not to (docs/findings.md, "Precision"), and it saves about a tenth of an epoch on the CPUs
-    measured, against a target that seeds miss by hundredths of a point."""
-    if precision == "auto":
-        return "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise UsageError(f"unknown precision {precision!r}; use auto, fp32 or bf16.")
-    return precision
-
-
-def placement(options: Options) -> tuple[torch.device, torch.memory_format, str]:
-    """Where and how a training runs: its device (with the CPU threads set, when given), memory format and
-    resolved precision."""
-    device = pick_device(options.device)
-    if options.threads and device.type == "cpu":
-        torch.set_num_threads(options.threads)
-    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-    return device, memory_format, resolve_precision(options.precision, device)
-
-
-def resolve_options(options: Options, images: int) -> Options:
-    """``options`` with its precision and compile setting resolved, as a training of ``images`` images (epochs x
-    training images) resolves them in this process: what a run records, so that it resumes as it began."""
-    device = pick_device(options.device)
-    threads = options.threads or torch.get_num_threads()
-    return dataclasses.replace(options, precision=resolve_precision(options.precision, device),
-                               compile=resolve_compile(options.compile, device, threads, images))
-
-
-def resolve_compile(compile: str, device: torch.device, threads: int, images: int) -> str:
-    """'auto' -> 'on' for a CPU training of at least COMPILE_MIN_IMAGES images on two or more threads with a C++
-    compiler at hand, else 'off'. On two cores the compiled step was faster; on one thread it was no faster; on
-    a GPU it is unmeasured (docs/performance.md)."""
-    if compile not in ("auto", "on", "off"):
-        raise UsageError(f"unknown --compile {compile!r}; use auto, on or off.")
-    if compile != "auto":
-        return compile
-    wanted = device.type == "cpu" and threads >= 2 and images >= COMPILE_MIN_IMAGES
-    return "on" if wanted and cpp_compiler() else "off"
-
-
-def cpp_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend would use, or None when there is none."""
-    try:
-        from torch._inductor import cpp_builder
-        return cpp_builder.get_cpp_compiler()
-    except Exception:  # any failure to find one means none
-        return None
-
-
 class WeightAverage:
     """An exponential moving average of a model's weights and BatchNorm statistics (its whole floating-point
     state; counters are copied), updated after every optimizer step with decay min(ema, (1 + t) / (10 + t)) at
@@ -301,19 +243,6 @@ class Trainer:
         self.shuffle_gen.set_state(tensors["rng.shuffle"])
         self.augment_gen.set_state(tensors["rng.augment"])
         self.history = [dict(m) for m in history]
-
-
-def dynamo_frames() -> tuple[int, int]:
-    """(frames torch.compile has tried to compile, frames it compiled) in this process so far: a frame tried and
-    not compiled ran eager. A call served by a graph already made adds to neither."""
-    from torch._dynamo.utils import counters
-
-    return counters["frames"]["total"], counters["frames"]["ok"]
-
-
-def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """bf16 autocast (convolutions in bf16; BatchNorm, loss and weights in fp32), or nothing for fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def batch_inputs(images: torch.Tensor, mean: float, std: float, memory_format: torch.memory_format,

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from .data import MNIST
-from .engine import Evaluation, autocast, evaluate, log_probs, model_inputs, resolve_precision
+from .engine import Evaluation, evaluate, log_probs, model_inputs
 from .errors import UsageError
 from .executor import cut
 from .loading import LoadedModel, load_model
 from .machine import pick_device
+from .placement import autocast, resolve_precision
 from .records import WEIGHTS, RunRecord
 
 MAX_IMAGE_PIXELS = 50_000_000  # a 50-megapixel photo of a digit is plenty; larger images are refused unread

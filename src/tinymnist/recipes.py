@@ -105,7 +105,7 @@ class Options:
     # gradients are less exact than NCHW's (docs/speed.md)
     precision: str = "auto"  # auto | fp32 | bf16 (autocast: convolutions in bf16, BN, loss and weights in fp32)
     threads: int | None = None  # CPU threads; None = torch's default (one per core)
-    compile: str = "auto"  # auto | on | off: the training step through torch.compile (engine.resolve_compile)
+    compile: str = "auto"  # auto | on | off: the training step through torch.compile (placement.resolve_compile)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .data import MNIST, load_mnist
-from .engine import Teacher, Trainer, resolve_options
+from .engine import Teacher, Trainer
 from .errors import CheckpointError, TrainingError, UsageError
 from .executor import Callbacks, Sink, cut, execute
 from .machine import cpu_cores
 from .models import count_params, create_model
+from .placement import resolve_options
 from .recipes import Options, RunSpec
 from .records import RunRecord, run_dir
 from .supervise import Supervisor

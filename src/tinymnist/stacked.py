@@ -23,19 +23,10 @@ import torch
 from torch import nn
 
 from .data import MNIST
-from .engine import (
-    SCORE_PREFIX,
-    WeightAverage,
-    autocast,
-    batch_inputs,
-    batch_loss,
-    evaluate,
-    make_optimizer,
-    model_inputs,
-    placement,
-)
+from .engine import SCORE_PREFIX, WeightAverage, batch_inputs, batch_loss, evaluate, make_optimizer, model_inputs
 from .errors import TrainingError, UsageError
 from .models import Net, create_model
+from .placement import autocast, placement
 from .recipes import Options, Recipe
 from .schedule import lr_at
 
