@@ -18,7 +18,7 @@ ROOMS = {
     "steps": ("steps", "journey_file"),
     "runs": ("records", "loading", "runner", "supervise", "logsinks"),
     "search": ("search_space", "search_study", "study_analysis", "search"),
-    "reports": ("render", "report", "handin", "studies"),
+    "reports": ("render", "results_doc", "report", "handin", "studies"),
     "use": ("inference", "serve", "deploy", "api"),
     "cli": ("cli", "cli_common", "cli_use", "cli_search", "cli_journey", "__main__", "__init__"),
 }

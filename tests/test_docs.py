@@ -24,7 +24,7 @@ def test_performance_doc_is_rendered_from_the_benchmark_json() -> None:
 def test_results_doc_is_rendered_from_the_committed_run_records() -> None:
     import warnings
 
-    from tinymnist.render import results_markdown
+    from tinymnist.results_doc import results_markdown
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # notes on the old names some records carry

@@ -39,7 +39,7 @@ def test_epoch_table_markdown_and_verdict() -> None:
 
 
 def test_paired_rows_compare_two_rows_of_a_step_on_their_common_seeds() -> None:
-    from tinymnist.render import paired_rows
+    from tinymnist.results_doc import paired_rows
 
     class Run:  # what paired_rows reads of a run record
         def __init__(self, accs: list[float]) -> None:

@@ -12,7 +12,7 @@ from conftest import CPU
 from tinymnist.data import MNIST
 from tinymnist.recipes import Recipe, RunSpec
 from tinymnist.records import RunRecord, run_dir
-from tinymnist.render import results_markdown
+from tinymnist.results_doc import results_markdown
 from tinymnist.runner import create_run, train_run
 from tinymnist.studies import search_markdown
 from tinymnist.study_analysis import pareto, read_exports
@@ -101,7 +101,7 @@ def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: 
 @pytest.mark.integration
 def test_calibration_sets_a_one_point_study_beside_the_same_recipe_on_fresh_test_seeds(confirmed: Path) -> None:
     from tinymnist.models import count_params, create_model
-    from tinymnist.render import run_groups
+    from tinymnist.results_doc import run_groups
     from tinymnist.studies import calibration_rows
 
     params = count_params(create_model(RECIPE["model"]))

@@ -41,17 +41,8 @@ from .errors import NameNote, Note, TinyMnistError, UsageError
 from .models import count_params, create_model, list_models
 from .names import current
 from .records import RunRecord, run_dir
-from .render import (
-    csv_lines,
-    epoch_table,
-    headline_lines,
-    layer_lines,
-    over_seeds_lines,
-    results_markdown,
-    run_lines,
-    seed_list,
-    verdict_lines,
-)
+from .render import csv_lines, epoch_table, layer_lines, over_seeds_lines, run_lines, seed_list, verdict_lines
+from .results_doc import headline_lines, results_markdown
 from .runner import create_run
 from .steps import DEFAULT_RECIPE, JOURNEYS, RECIPES
 from .targets import LAST_K, TARGET, fresh_seeds

@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 from .errors import UsageError
 from .records import RunRecord, recipe_from_dict
-from .render import RunGroup, fresh, pass_count, run_groups, seed_list
+from .render import pass_count, seed_list
+from .results_doc import RunGroup, fresh, run_groups
 from .search_space import SearchConfig, builtin_2_architectures, builtin_architectures
 from .study_analysis import SCORED, by_recipe, confirmations, pareto, screens, trained
 from .targets import LAST_K, TARGET, TARGET_ACC, holds_last_k, over_seeds
@@ -65,7 +66,7 @@ FRONT_SEEDS = 5  # fresh seeds a recipe needs before it is placed against the ot
 
 
 def pass_rates(groups: dict[RunGroup, dict[int, RunRecord]]) -> list[dict]:
-    """Every recipe (step and overrides, precision, CPU) among ``groups`` (render.run_groups) with at least
+    """Every recipe (step and overrides, precision, CPU) among ``groups`` (results_doc.run_groups) with at least
     FRONT_SEEDS fresh-seed runs on the full training set: its parameters, seeds and targets.over_seeds figures
     (passes and the 95% interval of the pass rate)."""
     rows = []
@@ -121,7 +122,7 @@ def calibration_rows(exports: list[dict], groups: dict[RunGroup, dict[int, RunRe
                      subsets: bool = False) -> list[dict]:
     """For each one-recipe study (every complete trial the same recipe: a one-point space, re-scored on further
     seeds), its validation level over seeds beside the fresh-seed test level of the same recipe (same settings
-    and parameter count) from the runs in ``groups`` (render.run_groups): how far the validation protocol reads
+    and parameter count) from the runs in ``groups`` (results_doc.run_groups): how far the validation protocol reads
     from the test.
     Runs on a subset of the training images are left out unless ``subsets`` (quick checks say nothing here)."""
     rows = []
