@@ -231,21 +231,22 @@ def test_a_good_journey_file_reads_into_steps(model_file: Path, tmp_path: Path) 
     assert steps[3].notes == ("The author's analysis: mine",)
 
 
-# --- the README's "Your own model" section, command by command ------------------------------------------------
+# --- the guide's "Your own model" section, command by command ------------------------------------------------
 
-README = Path(__file__).parents[1] / "README.md"
-# The only changes from the README: a subset and a few epochs (the README's are full trainings; the journey gets
+ROOT = Path(__file__).parents[1]
+GUIDE = ROOT / "docs" / "guide.md"
+# The only changes from the guide: a subset and a few epochs (the guide's are full trainings; the journey gets
 # 5, the others 2), two fresh seeds instead of ten, and the example image and data given by absolute path.
 QUICK = {"train": ["--subset", "1000", "--epochs", "2"],
          "consistency": ["--subset", "1000", "--epochs", "2", "--last-k", "2"], "report": ["--subset", "1000"]}
 
 
 def readme_section() -> tuple[str, str, list[list[str]]]:
-    """The model file, the journey file and the commands of the README's "Your own model" section."""
+    """The model file, the journey file and the commands of the guide's "Your own model" section."""
     import re
     import shlex
 
-    text = README.read_text()
+    text = GUIDE.read_text()
     start = text.index("## Your own model")
     blocks = re.findall(r"```(python|toml|bash)\n(.*?)```", text[start:text.index("\n## ", start + 5)], re.S)
     model = next(body for kind, body in blocks if kind == "python" and body.startswith("# my_models.py"))
@@ -269,7 +270,7 @@ def test_the_readme_your_own_model_section_works(mnist_dir: Path, tmp_path: Path
     printed = {}
     for command in commands:
         name, args = command[1], command[2:]
-        args = [str(README.parent / a) if a.startswith("docs/examples/") else a for a in args]
+        args = [str(ROOT / a) if a.startswith("docs/examples/") else a for a in args]
         if name == "consistency":
             args[args.index("--seeds") + 1] = "2"
         if name == "export" and importlib.util.find_spec("onnxruntime") is None:
@@ -289,4 +290,4 @@ def test_the_readme_your_own_model_section_works(mnist_dir: Path, tmp_path: Path
     assert "The author's analysis: My own reading of the numbers goes here." in report
     journey_copy = Path("runs/user/my_journey/held/seed-1/journey.toml")
     assert journey_copy.read_text() == Path("my_journey.toml").read_text()
-    assert printed["predict"].startswith(str(README.parent / "docs/examples/three.png"))
+    assert printed["predict"].startswith(str(ROOT / "docs/examples/three.png"))
