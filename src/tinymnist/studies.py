@@ -314,6 +314,8 @@ def search_command(export: dict) -> str:
         parts.append(f"--subset {c['train_size']}")
     if c["seed"] != 1:
         parts.append(f"--seed {c['seed']}")
+    if c.get("precision", "auto") != "auto":  # the precision the trials trained in, named so that they do again
+        parts.append(f"--precision {c['precision']}")
     config = SearchConfig.from_attrs(c)  # what a study made before a setting existed did: given, to ask the same
     if config.score != SearchConfig.score:
         parts.append(f"--score {config.score}")
