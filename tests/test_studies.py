@@ -88,8 +88,9 @@ def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: 
     assert ("Compute: 0.02 worker-hours for 7 trained trials, 300.0 trials per worker-hour; 13 epochs trained, "
             "6 s per epoch") in text
     assert "900 params 97.50% (trial 1), 1,200 params 97.90% (trial 7), 2,000 params 98.00% (trial 2)" in text
+    # a study made before 0.4.0: its space, score and design given
     assert ("--study demo --max-params 3000 --space builtin --epochs 2 --validation 300 --subset 600 "
-            "--precision fp32 --score worst --design 0 --trials 6") in text  # a study made before 0.4.0: its space, score and design given
+            "--precision fp32 --score worst --design 0 --trials 6") in text
     row = next(line for line in text.splitlines() if line.startswith("| 2 | ") and "1001-1002" in line)
     assert "search-confirm" in row and "of 2" in row
     best = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "tiny:" in line]
