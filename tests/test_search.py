@@ -308,6 +308,14 @@ def test_user_space_trials_confirm_and_reload_without_the_study(full_synthetic_d
     assert json.loads((run / "recipe.json").read_text())["recipe"]["model"] == trial["model"]
     evaluated = tinymnist("eval", str(run), "--data-dir", str(data_dir), cwd=tmp_path)
     assert evaluated.returncode == 0 and "matches the recorded" in evaluated.stdout, evaluated.stderr
+    # a lever measured on the trial's exact recipe: the setting is applied and recorded as an override
+    lever = tinymnist("search-confirm", str(tmp_path / "u.json"), "--trial", str(trial["number"]), "--seed-list",
+                      "1001", "--elastic", "8", "--subset", "700", "--runs", "levers", "--data-dir", str(data_dir),
+                      cwd=tmp_path)
+    assert lever.returncode == 0, lever.stderr
+    header = json.loads((tmp_path / "levers" / run.relative_to(tmp_path / "runs") / "recipe.json").read_text())
+    assert header["recipe"]["elastic"] == 8 and header["overrides"]["elastic"] == 8
+    assert header["origin"]["trial"] == trial["number"]
 
 
 @pytest.mark.integration

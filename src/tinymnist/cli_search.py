@@ -15,6 +15,7 @@ from .cli_common import (
     count_int,
     load_data,
     parse_seeds,
+    recipe_overrides,
     positive_int,
     run_options,
     say,
@@ -118,7 +119,9 @@ def cmd_search_confirm(args: argparse.Namespace) -> int:
     tuned = (exported["config"]["seed"],)  # every trial trained this seed: fresh seeds skip it
     seeds = parse_seeds(args, fresh_seeds(args.seeds, tuned))
     step = f"search/{exported['study']}/trial-{args.trial}"  # its runs' directory: RUNS/search/STUDY/trial-N
-    spec = RunSpec(recipe, run_options(args), step, tuned_seeds=tuned,
+    overrides = recipe_overrides(args)  # a lever measured on the trial's recipe (its runs under another --runs)
+    spec = RunSpec(recipe.with_overrides(**overrides), run_options(args), step, tuned_seeds=tuned,
+                   overrides=overrides or None,
                    origin={"study": exported["study"], "trial": args.trial, "export": args.export})
     data = load_data(args, args.subset)
     say(f"trial {args.trial} of study {exported['study']!r}: {recipe.model}, on the full training set, judged on "
@@ -127,7 +130,7 @@ def cmd_search_confirm(args: argparse.Namespace) -> int:
     figures = seeds_shown(spec, seeds, Path(args.runs), data, last_k, args.jobs, args.trust_remote_code)
     if figures is None:
         return EXIT_INTERRUPTED
-    say("", f"{step}: {figures['params']:,} params, {recipe.epochs} epochs, {len(seeds)} seeds",
+    say("", f"{step}: {figures['params']:,} params, {spec.recipe.epochs} epochs, {len(seeds)} seeds",
         *over_seeds_lines(figures, tuned))
     return EXIT_OK
 
@@ -201,7 +204,7 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trial", type=int, required=True, help="the trial's number")
     add_seed_args(p, 10, "fresh seeds: 1001 upwards, skipping the seed the trials trained (default 10)")
     p.add_argument("--jobs", type=positive_int, default=1, help="seeds trained at once, each in its own process")
-    add_run_args(p, overrides=False)
+    add_run_args(p)
     p.set_defaults(func=cmd_search_confirm)
 
     p = sub.add_parser("search-doc", help="docs/search.md and its frontier figure from study exports and "
