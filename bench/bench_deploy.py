@@ -98,11 +98,11 @@ def measure_web(run: Path, data_dir: str | None) -> dict:
     from playwright.sync_api import sync_playwright
 
     from tinymnist.data import load_mnist
-    from tinymnist.deploy import onnx_predictions
-    from tinymnist.engine import model_inputs
-    from tinymnist.inference import export_onnx, predict_images, preprocess_bytes
-    from tinymnist.loading import load_model
-    from tinymnist.records import RunRecord
+    from tinymnist.runs.loading import load_model
+    from tinymnist.runs.records import RunRecord
+    from tinymnist.training.engine import model_inputs
+    from tinymnist.use.deploy import onnx_predictions
+    from tinymnist.use.inference import export_onnx, predict_images, preprocess_bytes
 
     loaded = load_model(RunRecord(run))
     data = load_mnist(data_dir, allow_download=False)

@@ -41,10 +41,10 @@ from torch import nn
 from bench_matrix import MODELS
 from bench_train import EPOCH, baseline_epoch, flops_per_image, peak_gflops, save_json
 from tinymnist.data import load_mnist
-from tinymnist.engine import batch_loss, make_optimizer
 from tinymnist.machine import cpu_name
 from tinymnist.models import count_params, create_model
-from tinymnist.steps import get_step
+from tinymnist.steps.builtin import get_step
+from tinymnist.training.engine import batch_loss, make_optimizer
 
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 

@@ -9,7 +9,7 @@ The three pipelines, same model, plain SGD with momentum, one epoch each:
   NCHW, fp32 (bench_train.py's baseline);
 - peer: what a user writes in ten minutes with the images already a normalized float tensor in memory: a random
   permutation sliced into batches, NCHW, bf16 autocast for the bf16 column; no augmentation;
-- tinymnist: the engine (tinymnist.executor.execute) with compact_step4's recipe, its model and batch size
+- tinymnist: the engine (tinymnist.training.executor.execute) with compact_step4's recipe, its model and batch size
   replaced, augmentation included, channels_last, uncompiled; "tinymnist-nchw" the same in NCHW
   (``--no-channels-last``), "tinymnist-compiled" the same with ``--compile on`` (the training step through
   torch.compile, channels_last). Each trains two epochs and the second is timed: the first carries the warm-up
@@ -42,11 +42,11 @@ from torch import nn
 
 from bench_train import EPOCH, baseline_epoch, flops_per_image, peak_gflops, save_json
 from tinymnist.data import load_mnist
-from tinymnist.executor import execute
 from tinymnist.machine import cpu_name
 from tinymnist.models import count_params, create_model
-from tinymnist.recipes import Options, RunSpec
-from tinymnist.steps import get_step
+from tinymnist.steps.builtin import get_step
+from tinymnist.training.executor import execute
+from tinymnist.training.recipes import Options, RunSpec
 
 MODELS = ["compact_7k4", "sep_3k8", "tiny:w=8.12.20.20.20,pool=2,sep=2"]  # the last: the 2k separable layout
 ENGINES = {"tinymnist": {"compile": "off"}, "tinymnist-nchw": {"compile": "off", "channels_last": False},

@@ -32,12 +32,12 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from tinymnist.data import load_mnist
-from tinymnist.executor import Sink, execute
 from tinymnist.machine import cpu_name
 from tinymnist.models import count_params, create_model
-from tinymnist.recipes import Options, RunSpec
-from tinymnist.runner import run_seeds
-from tinymnist.steps import get_step
+from tinymnist.runs.runner import run_seeds
+from tinymnist.steps.builtin import get_step
+from tinymnist.training.executor import Sink, execute
+from tinymnist.training.recipes import Options, RunSpec
 
 
 class PerImageMNIST(Dataset):
@@ -466,7 +466,7 @@ def render_stacked(r: dict) -> list[str]:
              f"- per process, a timed training epoch of {r['steps']} batches of {r['batch']} images per seed after "
              f"one as a warm-up (compact_step4's recipe, augmentation included, fp32; no evaluation), the processes "
              f"started together; medians over {r['repeats']} interleaved repeats. One seed: the Trainer; several: "
-             f"tinymnist.stacked.StackedTrainer (every convolution grouped by seed)", "",
+             f"tinymnist.training.stacked.StackedTrainer (every convolution grouped by seed)", "",
              "| model | processes x threads | seeds per process | seed-epochs a minute | vs 2 processes of one seed |",
              "|---|---|---|---|---|"]
     for model in dict.fromkeys(row["model"] for row in r["rows"]):

@@ -22,10 +22,10 @@ from torch.optim.swa_utils import update_bn
 
 from bench_train import save_json
 from tinymnist.data import load_mnist
-from tinymnist.inference import _feed, evaluate_loaded
-from tinymnist.loading import load_model
-from tinymnist.records import RunRecord
+from tinymnist.runs.loading import load_model
+from tinymnist.runs.records import RunRecord
 from tinymnist.targets import mean_interval
+from tinymnist.use.inference import _feed, evaluate_loaded
 
 
 def measure(run: RunRecord, data, batch: int = 1000) -> dict:

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from tinymnist.data import MNIST, load_mnist
-from tinymnist.executor import execute
-from tinymnist.recipes import Options, Recipe, RunSpec
-from tinymnist.records import RunRecord, run_dir
-from tinymnist.runner import create_run, train_run
+from tinymnist.runs.records import RunRecord, run_dir
+from tinymnist.runs.runner import create_run, train_run
+from tinymnist.training.executor import execute
+from tinymnist.training.recipes import Options, Recipe, RunSpec
 
 CPU = Options(device="cpu")
 

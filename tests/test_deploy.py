@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from conftest import start_run
-from tinymnist.cli import main
-from tinymnist.deploy import layer_program
+from tinymnist.cli.main import main
 from tinymnist.errors import Note, UsageError
 from tinymnist.models import create_model, list_models
-from tinymnist.recipes import Options
-from tinymnist.runner import train_run
-from tinymnist.steps import get_step
+from tinymnist.runs.runner import train_run
+from tinymnist.steps.builtin import get_step
+from tinymnist.training.recipes import Options
+from tinymnist.use.deploy import layer_program
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "src" / "tinymnist" / "web"
@@ -129,7 +129,7 @@ def test_export_of_a_users_model_with_a_layer_the_page_cannot_run(small_mnist, t
     monkeypatch.chdir(tmp_path)
     Path("mynet.py").write_text("from torch import nn\n\n\ndef Net():\n    return nn.Sequential(nn.Conv2d(1, 4, 3), "
                                 "nn.GELU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))\n")
-    from tinymnist.recipes import Recipe
+    from tinymnist.training.recipes import Recipe
 
     run = start_run(tmp_path / "runs", "mynet", Recipe(model="mynet.py:Net", epochs=1, seed=1), small_mnist.subset(200))
     train_run(run, small_mnist.subset(200))
@@ -147,7 +147,7 @@ def test_export_needs_something_to_write(compact_run: Path, capsys: pytest.Captu
 def test_int8_export_is_small_and_keeps_its_accuracy(compact_run: Path, mnist_dir: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
-    from tinymnist.deploy import node_ops
+    from tinymnist.use.deploy import node_ops
 
     out = tmp_path / "m.int8.onnx"
     assert main(["export", str(compact_run), "--int8", str(out), "--data-dir", str(mnist_dir)]) == 0
@@ -166,9 +166,9 @@ def test_int8_export_is_small_and_keeps_its_accuracy(compact_run: Path, mnist_di
 def test_the_exported_page_runs_from_disk_and_agrees_with_predict(compact_run: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from tinymnist.inference import predict_images
-    from tinymnist.loading import load_model
-    from tinymnist.records import RunRecord
+    from tinymnist.runs.loading import load_model
+    from tinymnist.runs.records import RunRecord
+    from tinymnist.use.inference import predict_images
 
     folder = tmp_path / "page"
     assert main(["export", str(compact_run), "--web", str(folder)]) == 0

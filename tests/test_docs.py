@@ -24,7 +24,7 @@ def test_performance_doc_is_rendered_from_the_benchmark_json() -> None:
 def test_results_doc_is_rendered_from_the_committed_run_records() -> None:
     import warnings
 
-    from tinymnist.results_doc import results_markdown
+    from tinymnist.reports.results_doc import results_markdown
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # notes on the old names some records carry
@@ -38,8 +38,8 @@ def test_search_doc_is_rendered_from_the_committed_study_exports(tmp_path: Path,
     import pytest
 
     pytest.importorskip("matplotlib")
-    from tinymnist.studies import search_markdown
-    from tinymnist.study_analysis import read_exports
+    from tinymnist.reports.search_doc import search_markdown
+    from tinymnist.search.analysis import read_exports
 
     monkeypatch.chdir(ROOT)  # the document names the exports and runs by their paths in the repository
     exports = [Path("evidence/studies") / p.name for p in sorted((ROOT / "evidence" / "studies").glob("*.json"))]
@@ -69,7 +69,7 @@ def test_deploy_doc_is_rendered_from_the_deploy_json() -> None:
 def test_readme_is_a_front_door_whose_table_is_generated() -> None:
     import warnings
 
-    from tinymnist.cli import headline_readme
+    from tinymnist.cli.main import headline_readme
 
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200, "README.md is the front door: at most 200 lines; the rest goes to docs/"

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import CPU, fit, start_run
-from tinymnist.engine import Trainer
 from tinymnist.errors import TrainingError
-from tinymnist.loading import load_weights
-from tinymnist.recipes import Recipe
-from tinymnist.runner import train_run
-from tinymnist.schedule import lr_at
-from tinymnist.steps import get_step
+from tinymnist.runs.loading import load_weights
+from tinymnist.runs.runner import train_run
+from tinymnist.steps.builtin import get_step
+from tinymnist.training.engine import Trainer
+from tinymnist.training.recipes import Recipe
+from tinymnist.training.schedule import lr_at
 
 
 @pytest.mark.integration
@@ -124,8 +124,8 @@ def test_a_weight_averaged_run_and_its_resumed_twin_are_identical(small_mnist, t
 def test_the_weight_average_is_what_a_run_scores_saves_and_serves(small_mnist, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from tinymnist.inference import evaluate_run
-    from tinymnist.loading import load_model
+    from tinymnist.runs.loading import load_model
+    from tinymnist.use.inference import evaluate_run
 
     data = small_mnist.subset(600, 300)
     run = start_run(tmp_path, "compact_step2", EMA, data)
@@ -144,9 +144,9 @@ def test_the_weight_average_is_what_a_run_scores_saves_and_serves(small_mnist, t
 
 
 def test_compile_auto_is_on_for_long_cpu_trainings_on_two_threads_or_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tinymnist import placement
     from tinymnist.errors import UsageError
-    from tinymnist.placement import COMPILE_MIN_IMAGES, resolve_compile
+    from tinymnist.training import placement
+    from tinymnist.training.placement import COMPILE_MIN_IMAGES, resolve_compile
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(placement, "cpp_compiler", lambda: "g++")
@@ -165,8 +165,8 @@ def _fit_compiled(small_mnist, compile: str, images: int = 640, epochs: int = 2,
                   channels_last: bool = True, batch_size: int = 64) -> Trainer:
     import dataclasses
 
-    from tinymnist.executor import execute
-    from tinymnist.recipes import RunSpec
+    from tinymnist.training.executor import execute
+    from tinymnist.training.recipes import RunSpec
 
     recipe = Recipe(model="compact_7k4", epochs=epochs, batch_size=batch_size, lr=0.05, seed=5, rotate=7, shift=0.05)
     options = dataclasses.replace(CPU, compile=compile, channels_last=channels_last)
@@ -207,7 +207,7 @@ def test_every_compiled_training_of_a_process_runs_compiled_and_a_silent_fallbac
     """Dynamo keeps a few graphs of one forward() per process (8; 1 here) and runs the next model or batch size
     eager without a word: each compiled training starts from an empty in-process cache, so the second one here
     compiles too; without that reset the fallback is caught, said once, and the run records it uncompiled."""
-    from tinymnist.placement import dynamo_frames
+    from tinymnist.training.placement import dynamo_frames
 
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     first = _fit_compiled(small_mnist, "on", 96, 1, batch_size=32)
@@ -226,10 +226,10 @@ def test_distilling_from_itself_costs_nothing_and_a_teacher_changes_the_training
     import dataclasses
 
     from conftest import CPU
-    from tinymnist.engine import Teacher
-    from tinymnist.executor import execute
     from tinymnist.models import create_model
-    from tinymnist.recipes import Recipe, RunSpec
+    from tinymnist.training.engine import Teacher
+    from tinymnist.training.executor import execute
+    from tinymnist.training.recipes import Recipe, RunSpec
 
     torch.manual_seed(0)
     model = create_model("compact_7k4").eval()

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import CPU, start_run
-from tinymnist import api
 from tinymnist.errors import UsageError
-from tinymnist.executor import Callbacks, execute
-from tinymnist.recipes import Recipe, RunSpec
-from tinymnist.runner import train_run
+from tinymnist.runs.runner import train_run
+from tinymnist.training.executor import Callbacks, execute
+from tinymnist.training.recipes import Recipe, RunSpec
+from tinymnist.use import api
 
 RECIPE = Recipe(model="compact_7k4", epochs=2, batch_size=32, lr=0.05, seed=3, rotate=5.0, shift=0.05)
 
@@ -23,8 +23,8 @@ def without_seconds(history: list[dict]) -> list[dict]:
 
 def test_the_same_spec_gives_the_same_epochs_through_every_sink(small_mnist, tmp_path: Path) -> None:
     optuna = pytest.importorskip("optuna")
-    from tinymnist.search import TrialSink
-    from tinymnist.search_space import SearchConfig
+    from tinymnist.search.space import SearchConfig
+    from tinymnist.search.workers import TrialSink
 
     data = small_mnist.subset(500, 200)
     spec = RunSpec(RECIPE, CPU, "compact_step2")
@@ -73,8 +73,8 @@ def test_a_sink_given_first_or_last_gives_the_same_resumed_run(small_mnist, tmp_
     import dataclasses
     import shutil
 
-    from tinymnist.records import RunRecord
-    from tinymnist.runner import RecordSink
+    from tinymnist.runs.records import RunRecord
+    from tinymnist.runs.runner import RecordSink
 
     recipe = dataclasses.replace(RECIPE, epochs=3)
     first = start_run(tmp_path / "a", "order", recipe, small_mnist)

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import start_run
 from tinymnist import __version__
-from tinymnist.cli import main
-from tinymnist.recipes import Recipe
+from tinymnist.cli.main import main
+from tinymnist.training.recipes import Recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,8 +119,8 @@ def test_tensorboard_gets_every_epoch(small_mnist, tmp_path: Path) -> None:
     pytest.importorskip("tensorboard", reason="the [tensorboard] extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tinymnist.logsinks import TensorBoardSink
-    from tinymnist.runner import train_run
+    from tinymnist.runs.logsinks import TensorBoardSink
+    from tinymnist.runs.runner import train_run
 
     run = start_run(tmp_path / "runs", "compact_step4", Recipe(model="compact_7k4", epochs=2, seed=3), small_mnist)
     train_run(run, small_mnist, sinks=(TensorBoardSink(tmp_path / "tb"),))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymnist.cli import main
+from tinymnist.cli.main import main
 
 NETS = '''import torch
 from torch import nn

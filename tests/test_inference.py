@@ -8,13 +8,13 @@ import pytest
 from PIL import Image
 
 from conftest import start_run
-from tinymnist.cli import main
+from tinymnist.cli.main import main
 from tinymnist.errors import UsageError
-from tinymnist.inference import MAX_IMAGE_PIXELS, predict_images, preprocess
-from tinymnist.loading import load_model
-from tinymnist.recipes import Recipe
-from tinymnist.records import RunRecord
-from tinymnist.runner import train_run
+from tinymnist.runs.loading import load_model
+from tinymnist.runs.records import RunRecord
+from tinymnist.runs.runner import train_run
+from tinymnist.training.recipes import Recipe
+from tinymnist.use.inference import MAX_IMAGE_PIXELS, predict_images, preprocess
 
 
 @pytest.fixture(scope="module")

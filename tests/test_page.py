@@ -17,10 +17,10 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 from conftest import serving, start_run  # noqa: E402
-from tinymnist.cli import main  # noqa: E402
-from tinymnist.recipes import Options  # noqa: E402
-from tinymnist.runner import train_run  # noqa: E402
-from tinymnist.steps import get_step  # noqa: E402
+from tinymnist.cli.main import main  # noqa: E402
+from tinymnist.runs.runner import train_run  # noqa: E402
+from tinymnist.steps.builtin import get_step  # noqa: E402
+from tinymnist.training.recipes import Options  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = os.environ.get("TINYMNIST_SCREENSHOT")  # where to save the README's screenshot, when asked

@@ -9,8 +9,8 @@ import pytest
 from tinymnist.errors import NameNote, Note, UsageError
 from tinymnist.models import list_models
 from tinymnist.names import RENAMED
-from tinymnist.recipes import Recipe
-from tinymnist.steps import JOURNEYS, RECIPES, all_steps, get_journey, get_step
+from tinymnist.steps.builtin import JOURNEYS, RECIPES, all_steps, get_journey, get_step
+from tinymnist.training.recipes import Recipe
 
 
 def test_every_journey_has_four_steps_with_known_models_and_tuning_seeds() -> None:

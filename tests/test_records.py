@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import start_run
-from tinymnist.cli import main
+from tinymnist.cli.main import main
 from tinymnist.errors import UsageError
-from tinymnist.recipes import Recipe
-from tinymnist.records import RunRecord, run_dir
+from tinymnist.runs.records import RunRecord, run_dir
+from tinymnist.training.recipes import Recipe
 
 # Lines later versions print before what earlier ones printed, and nothing else changed: `show` says what the
 # run trained on, `train` introduces the training (model, recipe, data, the columns).
@@ -65,7 +65,7 @@ def test_run_dir_is_the_one_layout() -> None:
 
 
 def test_files_get_the_mode_the_umask_gives(small_mnist, tmp_path: Path) -> None:
-    from tinymnist.runner import train_run
+    from tinymnist.runs.runner import train_run
 
     old = os.umask(0o022)
     try:
@@ -80,7 +80,7 @@ def test_files_get_the_mode_the_umask_gives(small_mnist, tmp_path: Path) -> None
 
 HOLD = """
 import sys, time
-from tinymnist.records import RunRecord
+from tinymnist.runs.records import RunRecord
 with RunRecord(sys.argv[1]).lock():
     print("locked", flush=True)
     time.sleep(60)

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from conftest import idx_bytes, synthetic_digits
-from tinymnist.cli import main
+from tinymnist.cli.main import main
 from tinymnist.data import read_idx
 from tinymnist.errors import CheckpointError, DataError
 from tinymnist.files import write_atomic
-from tinymnist.loading import load_weights
-from tinymnist.records import RunRecord
+from tinymnist.runs.loading import load_weights
+from tinymnist.runs.records import RunRecord
 
 
 # One thread: the same arithmetic in every process, and no contention with the test runner's own threads.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tinymnist.render import epoch_table, over_seeds_lines, pass_count, seed_list, verdict_lines
+from tinymnist.reports.render import epoch_table, over_seeds_lines, pass_count, seed_list, verdict_lines
 from tinymnist.targets import judge, over_seeds
 
 
@@ -39,7 +39,7 @@ def test_epoch_table_markdown_and_verdict() -> None:
 
 
 def test_paired_rows_compare_two_rows_of_a_step_on_their_common_seeds() -> None:
-    from tinymnist.results_doc import paired_rows
+    from tinymnist.reports.results_doc import paired_rows
 
     class Run:  # what paired_rows reads of a run record
         def __init__(self, accs: list[float]) -> None:

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from conftest import start_run
-from tinymnist.layers import flops_per_image, layer_table
 from tinymnist.models import count_params, create_model, list_models
-from tinymnist.recipes import Recipe, Step
-from tinymnist.records import RunRecord
-from tinymnist.render import analyse
-from tinymnist.report import write_report
+from tinymnist.models.layers import flops_per_image, layer_table
+from tinymnist.reports.render import analyse
+from tinymnist.reports.report import write_report
+from tinymnist.runs.records import RunRecord
 from tinymnist.targets import judge
+from tinymnist.training.recipes import Recipe, Step
 
 
 def test_original_step4_receptive_fields_by_hand() -> None:
@@ -95,7 +95,7 @@ def test_report_on_fake_runs_has_every_section_and_figure(small_mnist, tmp_path:
                      for seed in (1, 2)] for s in steps}
     fresh = {s.name: [fake_run(tmp_path / "runs", s.name, s.recipe.model, 1001, accs[1001], small_mnist)]
              for s in steps[2:]}
-    from tinymnist.inference import confident_predictions
+    from tinymnist.use.inference import confident_predictions
 
     predictions = {s.name: confident_predictions(runs[s.name][0], small_mnist) for s in steps}
     path = write_report("fake", steps, runs, small_mnist, tmp_path / "out", "tinymnist report fake", fresh=fresh,

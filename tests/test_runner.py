@@ -8,10 +8,10 @@ import pytest
 
 from conftest import CPU, start_run
 from tinymnist.errors import UsageError
-from tinymnist.executor import cut
-from tinymnist.recipes import Recipe, RunSpec
-from tinymnist.records import RunRecord, run_dir
-from tinymnist.runner import run_seeds, train_run
+from tinymnist.runs.records import RunRecord, run_dir
+from tinymnist.runs.runner import run_seeds, train_run
+from tinymnist.training.executor import cut
+from tinymnist.training.recipes import Recipe, RunSpec
 
 TINY = Recipe(model="compact_7k4", epochs=2, seed=0)
 

@@ -18,7 +18,8 @@ from tinymnist.models import count_params, create_model
 
 optuna = pytest.importorskip("optuna", reason="the [search] extra is not installed")
 
-from tinymnist import search_space, search_study  # noqa: E402 - after the skip
+from tinymnist.search import space as search_space  # noqa: E402 - after the skip
+from tinymnist.search import study as search_study  # noqa: E402
 
 TINY = ["--epochs", "2,3", "--subset", "1500", "--validation", "500", "--max-params", "3000"]
 
@@ -109,7 +110,7 @@ def test_pruner_compares_trials_of_the_same_length_only() -> None:
     for e, c, w in [(15, 11, 0.2), (15, 15, 0.2), (15, 11, 0.5), (8, 6, 0.2), (6, 6, 0.1), (3, 2, 0.2)]
 ] + [search_space.BASE_RECIPE.with_overrides(epochs=15, schedule="step", step_size=6, gamma=0.1, lr=0.05)])
 def test_the_pruner_never_cuts_before_the_lr_has_decayed_nor_inside_the_scoring_window(recipe) -> None:
-    from tinymnist.schedule import lr_at
+    from tinymnist.training.schedule import lr_at
 
     last_k = 5
     first, last = search_study.prune_window(recipe, last_k)
@@ -161,7 +162,7 @@ def test_the_initial_design_is_in_budget_and_covers_every_axis() -> None:
 def test_rescoring_ranks_recipes_by_their_mean_level_over_seeds_not_by_one_draw() -> None:
     """A fake objective: recipe x = 0 is lucky on the screening seed (1) and poor on others; x = 1 is steady.
     Screening ranks 0 first; re-scoring on seeds 2-4 ranks 1 first, by its mean level."""
-    from tinymnist.study_analysis import by_recipe, rescore_plan
+    from tinymnist.search.analysis import by_recipe, rescore_plan
 
     level = {(0, 1): 99.60, (0, 2): 99.20, (0, 3): 99.25, (0, 4): 99.15,
              (1, 1): 99.50, (1, 2): 99.45, (1, 3): 99.48, (1, 4): 99.44,
@@ -373,7 +374,7 @@ def test_a_new_study_starts_with_its_design_and_rescoring_trains_the_best_recipe
     assert [t["design"] for t in before["trials"]] == [True, True]  # the study's 2 trials: its design's first 2
     assert [{k: t["params"][k] for k in d} for t, d in zip(before["trials"], design, strict=False)] == design[:2]
     best = max((t for t in before["trials"] if t["state"] == "complete"), key=lambda t: t["value"])
-    from tinymnist.study_analysis import rescore_plan
+    from tinymnist.search.analysis import rescore_plan
 
     study = search_study.open_study(search_study.open_storage(storage), "e")  # another host queued the pair and
     for params, attrs in rescore_plan(before, top=1, seeds=[2]):  # stopped before training it: it waits
@@ -414,7 +415,7 @@ def test_validation_split_never_opens_the_test_files(train_only: Path) -> None:
 def test_a_trial_left_running_by_a_stopped_host_is_failed_and_queued_again(tmp_path: Path) -> None:
     """What `search-rescore` does first: a re-scoring pair a stopped host left running is trained again, not
     taken for trained."""
-    from tinymnist.search import waiting
+    from tinymnist.search.workers import waiting
 
     storage = search_study.open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=1)
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
@@ -431,7 +432,7 @@ def test_a_trial_left_running_by_a_stopped_host_is_failed_and_queued_again(tmp_p
 
 TAKE_QUEUED = """
 import sys, optuna
-from tinymnist.search_study import open_storage
+from tinymnist.search.study import open_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="q", storage=open_storage(sys.argv[1]))
 taken = []

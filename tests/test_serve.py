@@ -14,8 +14,8 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 from fastapi.testclient import TestClient
 
 from conftest import serving
-from tinymnist.cli import main
-from tinymnist.serve import MAX_BODY_BYTES, create_app
+from tinymnist.cli.main import main
+from tinymnist.use.serve import MAX_BODY_BYTES, create_app
 
 
 def png(draw: bool = True, size: int = 200) -> bytes:

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import start_run
 from tinymnist.models import count_params, create_model
-from tinymnist.recipes import Options
-from tinymnist.runner import train_run
-from tinymnist.steps import get_step
+from tinymnist.runs.runner import train_run
+from tinymnist.steps.builtin import get_step
+from tinymnist.training.recipes import Options
 
 
 @pytest.mark.slow

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from conftest import CPU
-from tinymnist.engine import Trainer
 from tinymnist.errors import UsageError
 from tinymnist.models import Net, create_model
-from tinymnist.recipes import Recipe
-from tinymnist.stacked import StackedTrainer, stack, unstack
+from tinymnist.training.engine import Trainer
+from tinymnist.training.recipes import Recipe
+from tinymnist.training.stacked import StackedTrainer, stack, unstack
 
 MODELS = ["compact_7k4", "sep_3k8", "original_step4", "tiny:w=8.12.12.12,pool=1,sep=2,sq=8,pool2=3"]
 

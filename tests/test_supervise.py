@@ -13,7 +13,7 @@ import pytest
 
 PARENT = """
 import time
-from tinymnist.supervise import Supervisor
+from tinymnist.runs.supervise import Supervisor
 
 def forever(send):
     while True:

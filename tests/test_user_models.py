@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymnist.cli import main
+from tinymnist.cli.main import main
 from tinymnist.models import count_params, create_model
 
 # Unlike the starter and the built-in models: an nn.Module that is not an nn.Sequential, with a linear head
@@ -99,7 +99,7 @@ def test_a_quick_look_at_one_epoch_scales_the_lr_cycle_with_a_note(model_file: P
                                                                    tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     """The default recipe (compact_step4's) ends its LR cycle with epoch 11 of 15; --epochs 1 used to be refused."""
-    from tinymnist.records import RunRecord
+    from tinymnist.runs.records import RunRecord
 
     code = main(["train", f"{model_file}:TinyNet", "--epochs", "1", "--subset", "500", "--device", "cpu",
                  "--data-dir", str(mnist_dir), "--runs", str(tmp_path / "runs")])
@@ -169,8 +169,8 @@ def test_an_unchanged_file_needs_no_switch(user_run: Path, mnist_dir: Path, caps
 @pytest.mark.integration
 def test_the_starter_trains_exactly_as_the_original_steps(small_mnist, tmp_path: Path) -> None:
     from conftest import fit
-    from tinymnist.recipes import Options
-    from tinymnist.steps import get_journey, get_step
+    from tinymnist.steps.builtin import get_journey, get_step
+    from tinymnist.training.recipes import Options
 
     assert main(["init", str(tmp_path / "mine")]) == 0
     strip = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
@@ -220,7 +220,7 @@ def test_bad_journey_files_get_one_sentence_and_exit_2(case: str, model_file: Pa
 
 
 def test_a_good_journey_file_reads_into_steps(model_file: Path, tmp_path: Path) -> None:
-    from tinymnist.steps import get_journey
+    from tinymnist.steps.builtin import get_journey
 
     path = tmp_path / "j.toml"
     path.write_text(journey(GOOD_STEP + "lr = 0.05\n", "[recipe]\nepochs = 3\n"))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from tinymnist.errors import DataError
 
 # The four files, with the MD5 of their gzipped form as published on the mirrors.
 FILES: dict[str, tuple[str, str]] = {

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import CheckpointError, UsageError
+from tinymnist.errors import CheckpointError, UsageError
 
 
 def _file_mode() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
+from tinymnist.errors import UsageError
 
 
 @functools.cache

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 
-from .errors import NameNote
+from tinymnist.errors import NameNote
 
 RENAMED: dict[str, dict[str, str]] = {
     "model": {**{f"seed_step{n}": f"original_step{n}" for n in range(1, 5)},

@@ -1,0 +1,315 @@
+"""Command line: argparse subcommands, each a few lines that parse, call the library and print. ``main(argv)``
+returns the exit code: 0 ok, 1 targets missed (when asked to require them), 2 bad input, 3 a check failed
+(eval differs from the record, ONNX parity), 130 interrupted, 141 output pipe closed (as `| head` does)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from tinymnist import __version__
+from tinymnist.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PIPE,
+    EXIT_TARGETS,
+    EXIT_USAGE,
+    Parser,
+    add_data_args,
+    add_run_args,
+    add_seed_args,
+    load_data,
+    model_of,
+    parse_seeds,
+    positive_int,
+    published_for,
+    run_options,
+    say,
+    seeds_shown,
+    spec_for,
+    step_to_train,
+    train_shown,
+)
+from tinymnist.cli.journey import add_journey_commands
+from tinymnist.cli.search import add_search_commands
+from tinymnist.cli.use import add_use_commands
+from tinymnist.data import load_mnist
+from tinymnist.errors import NameNote, Note, TinyMnistError, UsageError
+from tinymnist.models import count_params, create_model, list_models
+from tinymnist.names import current
+from tinymnist.reports.render import (
+    csv_lines,
+    epoch_table,
+    layer_lines,
+    over_seeds_lines,
+    run_lines,
+    seed_list,
+    verdict_lines,
+)
+from tinymnist.reports.results_doc import headline_lines, results_markdown
+from tinymnist.runs.records import RunRecord, run_dir
+from tinymnist.runs.runner import create_run
+from tinymnist.steps.builtin import DEFAULT_RECIPE, JOURNEYS, RECIPES
+from tinymnist.targets import LAST_K, TARGET, fresh_seeds
+
+# --- subcommands ---------------------------------------------------------------------------------------
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tinymnist.reports.report import digit_grid  # matplotlib only when a figure is asked for
+
+    data = load_mnist(args.data_dir, not args.no_download)
+    say(f"files found in {data.source.resolve()}",
+        f"train: {len(data.train_labels):,} images   test: {len(data.test_labels):,} images")
+    for split, labels in (("train", data.train_labels), ("test", data.test_labels)):
+        counts = labels.bincount(minlength=10).tolist()
+        say(f"{split} per class: " + "  ".join(f"{d}:{c:,}" for d, c in enumerate(counts)))
+    say(f"normalization (from the training images): mean {data.mean:.4f}, std {data.std:.4f}")
+    for split, images in (("train", data.train_images), ("test", data.test_images)):
+        raw = images.float() / 255
+        norm = data.normalize(images)
+        say(f"{split} pixels in [0,1]:  mean {raw.mean():.4f} std {raw.std():.4f} min {raw.min():.4f} "
+            f"max {raw.max():.4f}",
+            f"{split} normalized:       mean {norm.mean():.4f} std {norm.std():.4f} min {norm.min():.4f} "
+            f"max {norm.max():.4f}")
+    out = Path(args.out)
+    digit_grid(data.train_images[:60], data.train_labels[:60].tolist(), out, "MNIST: the first 60 training digits")
+    say(f"wrote {out} (60 training digits with their labels)")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    say(f"{'model':<18} {'params':>7}")
+    for name in list_models():
+        say(f"{name:<18} {count_params(create_model(name)):>7,}")
+    return EXIT_OK
+
+
+def cmd_steps(args: argparse.Namespace) -> int:
+    import textwrap
+
+    def lines(i: str, step) -> list[str]:
+        params = count_params(create_model(step.recipe.model))
+        tuned = f"tuned on seed{'s' * (len(step.tuned_seeds) > 1)} {seed_list(step.tuned_seeds) or 'none'}"
+        head = f"  {i}{step.name} ({params:,} params, {step.recipe.epochs} epochs; {tuned})"
+        return [head, *textwrap.wrap(step.target, 80, initial_indent="      ", subsequent_indent="      ")]
+
+    for journey, steps in JOURNEYS.items():
+        say(f"journey {journey}:", *(line for i, step in enumerate(steps, 1) for line in lines(f"{i}. ", step)))
+    say("other recipes:", *(line for step in RECIPES for line in lines("", step)))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        run = RunRecord(args.resume)
+        if not run.exists():
+            raise UsageError(f"{run.path} is not a run directory (no recipe.json); give the directory a train "
+                             f"command wrote.")
+        if run.finished():
+            raise UsageError(f"{run.path} is already finished; see {run.path / 'summary.json'}.")
+        data = load_data(args)
+    else:
+        if not args.step:
+            raise UsageError("name a step to train (see `tinymnist steps`), or --resume RUN_DIR.")
+        step = step_to_train(args)
+        spec = spec_for(args, step, run_options(args))
+        create_model(spec.recipe.model)  # a wrong model file or name is the likelier mistake: before MNIST
+        data = load_data(args, args.subset)
+        run = RunRecord(run_dir(args.runs, step.name, spec.recipe.seed))
+        create_run(run, spec, data)
+    try:
+        sinks = ()
+        if args.tensorboard:
+            from tinymnist.runs.logsinks import TensorBoardSink
+
+            sinks = (TensorBoardSink(Path(args.tensorboard) / run.step() / run.path.name),)
+        summary = train_shown(run, data, published_for(run.step(), run), args.trust_remote_code, args.quiet, sinks)
+    except KeyboardInterrupt:
+        say("", f"interrupted; {run.path} holds every completed epoch. Resume with: "
+                f"tinymnist train --resume {run.path}")
+        return EXIT_INTERRUPTED
+    say("", *verdict_lines(summary))
+    return EXIT_TARGETS if args.require_targets and not summary["verdict"]["met"] else EXIT_OK
+
+
+def cmd_consistency(args: argparse.Namespace) -> int:
+    step = step_to_train(args)
+    spec = spec_for(args, step, run_options(args))
+    seeds = parse_seeds(args, fresh_seeds(args.seeds, step.tuned_seeds))
+    if args.last_k > spec.recipe.epochs:
+        raise UsageError(f"--last-k {args.last_k} is more than the recipe's {spec.recipe.epochs} epochs; give at most "
+                         f"{spec.recipe.epochs}.")
+    create_model(spec.recipe.model)
+    data = load_data(args, args.subset)
+    spec.recipe.check(train_size=len(data.train_labels))
+    figures = seeds_shown(spec, seeds, Path(args.runs), data, args.last_k, args.jobs, args.trust_remote_code)
+    if figures is None:
+        return EXIT_INTERRUPTED
+    say("", f"{step.name}: {figures['params']:,} params, {spec.recipe.epochs} epochs, {len(seeds)} "
+            f"seed{'s' if len(seeds) != 1 else ''}", *over_seeds_lines(figures, step.tuned_seeds))
+    passed = figures["seeds_passing"] == figures["seeds_run"]
+    return EXIT_TARGETS if args.require_targets and not passed else EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    run = RunRecord(args.run)
+    if not run.exists():
+        raise UsageError(f"{run.path} is not a run directory (no recipe.json).")
+    metrics = run.metrics()
+    if not metrics:
+        raise UsageError(f"{run.path} has no completed epoch yet; train it with: tinymnist train --resume {run.path}")
+    if args.csv:
+        say(*csv_lines(metrics))
+        return EXIT_OK
+    say(*run_lines(run))
+    say(*epoch_table(metrics, published_for(run.step(), run), args.markdown))
+    if run.finished():
+        summary = run.summary()
+        say("", f"{summary['device']}, {summary.get('precision', 'fp32')}, torch {summary['torch']}, "
+                f"{summary['wall_seconds']:.0f} s wall", *verdict_lines(summary))
+    return EXIT_OK
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    current("command", args.command)
+    say(*layer_lines(create_model(model_of(args.model))))
+    return EXIT_OK
+
+
+HEADLINE = ("<!-- headline: generated from evidence/runs by `tinymnist results --readme README.md`; do not edit -->",
+            "<!-- /headline -->")
+
+
+def headline_readme(text: str, root: Path) -> str:
+    """``text`` (a README) with the block between the HEADLINE markers regenerated from the runs under ``root``."""
+    start, end = (text.find(marker) for marker in HEADLINE)
+    if start < 0 or end < start:
+        raise UsageError(f"the README has no headline block; put the two lines {HEADLINE[0]!r} and {HEADLINE[1]!r} "
+                         f"where the table goes.")
+    return text[:start] + "\n".join([HEADLINE[0], *headline_lines(root)]) + "\n" + text[end:]
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    if args.readme:
+        readme = Path(args.readme)
+        try:
+            readme.write_text(headline_readme(readme.read_text(), Path(args.runs)))
+        except OSError as e:
+            raise UsageError(f"cannot rewrite {readme} ({e.strerror}).") from None
+        say(f"wrote the headline table of {readme} from the run records under {args.runs}")
+        return EXIT_OK
+    text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {args.out}")
+    out = Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as e:
+        raise UsageError(f"cannot write {out} ({e.strerror}).") from None
+    rows = sum(line.startswith("| ") and not line.startswith("| step") for line in text.splitlines())
+    say(f"wrote {out}: {rows} table rows from the run records under {args.runs}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tinymnist", description="Design, train, prove and use very small CNNs on MNIST.")
+    parser.add_argument("--version", action="version", version=f"tinymnist {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND",
+                                title="commands (tinymnist COMMAND --help for each)")
+
+    p = sub.add_parser("data", help="find (or download) MNIST, print statistics, write a grid of digits")
+    add_data_args(p)
+    p.add_argument("--out", default="mnist-digits.png", help="PNG grid of 60 digits (default: mnist-digits.png)")
+    p.set_defaults(func=cmd_data)
+
+    sub.add_parser("models", help="list registered models with their parameter counts").set_defaults(func=cmd_models)
+    sub.add_parser("steps", help="list journeys, their steps, targets and tuning seeds").set_defaults(func=cmd_steps)
+
+    p = sub.add_parser("train", help="train one step (or recipe) and judge it against the targets")
+    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`), or your own model as "
+                                           "FILE.py:NAME")
+    p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
+    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in this directory")
+    p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--quiet", action="store_true", help="print only the verdict (no introduction, rows or bar)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars per epoch under "
+                                                        "DIR/STEP/seed-N (the [tensorboard] extra; view: "
+                                                        "tensorboard --logdir DIR)")
+    add_run_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("consistency", help="train a recipe over several seeds and judge its consistency")
+    p.add_argument("step", help="a step or recipe name (see `tinymnist steps`), or your own model as FILE.py:NAME")
+    p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
+    add_seed_args(p, 5, "run N fresh seeds: 1001 upwards, skipping the seeds the recipe was tuned on (default 5)")
+    p.add_argument("--last-k", type=positive_int, default=LAST_K,
+                   help=f"epochs that must each hold {TARGET}".replace("%", "%%"))  # argparse formats help with %
+    p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="seeds trained at once, each in its own process with cores/jobs threads (default 1; "
+                        "docs/performance.md measures what it gains)")
+    add_run_args(p)
+    p.set_defaults(func=cmd_consistency)
+
+    p = sub.add_parser("results", help="docs/results.md from run records")
+    p.add_argument("--runs", default="evidence/runs", help="where the runs are (default: evidence/runs)")
+    p.add_argument("--out", default="docs/results.md", help="markdown file to write")
+    p.add_argument("--readme", metavar="FILE", help="instead, regenerate the headline table of FILE (README.md)")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("layers", aliases=["summary"], help="per-layer table: output shape, params, receptive field")
+    p.add_argument("model", help="a model or step name (see `tinymnist models`, `tinymnist steps`), or your own "
+                                 "model as FILE.py:NAME")
+    p.set_defaults(func=cmd_layers)
+
+    add_journey_commands(sub)
+    add_use_commands(sub)
+    add_search_commands(sub)
+
+    p = sub.add_parser("show", help="print a run's per-epoch table and verdict from its records")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--markdown", action="store_true", help="a markdown table")
+    p.add_argument("--csv", action="store_true", help="the per-epoch metrics as CSV (a header line, then one line "
+                                                      "per epoch)")
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    with warnings.catch_warnings():  # restores the filters and showwarning on the way out
+        show, noted, renamed = warnings.showwarning, set(), []
+
+        def note(message, category, *rest):  # warnings.showwarning's signature
+            if not issubclass(category, Note):
+                show(message, category, *rest)
+            elif issubclass(category, NameNote):  # old names accepted: said together, in one line at the end
+                text = str(message).removesuffix("; the old name still works.")
+                renamed.extend([text] if text not in renamed else [])
+            elif str(message) not in noted:  # any other note: one line, once
+                noted.add(str(message))
+                print(f"tinymnist: note: {message}", file=sys.stderr)
+
+        warnings.simplefilter("always", Note)
+        warnings.showwarning = note
+        try:
+            args = build_parser().parse_args(argv)
+            args.argv = argv[1:]
+            return args.func(args)
+        except TinyMnistError as e:
+            print(f"tinymnist: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("tinymnist: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # the reader went away (`| head`): say nothing more, and keep Python from complaining at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_PIPE
+        finally:
+            if renamed:
+                print(f"tinymnist: note: {'; '.join(renamed)}; the old name{'s' * (len(renamed) > 1)} still "
+                      f"work{'s' * (len(renamed) == 1)}.", file=sys.stderr)

@@ -1,0 +1,218 @@
+"""The search's commands (`search`, `search-export`, `search-confirm`, `search-doc`): parse, call the library
+(search/, reports/search_doc.py; Optuna is imported only when a command runs), print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tinymnist.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_run_args,
+    add_seed_args,
+    count_int,
+    load_data,
+    parse_seeds,
+    positive_int,
+    recipe_overrides,
+    run_options,
+    say,
+    seeds_shown,
+)
+from tinymnist.errors import UsageError
+from tinymnist.reports.render import over_seeds_lines
+from tinymnist.search.space import DESIGN, SPACES
+from tinymnist.targets import LAST_K, fresh_seeds
+from tinymnist.training.recipes import RunSpec
+
+DEFAULT_STORAGE = "sqlite:///search.db"
+
+
+def search_config(args: argparse.Namespace) -> object:
+    from tinymnist.search.space import SearchConfig
+
+    try:
+        epochs = tuple(sorted({int(e) for e in args.epochs.split(",")}))
+    except ValueError:
+        raise UsageError(f"--epochs {args.epochs!r} must be whole numbers separated by commas, like 6,8,10.") \
+            from None
+    if not epochs or not 1 <= epochs[0] <= epochs[-1] <= 15:
+        raise UsageError(f"--epochs {args.epochs!r}: each epoch count must be from 1 to 15.")
+    return SearchConfig(max_params=args.max_params, space=args.space, epochs=epochs, validation=args.validation,
+                        train_size=args.subset, seed=args.seed, last_k=min(LAST_K, epochs[0]),
+                        precision=args.precision, score=args.score, design=args.design)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from tinymnist.reports.render import trial_line
+    from tinymnist.search.space import probe_space
+    from tinymnist.search.study import counts, shown_url
+    from tinymnist.search.workers import search
+
+    config = search_config(args)
+    probe_space(config)  # a budget below the space is refused before anything is said or written
+    say(f"study {args.study!r} in {shown_url(args.storage)}: {args.trials} trained trials, {args.workers} "
+        f"worker(s) here; models of at most {config.max_params:,} parameters, scored on the last "
+        f"{config.validation:,} training images (the test set is not read).")
+    study = search(args.storage, args.study, config, args.trials, args.workers, args.heartbeat, args.data_dir,
+                   on_trial=lambda t: say(trial_line(t)), on_note=lambda m: say(f"note: {m}"))
+    c = counts(study)
+    say(f"study {args.study!r}: {c['complete']} complete, {c['pruned']} pruned ({c['trained']} trained), "
+        f"{c['fail']} failed, {c['running']} running, {c['waiting']} waiting.")
+    if c["complete"]:
+        best = study.best_trial
+        say(f"best: trial {best.number}, {SCORES[config.score]} {best.value:.2f}% on validation, "
+            f"{best.user_attrs['params']:,} params, {best.user_attrs['model']}")
+    return EXIT_OK
+
+
+SCORES = {"level": "level (mean) of the last epochs", "worst": "worst of the last epochs"}
+
+
+def cmd_search_rescore(args: argparse.Namespace) -> int:
+    from tinymnist.reports.render import trial_line
+    from tinymnist.search.analysis import by_recipe
+    from tinymnist.search.study import export, shown_url
+    from tinymnist.search.workers import rescore
+
+    try:
+        seeds = sorted({int(s) for s in args.seeds.split(",")})
+    except ValueError:
+        raise UsageError(f"--seeds {args.seeds!r} must be whole numbers separated by commas, like 2,3,4.") from None
+    say(f"study {args.study!r} in {shown_url(args.storage)}: its {args.top} best screened recipes on seeds "
+        f"{', '.join(map(str, seeds))} (validation split; the test set is not read).")
+    study, added, joined = rescore(args.storage, args.study, args.top, seeds, args.workers, args.heartbeat,
+                                   args.data_dir, on_trial=lambda t: say(trial_line(t)),
+                                   on_note=lambda m: say(f"note: {m}"))
+    if not added:
+        say("every one of those recipe and seed pairs was already in the study: nothing to add"
+            + ("; the trials it had waiting were trained here, with its other workers." if joined else "."))
+    say("", "recipes by mean level of the last epochs over their seeds (validation):")
+    for g in by_recipe(export(study)):
+        if len(g["levels"]) > 1:
+            levels = " ".join(f"{lv:.2f}" for _, lv in sorted(g["levels"].items()))
+            say(f"  {g['mean']:.3f} ± {g['sd']:.3f}  {len(g['levels'])} seeds ({levels})  "
+                f"{g['n_params']:>6,} params  trial {g['screen']}  {g['model']}")
+    return EXIT_OK
+
+
+def cmd_search_export(args: argparse.Namespace) -> int:
+    from tinymnist.files import write_atomic
+    from tinymnist.search.study import export, open_storage, open_study
+
+    data = export(open_study(open_storage(args.storage), args.study))
+    out = Path(args.out or f"evidence/studies/{args.study}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, (json.dumps(data, indent=1) + "\n").encode())
+    say(f"wrote {out}: {len(data['trials'])} trials")
+    return EXIT_OK
+
+
+def cmd_search_confirm(args: argparse.Namespace) -> int:
+    from tinymnist.search.analysis import read_exports
+    from tinymnist.search.study import trial_recipe
+
+    exported = read_exports([Path(args.export)])[0]
+    recipe = trial_recipe(exported, args.trial)
+    tuned = (exported["config"]["seed"],)  # every trial trained this seed: fresh seeds skip it
+    seeds = parse_seeds(args, fresh_seeds(args.seeds, tuned))
+    step = f"search/{exported['study']}/trial-{args.trial}"  # its runs' directory: RUNS/search/STUDY/trial-N
+    overrides = recipe_overrides(args)  # a lever measured on the trial's recipe (its runs under another --runs)
+    spec = RunSpec(recipe.with_overrides(**overrides), run_options(args), step, tuned_seeds=tuned,
+                   overrides=overrides or None,
+                   origin={"study": exported["study"], "trial": args.trial, "export": args.export})
+    data = load_data(args, args.subset)
+    say(f"trial {args.trial} of study {exported['study']!r}: {recipe.model}, on the full training set, judged on "
+        f"the test set")
+    last_k = exported["config"]["last_k"]
+    figures = seeds_shown(spec, seeds, Path(args.runs), data, last_k, args.jobs, args.trust_remote_code)
+    if figures is None:
+        return EXIT_INTERRUPTED
+    say("", f"{step}: {figures['params']:,} params, {spec.recipe.epochs} epochs, {len(seeds)} seeds",
+        *over_seeds_lines(figures, tuned))
+    return EXIT_OK
+
+
+def cmd_search_doc(args: argparse.Namespace) -> int:
+    from tinymnist.reports.search_doc import search_markdown
+    from tinymnist.search.analysis import read_exports
+
+    out, figure = Path(args.out), Path(args.figure)
+    command = (f"tinymnist search-doc {' '.join(args.exports)} --runs {args.runs} --out {args.out} "
+               f"--figure {args.figure}" + (f" --bar {args.bar}" if args.bar else ""))
+    text = search_markdown(read_exports([Path(p) for p in args.exports]), Path(args.runs), figure, out, command,
+                           args.bar)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    say(f"wrote {out} and {figure}")
+    return EXIT_OK
+
+
+def add_search_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="an Optuna study over models and recipes, scored on a validation split")
+    p.add_argument("--max-params", type=positive_int, required=True, help="models above this are not trained")
+    p.add_argument("--space", default=SPACES[0],
+                   help="builtin-2 (default: the tiny family with a width per layer and a second pool, and every "
+                        "setting of the one-cycle recipe), builtin (the space of studies before 0.4.0), or your "
+                        "own as FILE.py:NAME, a function of an Optuna trial returning (model, recipe settings)")
+    p.add_argument("--trials", type=positive_int, default=60, help="trained trials the study should reach, "
+                                                                   "counting other workers' (default 60)")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes here (default 1)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help=f"any SQLAlchemy URL (default {DEFAULT_STORAGE}); several hosts: postgresql+psycopg://...")
+    p.add_argument("--study", default="search", help="study name: created, or resumed/joined (default search)")
+    p.add_argument("--epochs", default="15", help="epoch counts the built-in space chooses from, e.g. 6,8,10 "
+                                                  "(default 15)")
+    p.add_argument("--validation", type=positive_int, default=10_000,
+                   help="the last N training images score the trials (default 10000)")
+    p.add_argument("--subset", type=positive_int, help="train on the first N of the other training images")
+    p.add_argument("--seed", type=int, default=1, help="the seed every trial trains (default 1)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--score", default="level", choices=list(SCORES),
+                   help="a trial's value: level, the mean of its last K validation epochs (default), or worst, "
+                        "their lowest")
+    p.add_argument("--design", type=count_int, default=DESIGN,
+                   help=f"trials of the initial design a new study starts with (built-in space; default {DESIGN}, "
+                        f"0: none)")
+    p.add_argument("--heartbeat", type=positive_int, default=10,
+                   help="seconds between a trial's heartbeats; 3 missed and it is failed and retried (default 10)")
+    p.add_argument("--data-dir", help="directory with the MNIST training files (the test files are not needed)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("search-rescore", help="train a study's best screened recipes on further seeds and rank "
+                                              "them by their mean level (validation)")
+    p.add_argument("--study", default="search", help="study name (default search)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--top", type=positive_int, default=5, help="best screened recipes to re-score (default 5)")
+    p.add_argument("--seeds", default="2,3,4", help="further seeds each is trained on (default 2,3,4)")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes here (default 1)")
+    p.add_argument("--heartbeat", type=positive_int, default=10, help="seconds between a trial's heartbeats")
+    p.add_argument("--data-dir", help="directory with the MNIST training files (the test files are not needed)")
+    p.set_defaults(func=cmd_search_rescore)
+
+    p = sub.add_parser("search-export", help="write a study as JSON (settings, every trial) for docs and audit")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
+    p.add_argument("--study", default="search", help="study name (default search)")
+    p.add_argument("--out", help="JSON file (default evidence/studies/STUDY.json)")
+    p.set_defaults(func=cmd_search_export)
+
+    p = sub.add_parser("search-confirm", help="train a trial's recipe on the full training set over fresh seeds "
+                                              "and judge it on the test set")
+    p.add_argument("export", help="a study export (tinymnist search-export writes it)")
+    p.add_argument("--trial", type=int, required=True, help="the trial's number")
+    add_seed_args(p, 10, "fresh seeds: 1001 upwards, skipping the seed the trials trained (default 10)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="seeds trained at once, each in its own process")
+    add_run_args(p)
+    p.set_defaults(func=cmd_search_confirm)
+
+    p = sub.add_parser("search-doc", help="docs/search.md and its frontier figure from study exports and "
+                                          "confirmation runs")
+    p.add_argument("exports", nargs="+", help="study exports (evidence/studies/*.json)")
+    p.add_argument("--runs", default="evidence/runs", help="where confirmation runs are (default evidence/runs)")
+    p.add_argument("--out", default="docs/search.md", help="markdown file to write (default docs/search.md)")
+    p.add_argument("--figure", default="docs/images/search-frontier.png", help="the frontier figure (PNG)")
+    p.add_argument("--bar", metavar="STUDY", help="list each other study's trials that reach this study's best "
+                                                  "validation score, fastest first")
+    p.set_defaults(func=cmd_search_doc)

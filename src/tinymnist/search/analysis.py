@@ -1,0 +1,131 @@
+"""Reading study exports and the analysis the live search uses too (which trials were screened, the best
+recipes to re-score, the frontier): plain data in, plain data out. It never imports plotting or the docs
+generator (reports/search_doc.py), so a search worker stays light."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from tinymnist.errors import UsageError
+from tinymnist.runs.records import RunRecord
+from tinymnist.targets import LAST_K, over_seeds
+
+FINISHED = ("complete", "pruned")
+SCORED = {"level": "level (mean)", "worst": "worst"}  # a study's score; exports before 0.4.0 scored the worst
+
+
+def read_exports(paths: list[Path]) -> list[dict]:
+    exports = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UsageError(f"{path} does not exist; give a study export (tinymnist search-export writes one).") \
+                from None
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{path} is not a readable study export ({e}).") from None
+        if not isinstance(data, dict) or "trials" not in data or "config" not in data:
+            raise UsageError(f"{path} is not a study export (no trials); tinymnist search-export writes one.")
+        data["path"] = str(path)
+        exports.append(data)
+    if not exports:
+        raise UsageError("no study exports given; tinymnist search-export writes them (evidence/studies/*.json).")
+    return exports
+
+
+def trained(export: dict) -> list[dict]:
+    """The trials that trained (complete or pruned; not the samples over the parameter budget)."""
+    return [t for t in export["trials"] if t["state"] in FINISHED and not t["over_budget"] and t["val_acc"]]
+
+
+def screens(export: dict) -> list[dict]:
+    """The trained trials that screen a recipe (on the study's seed); not the re-scoring trials, which train a
+    chosen recipe again on other seeds and rank it only through their mean (by_recipe)."""
+    return [t for t in trained(export) if t.get("rescore_of") is None]
+
+
+def confirmations(export: dict, root: Path) -> dict[int, dict]:
+    """Per confirmed trial of ``export``'s study: over_seeds figures of its finished runs under ``root`` (runs
+    whose header names the study and trial as their origin)."""
+    by_trial: dict[int, list[RunRecord]] = {}
+    for path in sorted(root.glob("**/summary.json")):
+        run = RunRecord(path.parent)
+        origin = run.header().get("origin")
+        if origin and origin["study"] == export["study"]:
+            by_trial.setdefault(origin["trial"], []).append(run)
+    found = {}
+    for trial, runs in sorted(by_trial.items()):
+        runs.sort(key=lambda r: r.recipe().seed)
+        seeds = [r.recipe().seed for r in runs]
+        figures = over_seeds(seeds, [r.metrics() for r in runs], runs[0].summary()["params"],
+                             export["config"].get("last_k", LAST_K))
+        figures["wall_seconds"] = sorted(r.summary()["wall_seconds"] for r in runs)
+        how = {(r.summary().get("precision"), r.summary().get("threads")) for r in runs}
+        figures["flags"] = "" if len(how) != 1 else " ".join(
+            f"--{k} {v}" for k, v in zip(("precision", "threads"), next(iter(how)), strict=True) if v)
+        found[trial] = figures
+    return found
+
+
+def trial_seed(t: dict, export: dict) -> int:
+    """The seed a trial trained (a re-scoring trial's own; exports before 0.4.0 did not record it: the study's)."""
+    return t.get("seed") or (t.get("recipe") or {}).get("seed") or export["config"]["seed"]
+
+
+def recipe_key(t: dict) -> str:
+    """What makes two trials the same recipe: every setting but the seed."""
+    return json.dumps({k: v for k, v in t["recipe"].items() if k != "seed"}, sort_keys=True)
+
+
+def by_recipe(export: dict) -> list[dict]:
+    """The complete trials grouped by recipe (every setting but the seed), each with the level (mean of the last
+    K validation epochs) of every seed it trained, their mean and spread; ranked by mean level, so that a
+    recipe's rank is its own and not one lucky draw's."""
+    k = export["config"].get("last_k", LAST_K)
+    groups: dict[str, dict] = {}
+    for t in trained(export):
+        if t["state"] != "complete":
+            continue
+        g = groups.setdefault(recipe_key(t), {"model": t["model"], "n_params": t["n_params"], "trials": [],
+                                               "levels": {}, "screen": None})
+        seed = trial_seed(t, export)
+        g["trials"].append(t["number"])
+        g["levels"][seed] = statistics.fmean(t["val_acc"][-k:])
+        if seed == export["config"]["seed"]:
+            g["screen"] = t["number"]
+    for g in groups.values():
+        levels = list(g["levels"].values())
+        g["mean"] = statistics.fmean(levels)
+        g["sd"] = statistics.stdev(levels) if len(levels) > 1 else 0.0
+    return sorted(groups.values(), key=lambda g: (-g["mean"], -len(g["levels"])))
+
+
+def rescore_plan(export: dict, top: int, seeds: list[int]) -> list[tuple[dict, dict]]:
+    """(parameters, user attributes) of the trials that re-score the ``top`` best screened recipes (complete
+    trials of the study's own seed, best value first, one per recipe) on each of ``seeds``, leaving out the
+    seed/recipe pairs already trained or waiting (a pair pruned by the pruner of 0.4.0, which cut re-scoring
+    trials too, is queued again)."""
+    first = export["config"]["seed"]
+    screened = sorted((t for t in trained(export) if t["state"] == "complete" and trial_seed(t, export) == first),
+                      key=lambda t: -t["value"])
+    chosen, keys = [], set()
+    for t in screened:
+        if recipe_key(t) not in keys and len(chosen) < top:
+            keys.add(recipe_key(t))
+            chosen.append(t)
+    have = {(t.get("rescore_of"), t.get("seed")) for t in export["trials"] if t["state"] not in ("fail", "pruned")}
+    return [(t["params"], {"seed": s, "rescore_of": t["number"]}) for t in chosen for s in seeds
+            if s != first and (t["number"], s) not in have]
+
+
+def pareto(trials: list[dict]) -> list[dict]:
+    """Complete trials that no other complete trial beats with as few parameters or fewer."""
+    done = sorted((t for t in trials if t["state"] == "complete"), key=lambda t: (t["n_params"], -t["value"]))
+    front, best = [], float("-inf")
+    for t in done:
+        if t["value"] > best:
+            front.append(t)
+            best = t["value"]
+    return front
