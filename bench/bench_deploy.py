@@ -106,7 +106,7 @@ def measure_web(run: Path, data_dir: str | None) -> dict:
 
     loaded = load_model(RunRecord(run))
     data = load_mnist(data_dir, allow_download=False)
-    images = data.test_images.numpy()
+    images = data.held_out_images.numpy()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "page"
         subprocess.run([sys.executable, "-m", "tinymnist", "export", str(run), "--web", str(folder)], check=True,
@@ -114,7 +114,7 @@ def measure_web(run: Path, data_dir: str | None) -> dict:
         sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
         fp32 = Path(tmp) / "fp32.onnx"
         export_onnx(loaded.model, fp32)
-        ort = onnx_predictions(fp32, model_inputs(loaded.mean, loaded.std)(data.test_images).numpy())
+        ort = onnx_predictions(fp32, model_inputs(loaded.mean, loaded.std)(data.held_out_images).numpy())
         torch_lp = predict_images(loaded, images).log().numpy()
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"], headless=True)
@@ -148,7 +148,7 @@ def measure_web(run: Path, data_dir: str | None) -> dict:
             "agree_onnxruntime": int((page_lp.argmax(1) == ort.argmax(1)).sum()),
             "agree_torch": int((page_lp.argmax(1) == torch_lp.argmax(1)).sum()),
             "max_abs_diff_onnxruntime": float(np.abs(page_lp - ort).max()),
-            "page_test_acc": 100 * float((page_lp.argmax(1) == data.test_labels.numpy()).mean()),
+            "page_test_acc": 100 * float((page_lp.argmax(1) == data.held_out_labels.numpy()).mean()),
             "drawn": drawn_rows}
 
 

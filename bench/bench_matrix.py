@@ -94,7 +94,7 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     full = load_mnist(args.data_dir, allow_download=False)
     data = full.subset(args.images)
-    x, test_x = data.normalize(data.train_images), data.normalize(data.test_images)
+    x, test_x = data.normalize(data.train_images), data.normalize(data.held_out_images)
     scale = EPOCH / len(data.train_labels)
     lr = get_step("compact_step4").recipe.lr
     engines = args.engines
@@ -111,7 +111,7 @@ def measure(args: argparse.Namespace) -> dict:
             if pipe == "tutorial":
                 tr, ev = baseline_epoch(m, data, b, lr)
             elif pipe == "peer":
-                tr, ev = peer_epoch(m, x, data.train_labels, test_x, data.test_labels, b, lr, prec)
+                tr, ev = peer_epoch(m, x, data.train_labels, test_x, data.held_out_labels, b, lr, prec)
             else:
                 tr, ev = tinymnist_epoch(m, data, b, prec, args.threads, pipe)
             cell["train"].append(tr * scale)
@@ -144,7 +144,7 @@ from bench_matrix import peer_epoch
 from tinymnist.data import load_mnist
 torch.set_num_threads({threads})
 d = load_mnist({data_dir!r}, allow_download=False)
-peer_epoch({model!r}, d.normalize(d.train_images), d.train_labels, d.normalize(d.test_images), d.test_labels,
+peer_epoch({model!r}, d.normalize(d.train_images), d.train_labels, d.normalize(d.held_out_images), d.held_out_labels,
            {batch}, 0.2, "fp32")
 """
 TUTORIAL_SCRIPT = """

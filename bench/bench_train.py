@@ -61,7 +61,8 @@ def baseline_epoch(model_name: str, data, batch_size: int, lr: float) -> tuple[f
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     train = DataLoader(PerImageMNIST(data.train_images, data.train_labels, data.mean, data.std),
                        batch_size=batch_size, shuffle=True)
-    test = DataLoader(PerImageMNIST(data.test_images, data.test_labels, data.mean, data.std), batch_size=batch_size)
+    test = DataLoader(PerImageMNIST(data.held_out_images, data.held_out_labels, data.mean, data.std),
+                      batch_size=batch_size)
     start = time.perf_counter()
     model.train()
     for x, y in train:
@@ -119,7 +120,7 @@ def measure(args: argparse.Namespace) -> dict:
     recipe = bench_recipe(args)
     torch.set_num_threads(args.threads)
     train_flops, eval_flops = flops_per_image(recipe.model)
-    n_train, n_test = len(data.train_labels), len(data.test_labels)
+    n_train, n_test = len(data.train_labels), len(data.held_out_labels)
     result = {
         "step": args.step,
         "overrides": {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None},

@@ -30,11 +30,11 @@ from tinymnist.use.inference import _feed, evaluate_loaded
 
 def measure(run: RunRecord, data, batch: int = 1000) -> dict:
     loaded = load_model(run)
-    averaged = evaluate_loaded(loaded, data.test_images, data.test_labels, "cpu").acc
+    averaged = evaluate_loaded(loaded, data.held_out_images, data.held_out_labels, "cpu").acc
     _, model, inputs, cast = _feed(loaded, "cpu")
     with cast():
         update_bn((inputs(data.train_images[i:i + batch]) for i in range(0, len(data.train_labels), batch)), model)
-    recomputed = evaluate_loaded(loaded, data.test_images, data.test_labels, "cpu").acc
+    recomputed = evaluate_loaded(loaded, data.held_out_images, data.held_out_labels, "cpu").acc
     return {"run": str(run.path), "seed": run.recipe().seed, "recorded": run.summary()["last_test_acc"],
             "averaged": averaged, "recomputed": recomputed, "difference": recomputed - averaged}
 

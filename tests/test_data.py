@@ -32,7 +32,7 @@ def test_round_trip(tmp_path: Path, gz: bool) -> None:
     assert data.train_images.dtype == torch.uint8 and data.train_images.shape == (300, 28, 28)
     assert torch.equal(data.train_images, torch.from_numpy(images))
     assert torch.equal(data.train_labels, torch.from_numpy(labels).long())
-    assert len(data.test_labels) == 100
+    assert len(data.held_out_labels) == 100
     pixels = images / 255
     assert data.mean == pytest.approx(pixels.mean()) and data.std == pytest.approx(pixels.std(ddof=1))
 
@@ -150,9 +150,9 @@ def test_download_server_gone(tmp_path: Path, mirror) -> None:
 # --- the real MNIST ------------------------------------------------------------------------------
 
 def test_real_mnist(real_mnist) -> None:
-    assert real_mnist.train_images.shape == (60_000, 28, 28) and len(real_mnist.test_labels) == 10_000
+    assert real_mnist.train_images.shape == (60_000, 28, 28) and len(real_mnist.held_out_labels) == 10_000
     assert real_mnist.train_labels.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    assert real_mnist.test_labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert real_mnist.held_out_labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert real_mnist.mean == pytest.approx(0.1307, abs=5e-5) and real_mnist.std == pytest.approx(0.3081, abs=5e-5)
 
 

@@ -21,7 +21,7 @@ from tinymnist.training.schedule import lr_at
 def test_overfits_one_small_batch(small_mnist) -> None:
     one_batch = small_mnist.subset(32, 32)
     # Train and test on the same 32 images: a working engine drives them to (near) zero loss.
-    one_batch.test_images, one_batch.test_labels = one_batch.train_images, one_batch.train_labels
+    one_batch.held_out_images, one_batch.held_out_labels = one_batch.train_images, one_batch.train_labels
     recipe = Recipe(model="original_step3", epochs=100, batch_size=32, lr=0.1, seed=0)
     history = fit(recipe, one_batch, CPU)
     assert history[-1]["train_loss"] < 0.05 and history[-1]["test_acc"] == 100.0

@@ -3,6 +3,7 @@ epochs through every sink: a run record, the notebook API's result, an Optuna tr
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,20 @@ def test_a_sink_given_first_or_last_gives_the_same_resumed_run(small_mnist, tmp_
     for run, order in ((first, "record first"), (second, "record last")):
         seen: list[dict] = []
         sinks = [RecordSink(run), Callbacks(seen.append)]
-        execute(run.spec(), small_mnist, sinks if order == "record first" else sinks[::-1],
-                resume=run.load_checkpoint(recipe.model), normalization=run.normalization())
+        spec = dataclasses.replace(run.spec(), normalization=run.normalization())
+        execute(spec, small_mnist, sinks if order == "record first" else sinks[::-1],
+                resume=run.load_checkpoint(recipe.model))
         histories.append([{k: v for k, v in m.items() if "seconds" not in k} for m in run.metrics()])
         assert [m["epoch"] for m in seen] == [1, 2, 3]  # the resumed epoch is observed too, then the new ones
     assert histories[0] == histories[1] and len(histories[0]) == 3
+
+
+def test_the_spec_carries_the_normalization_and_the_model_source(small_mnist, tmp_path: Path) -> None:
+    model = tmp_path / "kept.py"  # a run's kept copy of a user's file, read in place of the file the recipe names
+    model.write_text("from torch import nn\n\n\ndef Net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), "
+                     "nn.LogSoftmax(1))\n")
+    recipe = dataclasses.replace(RECIPE, model="gone.py:Net", epochs=1)
+    spec = RunSpec(recipe, CPU, normalization=(0.5, 0.25), model_source=model)
+    trainer = execute(spec, small_mnist.subset(256, 64))
+    assert (trainer.mean, trainer.std) == (0.5, 0.25)
+    assert sum(p.numel() for p in trainer.model.parameters()) == 7850

@@ -59,7 +59,7 @@ def variants(digit: np.ndarray, tmp: Path) -> list[Path]:
 @pytest.mark.integration
 def test_predict_matches_the_mnist_original(real_mnist, trained: Path, tmp_path: Path) -> None:
     loaded = load_model(RunRecord(trained))
-    originals = real_mnist.test_images[:200].numpy()
+    originals = real_mnist.held_out_images[:200].numpy()
     probs = predict_images(loaded, originals)
     confident = [i for i in range(200) if probs[i].max() > 0.99][:8]
     assert len(confident) >= 5
@@ -73,7 +73,7 @@ def test_predict_matches_the_mnist_original(real_mnist, trained: Path, tmp_path:
 
 def test_predict_cli_json_and_show_input(small_mnist, trained_run: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
-    paths = variants(small_mnist.test_images[0].numpy(), tmp_path)
+    paths = variants(small_mnist.held_out_images[0].numpy(), tmp_path)
     shown = tmp_path / "seen.png"
     assert main(["predict", str(trained_run), *map(str, paths), "--json", "--show-input", str(shown)]) == 0
     results = json.loads(capsys.readouterr().out)

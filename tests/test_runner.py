@@ -29,7 +29,7 @@ def test_a_run_records_its_images_and_resumes_on_them(small_mnist, tmp_path: Pat
     run = start_run(tmp_path, "compact_step2", TINY, part)
     assert run.data_sizes() == (500, 300)
     given = cut(run.spec(), small_mnist)  # handed more images, it trains (and evaluates) on its own 500 / 300
-    assert (len(given.train_labels), len(given.test_labels)) == (500, 300)
+    assert (len(given.train_labels), len(given.held_out_labels)) == (500, 300)
     with pytest.raises(UsageError, match="more than the data given has"):
         cut(run.spec(), part.subset(100, 100))
 

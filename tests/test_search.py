@@ -408,7 +408,7 @@ def test_validation_split_never_opens_the_test_files(train_only: Path) -> None:
 
     data = load_validation_split(train_only, validation=500, train=1000)
     images, labels = synthetic_digits(2500, 0)
-    assert data.test_labels.tolist() == labels[-500:].tolist()
+    assert data.held_out_labels.tolist() == labels[-500:].tolist()
     assert data.train_labels.tolist() == labels[:1000].tolist()
 
 

@@ -52,7 +52,7 @@ def confirm(root: Path, data: MNIST, seeds: list[int]) -> None:
 
 
 def test_the_pass_rate_front_keeps_recipes_no_smaller_one_beats() -> None:
-    from tinymnist.reports.search_doc import rate_front
+    from tinymnist.reports.calibration import rate_front
 
     rows = [{"label": label, "params": params, "passes": passes, "runs": runs} for label, params, passes, runs in (
         ("a", 2108, 0, 10), ("b", 3768, 5, 10), ("c", 6696, 1, 10), ("d", 7432, 20, 20), ("e", 7432, 9, 10),
@@ -102,8 +102,8 @@ def test_search_doc_has_the_method_the_studies_and_the_confirmations(confirmed: 
 @pytest.mark.integration
 def test_calibration_sets_a_one_point_study_beside_the_same_recipe_on_fresh_test_seeds(confirmed: Path) -> None:
     from tinymnist.models import count_params, create_model
+    from tinymnist.reports.calibration import calibration_rows
     from tinymnist.reports.results_doc import run_groups
-    from tinymnist.reports.search_doc import calibration_rows
 
     params = count_params(create_model(RECIPE["model"]))
     point = {**export(), "study": "point", "config": {**export()["config"], "last_k": 2}, "trials": [
@@ -140,7 +140,7 @@ def calibrated(study: str, val: list[float], test_mean: float, passes: int, runs
 
 
 def test_the_confirmation_bar_is_the_lowest_holding_test_level_less_the_smallest_offset() -> None:
-    from tinymnist.reports.search_doc import confirm_rule, strictness_lines
+    from tinymnist.reports.calibration import confirm_rule, strictness_lines
 
     rows = [calibrated("holds", [99.38, 99.40, 99.42, 99.40], 99.48, 10),
             calibrated("holds-too", [99.43, 99.45, 99.47, 99.45], 99.52, 9),
@@ -160,7 +160,7 @@ def test_the_confirmation_bar_is_the_lowest_holding_test_level_less_the_smallest
 
 
 def test_the_bands_rank_recipes_over_seeds_and_screens_apart() -> None:
-    from tinymnist.reports.search_doc import bands
+    from tinymnist.reports.calibration import bands
 
     point = {**export(), "study": "point", "trials": [
         trial(0, "complete", 2500, [97.0, 98.0]),

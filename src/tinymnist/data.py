@@ -157,25 +157,26 @@ class MNIST:
 
     train_images: torch.Tensor  # (N, 28, 28) uint8
     train_labels: torch.Tensor  # (N,) int64
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
+    # the images each epoch is scored on, of the kind ``held_out`` says: "test" (the test files) or
+    # "validation" (the training files' last images, split off by ``load_validation_split``)
+    held_out_images: torch.Tensor
+    held_out_labels: torch.Tensor
     source: Path | None = None
     full_sizes: tuple[int, int] | None = None  # (train, test) images in the files this came from
-    # what test_images are: "test" (the test files) or "validation" (the training files' last images)
     held_out: str = "test"
 
     def __post_init__(self) -> None:
         if self.full_sizes is None:
-            self.full_sizes = (len(self.train_labels), len(self.test_labels))
+            self.full_sizes = (len(self.train_labels), len(self.held_out_labels))
         pixels = self.train_images.double() / 255
         self.mean = float(pixels.mean())
         self.std = float(pixels.std())
 
     def subset(self, train: int, test: int | None = None) -> MNIST:
-        """The first ``train`` training and ``test`` test images (for quick runs and tests)."""
-        test = len(self.test_labels) if test is None else test
-        return MNIST(self.train_images[:train], self.train_labels[:train], self.test_images[:test],
-                     self.test_labels[:test], self.source, self.full_sizes, self.held_out)
+        """The first ``train`` training and ``test`` held-out images (for quick runs and tests)."""
+        test = len(self.held_out_labels) if test is None else test
+        return MNIST(self.train_images[:train], self.train_labels[:train], self.held_out_images[:test],
+                     self.held_out_labels[:test], self.source, self.full_sizes, self.held_out)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.mean, self.std)

@@ -62,12 +62,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     data = load_mnist(args.data_dir, not args.no_download)
     say(f"files found in {data.source.resolve()}",
-        f"train: {len(data.train_labels):,} images   test: {len(data.test_labels):,} images")
-    for split, labels in (("train", data.train_labels), ("test", data.test_labels)):
+        f"train: {len(data.train_labels):,} images   test: {len(data.held_out_labels):,} images")
+    for split, labels in (("train", data.train_labels), ("test", data.held_out_labels)):
         counts = labels.bincount(minlength=10).tolist()
         say(f"{split} per class: " + "  ".join(f"{d}:{c:,}" for d, c in enumerate(counts)))
     say(f"normalization (from the training images): mean {data.mean:.4f}, std {data.std:.4f}")
-    for split, images in (("train", data.train_images), ("test", data.test_images)):
+    for split, images in (("train", data.train_images), ("test", data.held_out_images)):
         raw = images.float() / 255
         norm = data.normalize(images)
         say(f"{split} pixels in [0,1]:  mean {raw.mean():.4f} std {raw.std():.4f} min {raw.min():.4f} "

@@ -123,7 +123,7 @@ def _export_onnx(args: argparse.Namespace, loaded: object) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(args.onnx) if args.onnx else Path(tmp) / "fp32.onnx"
         export_onnx(loaded.model, fp32)
-        parity = onnx_parity(loaded, fp32, data.test_images[:1000], data.test_labels[:1000])
+        parity = onnx_parity(loaded, fp32, data.held_out_images[:1000], data.held_out_labels[:1000])
         ok = parity["same_predictions"] and parity["max_abs_diff"] < 1e-4
         if args.onnx:
             say(f"wrote {fp32} (input 'image' (N, 1, 28, 28) normalized with mean {loaded.mean:.4f} std "
@@ -136,7 +136,7 @@ def _export_onnx(args: argparse.Namespace, loaded: object) -> bool:
         inputs = model_inputs(loaded.mean, loaded.std)
         int8 = Path(args.int8)
         quantize_int8(fp32, int8, inputs(data.train_images[:CALIBRATION_IMAGES]).numpy())
-        result = compare_int8(fp32, int8, inputs(data.test_images).numpy(), data.test_labels.numpy())
+        result = compare_int8(fp32, int8, inputs(data.held_out_images).numpy(), data.held_out_labels.numpy())
     result |= {"run": str(args.run), "model": loaded.name, "params": loaded.params,
                "calibration_images": CALIBRATION_IMAGES, "int8_file": str(int8)}
     record = int8.with_name(int8.name + ".json")

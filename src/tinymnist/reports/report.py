@@ -166,12 +166,12 @@ def _weight_figures(label: str, data: MNIST, figures: Path,
     if predictions is None:
         return all(p.is_file() for p in paths)
     confidence, predicted = predictions
-    wrong = (predicted != data.test_labels).nonzero().flatten()
+    wrong = (predicted != data.held_out_labels).nonzero().flatten()
     wrong = wrong[confidence[wrong].argsort(descending=True)][:40]
-    captions = [f"{int(data.test_labels[j])}→{int(predicted[j])} {100 * float(confidence[j]):.0f}%" for j in wrong]
-    digit_grid(data.test_images[wrong], captions, paths[0],
+    captions = [f"{int(data.held_out_labels[j])}→{int(predicted[j])} {100 * float(confidence[j]):.0f}%" for j in wrong]
+    digit_grid(data.held_out_images[wrong], captions, paths[0],
                f"{label}: the {len(wrong)} most confident mistakes (true→predicted, confidence)")
-    confusion(data.test_labels, predicted, paths[1], f"{label}: confusion matrix")
+    confusion(data.held_out_labels, predicted, paths[1], f"{label}: confusion matrix")
     return True
 
 

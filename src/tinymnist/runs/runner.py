@@ -62,7 +62,7 @@ def create_run(run: RunRecord, spec: RunSpec, data: MNIST) -> None:
     load_teacher(spec.recipe.teacher)  # so is a teacher that is not a finished run
     spec = dataclasses.replace(spec, options=resolve_options(spec.options, len(data.train_labels) * spec.recipe.epochs))
     with run.lock():
-        run.create(spec, (len(data.train_labels), len(data.test_labels)), data.full_sizes, (data.mean, data.std))
+        run.create(spec, (len(data.train_labels), len(data.held_out_labels)), data.full_sizes, (data.mean, data.std))
 
 
 def load_teacher(path: str | None, trust: bool = False) -> Teacher | None:
@@ -93,8 +93,8 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
         checkpoint, source = run.load_checkpoint(run.recipe().model), run.model_source(trust)
         teacher = load_teacher(run.recipe().teacher, trust)
         try:
-            execute(run.spec(), data, [record, Callbacks(on_epoch, on_batch), *sinks], resume=checkpoint,
-                    normalization=run.normalization(), model_source=source, teacher=teacher)
+            spec = dataclasses.replace(run.spec(), normalization=run.normalization(), model_source=source)
+            execute(spec, data, [record, Callbacks(on_epoch, on_batch), *sinks], resume=checkpoint, teacher=teacher)
         except CheckpointError as e:  # the checkpoint does not fit the model: say which run
             raise CheckpointError(f"{run.path}: {e}") from None
         return record.summary

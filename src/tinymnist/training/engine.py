@@ -88,8 +88,8 @@ class Trainer:
         self.mean, self.std = normalization or (data.mean, data.std)
         self.train_images = data.train_images.to(self.device)
         self.train_labels = data.train_labels.to(self.device)
-        self.held_out_images = data.test_images.to(self.device)
-        self.held_out_labels = data.test_labels.to(self.device)
+        self.held_out_images = data.held_out_images.to(self.device)
+        self.held_out_labels = data.held_out_labels.to(self.device)
         self.score_prefix = SCORE_PREFIX[held_out]
         self.history: list[dict] = []
         if recipe.teacher and teacher is None:

@@ -10,7 +10,6 @@ seen every completed epoch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,27 +64,26 @@ def cut(spec: RunSpec, data: MNIST) -> MNIST:
     if data.held_out != spec.held_out:
         raise UsageError(f"this run is scored on {spec.held_out} images, but the data given holds "
                          f"{data.held_out} images in their place; load the data the run names.")
-    want = (spec.train_images or len(data.train_labels), spec.held_out_images or len(data.test_labels))
-    if want == (len(data.train_labels), len(data.test_labels)):
+    want = (spec.train_images or len(data.train_labels), spec.held_out_images or len(data.held_out_labels))
+    if want == (len(data.train_labels), len(data.held_out_labels)):
         return data
-    if want[0] > len(data.train_labels) or want[1] > len(data.test_labels):
+    if want[0] > len(data.train_labels) or want[1] > len(data.held_out_labels):
         raise UsageError(f"this run trains on {want[0]:,} training images and is scored on {want[1]:,} "
                          f"{spec.held_out} images, more than the data given has; point --data-dir at the full MNIST.")
     return data.subset(*want)
 
 
 def execute(spec: RunSpec, data: MNIST, sinks: Sequence[Sink] = (), *,
-            normalization: tuple[float, float] | None = None, model_source: Path | None = None,
             build: Callable[[], nn.Module] | None = None,
             resume: tuple[dict[str, torch.Tensor], list[dict]] | None = None,
             teacher: Teacher | None = None) -> Trainer:
     """Train ``spec`` on ``data`` (cut to the spec's images) to its last epoch; returns the Trainer.
-    ``normalization``: a recorded (mean, std) instead of the training images' own; ``model_source``: where a
-    user's model file is read from; ``build``: a function building the model instead of the recipe's name;
+    ``build``: a function building the model instead of the recipe's name (a notebook's own class);
     ``resume``: a checkpoint's (tensors, history), restored here before any sink starts, so that sinks only
     observe and their order does not matter; ``teacher``: the model a distilling recipe learns from."""
     data = cut(spec, data)
-    trainer = Trainer(spec.recipe, data, spec.options, normalization, model_source, build, spec.held_out, teacher)
+    trainer = Trainer(spec.recipe, data, spec.options, spec.normalization, spec.model_source, build, spec.held_out,
+                      teacher)
     if resume and resume[1]:
         try:
             trainer.load_state(*resume)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tinymnist.errors import Note, UsageError, unknown_name
 from tinymnist.models import model_name
@@ -143,6 +144,11 @@ class RunSpec:
     overrides: dict | None = None
     origin: dict | None = None
     journey_file: str | None = None
+    # How a recorded run is rebuilt exactly: the (mean, std) it normalizes with, in place of the training images'
+    # own (a resumed run keeps what it started with), and where a user's model file is read from (a run's kept
+    # copy, when the original is gone). None: computed from the data / the file the recipe names.
+    normalization: tuple[float, float] | None = None
+    model_source: Path | None = None
 
     def __post_init__(self) -> None:
         if self.held_out not in HELD_OUT:

@@ -133,7 +133,8 @@ class StackedTrainer:
         self.augment_gens = [torch.Generator(device=self.device).manual_seed(seed + 1) for seed in self.seeds]
         self.mean, self.std = data.mean, data.std
         self.train_images, self.train_labels = data.train_images.to(self.device), data.train_labels.to(self.device)
-        self.held_out_images, self.held_out_labels = data.test_images.to(self.device), data.test_labels.to(self.device)
+        self.held_out_images = data.held_out_images.to(self.device)
+        self.held_out_labels = data.held_out_labels.to(self.device)
         self.score_prefix = SCORE_PREFIX[held_out]
         self.history: list[list[dict]] = []  # per epoch, one metrics dict per seed
 

@@ -43,8 +43,8 @@ def evaluate_loaded(loaded: LoadedModel, images: torch.Tensor, labels: torch.Ten
 def evaluate_run(run: RunRecord, data: MNIST, device: str = "auto", trust: bool = False) -> dict:
     """Reload a finished run and recompute its test loss, accuracy and per-class accuracy."""
     data = cut(run.require(finished=True).spec(), data)
-    result = evaluate_loaded(load_model(run, trust), data.test_images, data.test_labels, device)
-    predicted, labels = result.predicted.cpu(), data.test_labels
+    result = evaluate_loaded(load_model(run, trust), data.held_out_images, data.held_out_labels, device)
+    predicted, labels = result.predicted.cpu(), data.held_out_labels
     return {"test_loss": result.loss, "test_acc": result.acc, "recorded": run.summary()["last_test_acc"],
             "per_class": [100 * float((predicted[labels == c] == c).float().mean()) for c in range(10)]}
 
@@ -54,7 +54,7 @@ def confident_predictions(run: RunRecord, data: MNIST, trust: bool = False) -> t
     no weights (the records committed under evidence/ keep none)."""
     if not (run / WEIGHTS).is_file():
         return None
-    result = evaluate_loaded(load_model(run, trust), data.test_images, data.test_labels, "cpu")
+    result = evaluate_loaded(load_model(run, trust), data.held_out_images, data.held_out_labels, "cpu")
     return result.log_probs.exp().max(1)
 
 

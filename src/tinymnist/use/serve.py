@@ -113,7 +113,7 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
         from tinymnist.data import load_mnist
 
         data = load_mnist(data_dir, allow_download=False)
-        test_images, test_labels = data.test_images.numpy(), data.test_labels.numpy()
+        test_images, test_labels = data.held_out_images.numpy(), data.held_out_labels.numpy()
     except TinyMnistError as e:
         missing = f"no MNIST test images here ({e})"
     info = ModelInfo(name=loaded.name, params=loaded.params, run=str(run.path),
