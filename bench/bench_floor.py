@@ -21,7 +21,7 @@ glibc hands freed blocks of a few MB back to the kernel and faults them in again
 larger block has been freed before; the engine's data tensors are, so its steps run without page faults, and
 this benchmark sets glibc's thresholds (mallopt) to time its bare steps the same way, after timing the first
 model's step once as a fresh process would run it; page faults per step are recorded. Writes JSON;
-``python bench/bench_train.py --doc ...`` renders it into docs/performance.md.
+``python bench/performance_doc.py ...`` renders it into docs/performance.md.
 """
 
 from __future__ import annotations
@@ -166,6 +166,58 @@ def measure(args: argparse.Namespace) -> dict:
             "steps_per_epoch": steps_per_epoch, "epochs": recipe.epochs,
             "peak_gflops": peak_gflops(), "rows": rows}
 
+
+
+def render_floor(r: dict) -> list[str]:
+    """bench_floor.py's JSON: the convolutions alone against the whole step, and what they leave reachable."""
+    epochs, steps, g = r["epochs"], r["steps_per_epoch"], r["glibc_defaults"]
+    run = lambda ms: ms * steps * epochs / 1e3  # noqa: E731 - seconds of `epochs` epochs' training steps
+    lines = [f"## The convolutions alone: a lower bound on a training step, {r['threads']} threads, fp32", "",
+             f"- machine: {r['cpu']}, {r['cpu_capability']} kernels, {r['threads']} threads, torch {r['torch']}",
+             f"- command: `{r['command']}` (bench/bench_floor.py)",
+             f"- per step of compact_step4's batch, medians over {r['repeats']} interleaved repeats of {r['steps']} "
+             "steps: every convolution of the model alone, forward and backward, on the shapes it trains on, each "
+             "in the faster of channels_last and NCHW (what a step costs if BatchNorm, ReLU, pooling, the loss, "
+             "autograd and the optimizer cost nothing); the whole step on a resident batch, uncompiled and "
+             "through torch.compile (channels_last, no data pipeline); 15 epochs are "
+             f"{steps} steps x {epochs} of them. Tutorial: one epoch of the per-image DataLoader pipeline "
+             f"({r['images']:,} training images scaled to 60,000, plus evaluation), timed in the same repeats",
+             f"- peak fp32 matmul on these cores: {r['peak_gflops']:.0f} GFLOP/s; page faults per timed step: "
+             f"{max(row['faults_per_step'] for row in r['rows']):.0f} at most, with glibc's thresholds set as the "
+             f"engine's data tensors set them; `{g['model']}`'s step first timed with a fresh process's thresholds: "
+             f"{g['step_ms']:.2f} ms, {g['faults_per_step']:,.0f} page faults a step", "",
+             "| model | convolutions, channels_last | convolutions, NCHW | convolutions, best | step | step, compiled "
+             f"| convolutions' share of the compiled step | {epochs} epochs: FLOP floor | {epochs} epochs: "
+             f"convolutions alone | {epochs} epochs: compiled steps | tutorial epoch | tutorial epoch over the "
+             "convolutions' epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    def bounds(row: dict) -> tuple[float, float, float]:
+        """(FLOP floor over `epochs` epochs in seconds, the tutorial's epoch over the convolutions' epoch, the
+        milliseconds a step 2x the tutorial leaves outside the convolutions)"""
+        conv, tutorial = row["conv_best_ms"], row["tutorial_epoch_seconds"]
+        flop_floor = row["train_flops_per_image"] * EPOCH * epochs / (r["peak_gflops"] * 1e9)
+        return flop_floor, tutorial / (conv * steps / 1e3), max(0.0, tutorial / 2 * 1e3 / steps - conv)
+
+    for row in r["rows"]:
+        conv, (flop_floor, ceiling, _) = row["conv_best_ms"], bounds(row)
+        lines.append(f"| `{row['model']}` ({row['params']:,}) | {row['conv_ms']['channels_last']:.2f} ms | "
+                     f"{row['conv_ms']['nchw']:.2f} ms | {conv:.2f} ms | {row['step_ms']:.2f} ms | "
+                     f"{row['step_compiled_ms']:.2f} ms | {conv / row['step_compiled_ms']:.0%} | {flop_floor:.0f} s | "
+                     f"{run(conv):.0f} s | {run(row['step_compiled_ms']):.0f} s | "
+                     f"{row['tutorial_epoch_seconds']:.1f} s | {ceiling:.2f}x |")
+    target = next((row for row in r["rows"] if row["model"] == "compact_7k4"), None)
+    if target:
+        conv, (flop_floor, ceiling, left) = target["conv_best_ms"], bounds(target)
+        lines += ["", f"- compact_step4's full recipe <= 45 s on these cores: **out of reach** with these convolution "
+                  f"kernels (oneDNN's, in either layout): the convolutions alone take {run(conv):.0f} s of training "
+                  f"steps over {epochs} epochs, before anything else; under the FLOP floor's {flop_floor:.0f} s, "
+                  f"45 s would need every FLOP at {flop_floor / 45:.0%} or more of the matmul peak and nothing else "
+                  "to cost anything",
+                  f"- >= 2x the tutorial pipeline: an engine keeping these convolutions gains at most "
+                  f"{ceiling:.2f}x per epoch, with every other operation free; 2x leaves the rest of the step "
+                  f"{left:.2f} ms, against the compiled step's "
+                  f"{target['step_compiled_ms'] - conv:.2f} ms outside the convolutions (and start-up on top)"]
+    return [*lines, ""]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

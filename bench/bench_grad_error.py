@@ -84,6 +84,22 @@ def measure(args: argparse.Namespace) -> dict:
             "command": "python " + " ".join(sys.argv), "rows": rows}
 
 
+
+def render_grad_error(r: dict) -> list[str]:
+    """bench_grad_error.py's JSON: one step's gradients against float64, per way of computing them."""
+    lines = ["## Gradient error: one training step against exact arithmetic", "",
+             f"- machine: {r['cpu']}, {r['threads']} thread{'s' * (r['threads'] > 1)}, torch {r['torch']}",
+             f"- command: `{r['command']}` (bench/bench_grad_error.py)",
+             f"- the loss's gradients for one batch of {r['batch']} MNIST training images at each model's initial "
+             f"weights (seed 0), fp32, against the same step in float64; a parameter's error is its largest "
+             f"deviation over its largest gradient, and a row gives the largest and the median over the model's "
+             f"parameters", "",
+             "| model | step | largest error | median error |", "|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| `{row['model']}` ({row['params']:,}) | {row['way']} | {row['max_error']:.1e} | "
+                     f"{row['median_error']:.1e} |")
+    return [*lines, ""]
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS)

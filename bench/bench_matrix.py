@@ -20,7 +20,7 @@ so drift on a shared machine hits them alike. ``--process`` also times, as separ
 of compact_step4's model and batch size per pipeline, from the command to its exit: what a user waits for; for
 tinymnist that is ``tinymnist train compact_step4 --epochs 1``, and its start-up is the wall time less the epoch
 seconds the run recorded; the compiled one starts with an empty compiler cache (a first run's warm-up).
-Writes JSON; ``python bench/bench_train.py --doc ...`` renders it into docs/performance.md.
+Writes JSON; ``python bench/performance_doc.py ...`` renders it into docs/performance.md.
 """
 
 from __future__ import annotations
@@ -196,6 +196,100 @@ def measure_processes(args: argparse.Namespace) -> dict:
     return result
 
 
+
+MATRIX_PIPELINES = ["tutorial", "peer", "tinymnist", "tinymnist-nchw", "tinymnist-compiled"]
+
+
+def render_matrix(r: dict) -> list[str]:
+    """bench_matrix.py's JSON: seconds per 60,000-image epoch (train + eval) per model, batch and pipeline; each
+    way of running tinymnist's step against the tutorial, and against the uncompiled channels_last one."""
+    cells = {(c["model"], c["batch_size"], c["pipeline"], c["precision"]): c for c in r["cells"]}
+    columns = sorted({(c["pipeline"], c["precision"]) for c in r["cells"]},
+                     key=lambda pc: (MATRIX_PIPELINES.index(pc[0]), pc[1]))
+    engines = [p for p in MATRIX_PIPELINES[2:] if any(c["pipeline"] == p for c in r["cells"])]
+    # the precision the ratios compare in: fp32 where the run has it (the tutorial is always fp32)
+    precisions = {c["precision"] for c in r["cells"] if c["pipeline"] != "tutorial"}
+    prec = "fp32" if "fp32" in precisions else min(precisions)
+    epoch = lambda c: c["train_seconds"] + c["eval_seconds"]  # noqa: E731
+    ratio = lambda a, b: f"{epoch(a) / epoch(b):.2f}x" if a and b else ""  # noqa: E731
+    heads = [f"{e} {prec} vs tutorial" for e in engines] + [f"tinymnist {prec} vs peer {prec}"] + \
+        [f"{e} vs tinymnist" for e in engines[1:]] + ["best x FLOP floor"]
+    compiled_note = ("; tinymnist-nchw: the same in NCHW (`--no-channels-last`)" if "tinymnist-nchw" in engines
+                     else "") + ("; tinymnist-compiled: the same with `--compile on` (torch.compile, channels_last)"
+                                 if "tinymnist-compiled" in engines else "")
+    second = "; tinymnist's epoch is the second of two (the first warms up)" if r.get("second_epoch") else ""
+    threads = f"{r['threads']} thread{'s' * (r['threads'] > 1)}"
+    lines = [f"## Speed matrix, {threads}, {'/'.join(sorted(precisions))}: tutorial, in-memory peer and tinymnist, "
+             f"per model and batch", "",
+             f"- machine: {r['cpu']}{', ' + r['cpu_capability'] + ' kernels' if r.get('cpu_capability') else ''}, "
+             f"{r['threads']} thread{'s' * (r['threads'] > 1)}, torch {r['torch']}",
+             f"- command: `{r['command']}` (bench/bench_matrix.py)",
+             f"- seconds per epoch: training {r['images']:,} images scaled to 60,000, plus evaluating the 10,000 "
+             f"test images; medians over {r['repeats']} interleaved repeats. tutorial: per-image Dataset + "
+             f"DataLoader, NCHW; peer: the images a float tensor in memory, batches sliced from a permutation, "
+             f"NCHW, no augmentation; tinymnist: the engine with compact_step4's recipe (augmentation included), "
+             f"channels_last{compiled_note}{second}", "",
+             "| model | batch | " + " | ".join(f"{p} {q}" for p, q in columns) + " | " + " | ".join(heads) + " |",
+             "|---|---|" + "---|" * (len(columns) + len(heads))]
+    for model, info in r["models"].items():
+        floor = (info["train_flops_per_image"] * EPOCH + info["eval_flops_per_image"] * 10_000) / \
+            (r["peak_gflops"] * 1e9)
+        for batch in sorted({c["batch_size"] for c in r["cells"] if c["model"] == model}):
+            row = [cells.get((model, batch, p, q)) for p, q in columns]
+            tut = cells.get((model, batch, "tutorial", "fp32"))
+            peer, *ours = (cells.get((model, batch, p, prec)) for p in ("peer", *engines))
+            found = [c for c in ours if c]
+            values = [ratio(tut, c) for c in ours] + [ratio(peer, ours[0])] + [ratio(ours[0], c) for c in ours[1:]] \
+                + [f"{min(map(epoch, found)) / floor:.1f}" if found else ""]
+            lines.append(f"| `{model}` ({info['params']:,}) | {batch} | "
+                         + " | ".join(f"{epoch(c):.1f}" if c else "" for c in row) + " | " + " | ".join(values) + " |")
+    lines.append("")
+    dense, models = "compact_7k4", list(r["models"])
+    for engine in engines:
+        for model in models:
+            if model == dense or dense not in r["models"] or r["models"][model]["params"] > 2_500:
+                continue
+            for batch in sorted({c["batch_size"] for c in r["cells"] if c["model"] == model}):
+                a, b = cells.get((model, batch, engine, prec)), cells.get((dense, batch, engine, prec))
+                if a and b:
+                    met = "met" if epoch(a) <= epoch(b) else "missed"
+                    lines.append(f"- `{model}` ({r['models'][model]['params']:,} params) no slower per epoch than "
+                                 f"{dense} at batch {batch} ({engine}, {prec}): **{met}** ({epoch(a):.1f} s against "
+                                 f"{epoch(b):.1f} s)")
+    proc = r.get("process")
+    if proc:
+        lines += render_processes(proc)
+    return [*lines, ""]
+
+
+def render_processes(proc: dict) -> list[str]:
+    """bench_matrix.py --process: whole processes, one full epoch each, from the command to its exit."""
+    w = proc["wall_seconds"]
+    startup = proc["startup_seconds"]
+    engines = [p for p in w if p not in ("tutorial", "peer")]
+    name = {"tinymnist": "tinymnist (`tinymnist train compact_step4 --epochs 1`)",
+            "tinymnist-nchw": "tinymnist-nchw (the same with `--no-channels-last`)",
+            "tinymnist-compiled": "tinymnist-compiled (the same with `--compile on`, cold compiler cache)",
+            "tinymnist-compiled-warm": "tinymnist-compiled-warm (the same again, with the cache the cold run left)"}
+    lines = ["", f"Whole processes, one full epoch of `{proc['model']}` at batch {proc['batch_size']}, "
+                 f"{proc['precision']}, from the command to its exit (medians over "
+                 f"{len(proc['samples']['tutorial'])}); start-up is the wall less the epoch the run recorded:", "",
+             "| tutorial | peer | " + " | ".join(name[e] for e in engines) + " | "
+             + " | ".join(f"{e} start-up" for e in engines) + " |", "|---|---|" + "---|" * (2 * len(engines)),
+             f"| {w['tutorial']:.1f} s | {w['peer']:.1f} s | " + " | ".join(f"{w[e]:.1f} s" for e in engines) + " | "
+             + " | ".join(f"{startup[e]:.1f} s" for e in engines) + " |", ""]
+    if "tinymnist-compiled" in w and "tinymnist" in w:
+        lines.append(f"- the compiled process took {w['tinymnist-compiled'] - w['tinymnist']:+.1f} s against the "
+                     f"uncompiled one: the compiler's warm-up with an empty cache, less one epoch's gain")
+    if "tinymnist-compiled-warm" in w and "tinymnist" in w:
+        lines.append(f"- with the compiler's cache a previous run of the same model left: "
+                     f"{w['tinymnist-compiled-warm'] - w['tinymnist']:+.1f} s against the uncompiled process")
+    for e in engines:
+        lines.append(f"- {e} >= 2x the tutorial pipeline as a whole process: "
+                     f"**{'met' if w['tutorial'] / w[e] >= 2 else 'missed'}** "
+                     f"({w['tutorial'] / w[e]:.2f}x; against the peer {w['peer'] / w[e]:.2f}x)")
+    return lines
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS)
@@ -212,8 +306,6 @@ def main() -> int:
     args = parser.parse_args()
     result = measure(args)
     save_json(result, args.json)
-    from bench_train import render_matrix
-
     print("\n".join(render_matrix(result)))
     return 0
 

@@ -2,7 +2,7 @@
 clients after a warm-up; requests per second, latency percentiles, errors, and the server's RSS over time.
 
     python bench/bench_serve.py runs/compact_step4/seed-1 --json bench/results/cpu-serve.json
-    python bench/bench_train.py --doc docs/performance.md bench/results/*.json   # regenerate the doc
+    python bench/performance_doc.py docs/performance.md bench/results/*.json   # regenerate the doc
 
 Bounded: a fixed number of requests, each with a timeout, to 127.0.0.1 only; it stops by itself.
 """
@@ -111,6 +111,21 @@ def measure(run: str, requests: int = 2000, clients: int = 16, warmup: int = 200
             "rss_max_drift_mb": max(abs(s - rss_warm) for s in samples),
             "cpu": cpu_name(), "threads": os.cpu_count(), "command": "python " + " ".join(sys.argv)}
 
+
+
+def render_serve(r: dict) -> list[str]:
+    drift = r["rss_max_drift_mb"]
+    return ["## Serving: `tinymnist serve` under load on loopback", "",
+            f"- machine: {r['cpu']}; the server and the {r['clients']} client threads share its cores",
+            f"- command: `{r['command']}` (bench/bench_serve.py)",
+            f"- run served: `{r['run']}`", "",
+            "| requests | concurrent clients | errors | requests/s | p50 latency | p99 latency | RSS after warm-up "
+            "| largest RSS change, requests 1,000-2,000 |", "|---|---|---|---|---|---|---|---|",
+            f"| {r['requests']:,} (after {r['warmup']} warm-up) | {r['clients']} | {r['errors']} | "
+            f"{r['requests_per_second']:.0f} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | "
+            f"{r['rss_after_warmup_mb']:.0f} MB | {drift:.1f} MB |", "",
+            f"- no errors: **{'met' if r['errors'] == 0 else 'missed'}**; RSS within 20 MB of its value after the "
+            f"warm-up: **{'met' if drift <= 20 else 'missed'}** ({drift:.1f} MB)", ""]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

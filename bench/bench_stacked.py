@@ -11,7 +11,7 @@ tinymnist's Trainer for one seed, tinymnist.training.stacked.StackedTrainer for 
 random uint8 pixels: the time of a step does not depend on them. Throughput is seed-images a second over all
 processes, given as seed-epochs (60,000 images) a minute; medians over ``--repeats``, the configurations of a
 model taken in turn within each repeat so that drift on a shared machine hits them alike. Writes JSON;
-``python bench/bench_train.py --doc ...`` renders it into docs/performance.md.
+``python bench/performance_doc.py ...`` renders it into docs/performance.md.
 """
 
 from __future__ import annotations
@@ -75,6 +75,27 @@ def run_config(model_name: str, config: tuple[int, int, int], steps: int, batch:
         rates.append(float(out.strip().splitlines()[-1]))
     return sum(rates)
 
+
+
+def render_stacked(r: dict) -> list[str]:
+    """bench_stacked.py's JSON: seed-epochs a minute, one plain model per process against seeds stacked."""
+    lines = ["## Seeds at once, stacked: one model per process against several seeds in one model", "",
+             f"- machine: {r['machine']}, torch {r['torch']}", f"- command: `{r['command']}` (bench/bench_stacked.py)",
+             f"- per process, a timed training epoch of {r['steps']} batches of {r['batch']} images per seed after "
+             f"one as a warm-up (compact_step4's recipe, augmentation included, fp32; no evaluation), the processes "
+             f"started together; medians over {r['repeats']} interleaved repeats. One seed: the Trainer; several: "
+             f"tinymnist.training.stacked.StackedTrainer (every convolution grouped by seed)", "",
+             "| model | processes x threads | seeds per process | seed-epochs a minute | vs 2 processes of one seed |",
+             "|---|---|---|---|---|"]
+    for model in dict.fromkeys(row["model"] for row in r["rows"]):
+        rows = [row for row in r["rows"] if row["model"] == model]
+        base = next((row["seed_epochs_per_minute"] for row in rows
+                     if (row["processes"], row["threads"], row["seeds_per_process"]) == (2, 1, 1)), None)
+        for row in rows:
+            ratio = f"{row['seed_epochs_per_minute'] / base:.2f}x" if base else ""
+            lines.append(f"| `{model}` ({row['params']:,}) | {row['processes']} x {row['threads']} | "
+                         f"{row['seeds_per_process']} | {row['seed_epochs_per_minute']:.1f} | {ratio} |")
+    return [*lines, ""]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
