@@ -173,3 +173,38 @@ def test_the_bands_rank_recipes_over_seeds_and_screens_apart() -> None:
     g, e = rows[1000, 3000]["rated"]
     assert e["study"] == "point" and sorted(g["levels"]) == [1, 2, 3, 4]
     assert rows[1000, 3000]["screen"][0]["number"] == 2  # the best screen (seed 1) in the band, any study
+
+
+def test_a_shorter_screen_is_judged_by_its_rank_correlation_with_the_score() -> None:
+    from tinymnist.reports.search_doc import screen_lines
+    from tinymnist.search.analysis import screen_ranking, spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2, 2], [1, 2, 3, 4]) == pytest.approx(0.894, abs=1e-3)  # ties share their mean rank
+    curves = [[90 + i, 95 + i, 98 + i / 10, 99 + i / 10] for i in range(6)]  # epoch 1 ranks as the score does
+    data = {**export(), "config": {**export()["config"], "epochs": [4], "last_k": 2},
+            "trials": [trial(i, "complete", 1000, c) for i, c in enumerate(curves)]}
+    ranking = screen_ranking(data, (1, 2, 3))
+    assert ranking["trials"] == 6 and set(ranking["rho"]) == {1, 2}  # epoch 3 is scored: no screen there
+    assert ranking["rho"][1] == pytest.approx(1.0)
+    assert "Adopted: a screen stopped after epoch" not in "\n".join(screen_lines([data]))  # epochs 3, 5, ... only
+    data["trials"][0]["val_acc"] = [99.9, 99.9, 98.0, 98.0]  # the best early, the worst at the end
+    assert screen_ranking(data, (1,))["rho"][1] < 0.9
+    assert screen_ranking({**data, "trials": data["trials"][:5]}, (1,)) is None  # too few trials to say
+
+
+@pytest.mark.integration
+def test_a_lever_run_of_a_trial_is_not_one_of_its_confirmations(confirmed: Path, small_mnist: MNIST,
+                                                                 tmp_path: Path) -> None:
+    from tinymnist.search.analysis import confirmations
+
+    run = RunRecord(run_dir(tmp_path, "search/demo/trial-2", 1001))
+    recipe = Recipe(**{**RECIPE, "seed": 1001, "elastic": 8.0})
+    origin = {"study": "demo", "trial": 2, "export": "evidence/studies/demo.json"}
+    create_run(run, RunSpec(recipe, CPU, "search/demo/trial-2", tuned_seeds=(1,), overrides={"elastic": 8.0,
+                                                                                             "seed": 1001},
+                            origin=origin), small_mnist.subset(600, 300))
+    train_run(run, small_mnist.subset(600, 300), last_k=2)
+    assert confirmations(export(), tmp_path) == {}
+    assert confirmations(export(), confirmed)[2]["seeds_run"] == 2

@@ -14,7 +14,7 @@ from tinymnist.reports.calibration import calibration_lines, calibration_rows, f
 from tinymnist.reports.render import pass_count, seed_list
 from tinymnist.reports.results_doc import run_groups
 from tinymnist.reports.search_figures import frontier_figure
-from tinymnist.search.analysis import SCORED, by_recipe, confirmations, pareto, screens, trained
+from tinymnist.search.analysis import SCORED, by_recipe, confirmations, pareto, screen_ranking, screens, trained
 from tinymnist.search.space import SearchConfig, builtin_2_architectures, builtin_architectures
 from tinymnist.targets import LAST_K, TARGET
 
@@ -183,6 +183,34 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
     return lines + [""]
 
 
+SCREEN_EPOCHS = (3, 5, 8, 10)  # epochs after which a shorter screen would stop
+SCREEN_RHO = 0.9  # the rank correlation a shorter screen must reach in every study to be adopted
+
+
+def screen_lines(exports: list[dict]) -> list[str]:
+    """The measured ranking of screens cut short, and whether the rule adopts one."""
+    measured = [(e["study"], r) for e in exports if (r := screen_ranking(e, SCREEN_EPOCHS))]
+    if not measured:
+        return []
+    text = (files("tinymnist") / "reports" / "templates" / "search-screens.md").read_text()
+    lines = text.format(threshold=SCREEN_RHO).split("\n")
+    heads = " | ".join(f"rho after epoch {e}" for e in SCREEN_EPOCHS)
+    lines += [f"| Study | Complete trials (epochs) | {heads} |",
+              "|---|---|" + "---|" * len(SCREEN_EPOCHS)]
+    for study, r in measured:
+        cells = [f"{r['rho'][e]:+.2f}" if e in r["rho"] else "" for e in SCREEN_EPOCHS]
+        lines.append(f"| `{study}` | {r['trials']} ({r['epochs']}) | " + " | ".join(cells) + " |")
+    kept = [e for e in SCREEN_EPOCHS if all(e in r["rho"] and r["rho"][e] >= SCREEN_RHO for _, r in measured)]
+    lowest = {e: min(r["rho"][e] for _, r in measured if e in r["rho"]) for e in SCREEN_EPOCHS
+              if any(e in r["rho"] for _, r in measured)}
+    verdict = (f"Adopted: a screen stopped after epoch {kept[0]} ranks as the full one in every study." if kept else
+               "No shorter screen is adopted: no epoch reaches the rule's rho in every study (lowest per epoch: "
+               + ", ".join(f"{e}: {v:+.2f}" for e, v in lowest.items()) + "). Before the LR has fallen, a "
+               "trial's accuracy says little about where it ends; the studies keep full-length screens with late "
+               "pruning, and rank over seeds before anything is confirmed.")
+    return [*lines, "", verdict, ""]
+
+
 def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, command: str,
                     bar: str | None = None) -> str:
     """``out`` (docs/search.md): how trials are chosen, the frontier figure (written to ``figure``), and a
@@ -195,7 +223,7 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
     groups = run_groups(root)  # every run record, read once for the front and the calibration
     lines += front_lines(root, groups, figure.with_name(f"{figure.stem}-pass-rate{figure.suffix}"), out)
     rows = calibration_rows(exports, groups)
-    lines += calibration_lines(rows) + rule_lines(exports, rows)
+    lines += calibration_lines(rows) + rule_lines(exports, rows) + screen_lines(exports)
     lines += ["## Summary", ""]
     for export in exports:
         done = [t for t in screens(export) if t["state"] == "complete"]

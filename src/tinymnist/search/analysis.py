@@ -53,7 +53,8 @@ def confirmations(export: dict, root: Path) -> dict[int, dict]:
     for path in sorted(root.glob("**/summary.json")):
         run = RunRecord(path.parent)
         origin = run.header().get("origin")
-        if origin and origin["study"] == export["study"]:
+        lever = set(run.header().get("overrides") or {}) - {"seed"}  # a lever measured on the trial's recipe
+        if origin and origin["study"] == export["study"] and not lever:
             by_trial.setdefault(origin["trial"], []).append(run)
     found = {}
     for trial, runs in sorted(by_trial.items()):
@@ -129,3 +130,42 @@ def pareto(trials: list[dict]) -> list[dict]:
             front.append(t)
             best = t["value"]
     return front
+
+
+def ranks(values: list[float]) -> list[float]:
+    """Ranks from 0, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2
+        i = j + 1
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation of two equally long lists (nan when either is constant)."""
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    den = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return num / den if den else float("nan")
+
+
+def screen_ranking(export: dict, epochs: tuple[int, ...]) -> dict | None:
+    """How well a screen cut short after epoch e would have ranked the study's complete screening trials of its
+    longest length: Spearman's rho between each trial's validation accuracy after epoch e and its score (the
+    level of its last K epochs), for each e before the scored epochs. None with fewer than 6 such trials.
+    Pruned trials have no score and are left out, so the trials compared are the better ones."""
+    length = max(export["config"]["epochs"])
+    last_k = export["config"].get("last_k", LAST_K)
+    done = [t for t in screens(export) if t["state"] == "complete" and len(t["val_acc"]) == length]
+    if len(done) < 6:
+        return None
+    levels = [statistics.mean(t["val_acc"][-last_k:]) for t in done]
+    rho = {e: spearman([t["val_acc"][e - 1] for t in done], levels) for e in epochs if e <= length - last_k}
+    return {"trials": len(done), "epochs": length, "last_k": last_k, "rho": rho}
