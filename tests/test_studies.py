@@ -173,6 +173,10 @@ def test_the_bands_rank_recipes_over_seeds_and_screens_apart() -> None:
     g, e = rows[1000, 3000]["rated"]
     assert e["study"] == "point" and sorted(g["levels"]) == [1, 2, 3, 4]
     assert rows[1000, 3000]["screen"][0]["number"] == 2  # the best screen (seed 1) in the band, any study
+    assert rows[0, 1000]["hours"] == pytest.approx(12 / 3600)  # trial 1's seconds: the band's only trained trial
+    banded = {(b["low"], b["high"]) for b in bands([{**point, "config": {**point["config"], "max_params": 8000},
+                                                      "trials": [{**t, "n_params": 4500} for t in point["trials"]]}])}
+    assert banded == {(4000, 5000)}  # the search's bands are edges whatever the studies' budgets
 
 
 def test_a_shorter_screen_is_judged_by_its_rank_correlation_with_the_score() -> None:

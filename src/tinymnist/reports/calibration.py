@@ -127,10 +127,14 @@ def confirm_rule(rows: list[dict]) -> dict | None:
             "bar": need["test_mean"] - offset}
 
 
+BANDS = (4_000, 5_000, 6_000)  # the bands the search aims at, beside the studies' own budgets
+
+
 def bands(exports: list[dict]) -> list[dict]:
-    """Per parameter band (the studies' budgets, ascending: up to the first, then up to each next), the best
-    recipe by mean validation level over at least RULE_SEEDS seeds and the best single screened trial."""
-    edges = sorted({e["config"]["max_params"] for e in exports})
+    """Per parameter band (BANDS and the studies' budgets, ascending: up to the first, then up to each next),
+    the best recipe by mean validation level over at least RULE_SEEDS seeds, the best single screened trial, and
+    the worker-hours every study spent training trials of that size."""
+    edges = sorted({e["config"]["max_params"] for e in exports} | set(BANDS))
     rows = []
     for low, high in zip([0, *edges], edges, strict=False):
         groups = [(g, e) for e in exports for g in by_recipe(e) if low < g["n_params"] <= high]
@@ -143,7 +147,9 @@ def bands(exports: list[dict]) -> list[dict]:
         rows.append({"low": low, "high": high, "rated": max(rated, key=lambda ge: ge[0]["mean"], default=None),
                      "screen": max(screened, key=k, default=None),
                      "screen_level": max(map(k, screened), default=None),
-                     "trained": sum(len(g["levels"]) for g, _ in groups)})
+                     "trained": sum(len(g["levels"]) for g, _ in groups),
+                     "hours": sum(t["seconds"] or 0 for e in exports for t in trained(e)
+                                  if low < t["n_params"] <= high) / 3600})
     return rows
 
 
@@ -164,9 +170,9 @@ def strictness_lines(rule: dict, rows: list[dict]) -> list[str]:
             f"level would predict holding even under the least favourable offset seen.", ""]
 
 
-def rule_lines(exports: list[dict], rows: list[dict]) -> list[str]:
-    """The rule for what is worth confirming, derived from the calibration, and how far each parameter band's
-    best recipe is from it."""
+def rule_lines(exports: list[dict], rows: list[dict], confirmed: dict[str, dict[int, dict]]) -> list[str]:
+    """The rule for what is worth confirming, derived from the calibration, how far each parameter band's best
+    recipe is from it, and what its fresh-seed confirmation (``confirmed``: per study, per trial) found."""
     rule = confirm_rule(rows)
     if rule is None:
         return []
@@ -185,7 +191,8 @@ def rule_lines(exports: list[dict], rows: list[dict]) -> list[str]:
              f"gains recipes; this section is regenerated with it.", "",
              *strictness_lines(rule, rows),
              "| Params | Best recipe over seeds (validation) | Mean level ± sd | Predicted test level | "
-             "Mean level - confirmation bar | Best single screen (level) |", "|---|---|---|---|---|---|"]
+             "Mean level - confirmation bar | Fresh test seeds passing | Best single screen (level) | "
+             "Worker-hours (trained trials of this size, every study) |", "|---|---|---|---|---|---|---|---|"]
     for b in bands(exports):
         band = f"{b['low'] + 1:,}-{b['high']:,}"
         if b["rated"]:
@@ -195,12 +202,19 @@ def rule_lines(exports: list[dict], rows: list[dict]) -> list[str]:
             level = f"{g['mean']:.3f} ± {g['sd']:.3f}"
             predicted = f"{g['mean'] + rule['offset']:.3f}"
             distance = f"{g['mean'] - rule['bar']:+.3f}"
+            figures = confirmed.get(e["study"], {}).get(g["screen"] if g["screen"] is not None else g["trials"][0])
+            # a confirmed trial, or the same recipe's fresh-seed runs found by the calibration (a one-point study)
+            same = [f"{r['passes']} of {len(r['seeds'])} (`{r['label']}`, {r['how']})" for r in rows
+                    if r["study"] == e["study"]]
+            passing = (f"{pass_count(figures)}, seeds {seed_list([s['seed'] for s in figures['seeds']])}" if figures
+                       else "; ".join(same) or "not confirmed")
         else:
-            rated, level, predicted, distance = f"none with {RULE_SEEDS} seeds", "", "", ""
+            rated, level, predicted, distance, passing = f"none with {RULE_SEEDS} seeds", "", "", "", ""
         t, e = b["screen"] if b["screen"] else (None, None)
         screen = (f"{b['screen_level']:.2f} (`{e['study']}` trial {t['number']}, {t['n_params']:,} params)"
                   if t else "")
-        lines.append(f"| {band} | {rated} | {level} | {predicted} | {distance} | {screen} |")
+        lines.append(f"| {band} | {rated} | {level} | {predicted} | {distance} | {passing} | {screen} | "
+                     f"{b['hours']:.2f} |")
     return lines + [""]
 
 

@@ -223,7 +223,7 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
     groups = run_groups(root)  # every run record, read once for the front and the calibration
     lines += front_lines(root, groups, figure.with_name(f"{figure.stem}-pass-rate{figure.suffix}"), out)
     rows = calibration_rows(exports, groups)
-    lines += calibration_lines(rows) + rule_lines(exports, rows) + screen_lines(exports)
+    lines += calibration_lines(rows) + rule_lines(exports, rows, confirmed) + screen_lines(exports)
     lines += ["## Summary", ""]
     for export in exports:
         done = [t for t in screens(export) if t["state"] == "complete"]
