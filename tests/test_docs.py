@@ -69,7 +69,7 @@ def test_deploy_doc_is_rendered_from_the_deploy_json() -> None:
 def test_readme_is_a_front_door_whose_table_is_generated() -> None:
     import warnings
 
-    from tinymnist.cli.main import headline_readme
+    from tinymnist.reports.results_doc import headline_readme
 
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200, "README.md is the front door: at most 200 lines; the rest goes to docs/"

@@ -49,7 +49,7 @@ from tinymnist.reports.render import (
     seed_list,
     verdict_lines,
 )
-from tinymnist.reports.results_doc import headline_lines, results_markdown
+from tinymnist.reports.results_doc import headline_readme, results_markdown
 from tinymnist.runs.records import RunRecord, run_dir
 from tinymnist.runs.runner import create_run
 from tinymnist.steps.builtin import DEFAULT_RECIPE, JOURNEYS, RECIPES
@@ -177,19 +177,6 @@ def cmd_layers(args: argparse.Namespace) -> int:
     current("command", args.command)
     say(*layer_lines(create_model(model_of(args.model))))
     return EXIT_OK
-
-
-HEADLINE = ("<!-- headline: generated from evidence/runs by `tinymnist results --readme README.md`; do not edit -->",
-            "<!-- /headline -->")
-
-
-def headline_readme(text: str, root: Path) -> str:
-    """``text`` (a README) with the block between the HEADLINE markers regenerated from the runs under ``root``."""
-    start, end = (text.find(marker) for marker in HEADLINE)
-    if start < 0 or end < start:
-        raise UsageError(f"the README has no headline block; put the two lines {HEADLINE[0]!r} and {HEADLINE[1]!r} "
-                         f"where the table goes.")
-    return text[:start] + "\n".join([HEADLINE[0], *headline_lines(root)]) + "\n" + text[end:]
 
 
 def cmd_results(args: argparse.Namespace) -> int:

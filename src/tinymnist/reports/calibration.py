@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from tinymnist.reports.render import pass_count, seed_list
-from tinymnist.reports.results_doc import RunGroup, fresh
+from tinymnist.reports.results_doc import HOLDS_SHARE, RunGroup, fresh
 from tinymnist.reports.search_figures import pass_rate_figure
 from tinymnist.runs.records import RunRecord, recipe_from_dict
 from tinymnist.search.analysis import by_recipe, screens, trained
@@ -102,7 +102,6 @@ def calibration_lines(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-HOLDS_SHARE = 0.9  # a recipe holds when at least this share of its fresh seeds pass (9 of 10)
 RULE_SEEDS = 4  # validation seeds a recipe needs: to calibrate the rule, and to be judged by it
 
 
