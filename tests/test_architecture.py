@@ -108,3 +108,9 @@ def test_a_search_worker_loads_neither_matplotlib_nor_the_docs_code() -> None:
             "'tinymnist.reports.report'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_room_has_tests() -> None:
+    tests = [p.read_text() for p in Path(__file__).parent.glob("test_*.py") if p.name != Path(__file__).name]
+    untested = [room for room in ROOMS[1:-1] if not any(f"tinymnist.{room}" in text for text in tests)]
+    assert untested == []
