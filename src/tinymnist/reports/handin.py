@@ -40,11 +40,11 @@ def log_block(metrics: list[dict]) -> list[str]:
 
 
 def _builtin_source(name: str) -> str:
-    """A built-in model's factory and the tinymnist.models functions it calls, in the order they are needed."""
-    from tinymnist import models
+    """A built-in model's factory and the functions of the zoo it calls, in the order they are needed."""
+    from tinymnist.models import registry, zoo
 
-    factory = models._FAMILIES[family_model(name)[0]] if family_model(name) else models._REGISTRY[
-        models.model_name(name)]
+    factory = registry._FAMILIES[family_model(name)[0]] if family_model(name) else registry._REGISTRY[
+        registry.model_name(name)]
     seen, order = set(), []
 
     def visit(fn: object) -> None:
@@ -52,8 +52,8 @@ def _builtin_source(name: str) -> str:
             return
         seen.add(fn)
         for called in fn.__code__.co_names:
-            other = getattr(models, called, None)
-            if inspect.isfunction(other) and other.__module__ == models.__name__:
+            other = getattr(zoo, called, None)
+            if inspect.isfunction(other) and other.__module__ == zoo.__name__:
                 visit(other)
         order.append(fn)
 
