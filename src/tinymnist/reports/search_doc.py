@@ -87,7 +87,9 @@ def exploration_lines(export: dict) -> list[str]:
     per = sorted(arch.values())
     design = sum(t.get("design", False) for t in done)
     pruned = Counter(len(t["val_acc"]) for t in done if t["state"] == "pruned")
-    return ["", f"Exploration: {len(arch)} architecture{'s' * (len(arch) != 1)} trained{in_budget}; trials per "
+    hours = sum(t["seconds"] or 0 for t in done) / 3600
+    rate = f" ({len(arch) / hours:.1f} per worker-hour of screening)" if hours else ""
+    return ["", f"Exploration: {len(arch)} architecture{'s' * (len(arch) != 1)} trained{in_budget}{rate}; trials per "
                 f"architecture: median "
                 f"{per[len(per) // 2]}, most {per[-1]}"
                 + (f"; {design} trials of the initial design" if design else "")
