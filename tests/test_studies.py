@@ -212,3 +212,14 @@ def test_a_lever_run_of_a_trial_is_not_one_of_its_confirmations(confirmed: Path,
     train_run(run, small_mnist.subset(600, 300), last_k=2)
     assert confirmations(export(), tmp_path) == {}
     assert confirmations(export(), confirmed)[2]["seeds_run"] == 2
+
+
+def test_a_setting_added_since_a_screen_was_exported_does_not_split_its_recipe() -> None:
+    from tinymnist.search.analysis import by_recipe
+
+    old = {k: v for k, v in RECIPE.items() if k not in ("elastic", "teacher", "distill")}  # an older export
+    data = {**export(), "trials": [trial(0, "complete", 1000, [97.0, 98.0], recipe={**old, "seed": 1}),
+                                   trial(1, "complete", 1000, [97.0, 98.4], recipe={**RECIPE, "seed": 2}, seed=2,
+                                         rescore_of=0)]}
+    (group,) = by_recipe(data)
+    assert sorted(group["levels"]) == [1, 2] and group["screen"] == 0

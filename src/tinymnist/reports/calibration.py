@@ -201,7 +201,7 @@ def rule_lines(exports: list[dict], rows: list[dict], confirmed: dict[str, dict[
             level = f"{g['mean']:.3f} ± {g['sd']:.3f}"
             predicted = f"{g['mean'] + rule['offset']:.3f}"
             distance = f"{g['mean'] - rule['bar']:+.3f}"
-            figures = confirmed.get(e["study"], {}).get(g["screen"] if g["screen"] is not None else g["trials"][0])
+            figures = next((confirmed[e["study"]][n] for n in g["trials"] if n in confirmed.get(e["study"], {})), None)
             # a confirmed trial, or the same recipe's fresh-seed runs found by the calibration (a one-point study)
             same = [f"{r['passes']} of {len(r['seeds'])} (`{r['label']}`, {r['how']})" for r in rows
                     if r["study"] == e["study"]]

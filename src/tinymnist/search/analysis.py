@@ -4,12 +4,13 @@ generator (reports/search_doc.py), so a search worker stays light."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
 from tinymnist.errors import UsageError
-from tinymnist.runs.records import RunRecord
+from tinymnist.runs.records import RunRecord, recipe_from_dict
 from tinymnist.targets import LAST_K, over_seeds
 
 FINISHED = ("complete", "pruned")
@@ -76,8 +77,11 @@ def trial_seed(t: dict, export: dict) -> int:
 
 
 def recipe_key(t: dict) -> str:
-    """What makes two trials the same recipe: every setting but the seed."""
-    return json.dumps({k: v for k, v in t["recipe"].items() if k != "seed"}, sort_keys=True)
+    """What makes two trials the same recipe: every setting but the seed, a setting added since a trial was
+    exported read as its default (a screen exported before ``elastic`` existed is the same recipe as its
+    re-scoring trials, which record ``elastic = 0``)."""
+    settings = dataclasses.asdict(recipe_from_dict(t["recipe"]))
+    return json.dumps({k: v for k, v in settings.items() if k != "seed"}, sort_keys=True)
 
 
 def by_recipe(export: dict) -> list[dict]:
@@ -93,8 +97,9 @@ def by_recipe(export: dict) -> list[dict]:
                                                "levels": {}, "screen": None})
         seed = trial_seed(t, export)
         g["trials"].append(t["number"])
-        g["levels"][seed] = statistics.fmean(t["val_acc"][-k:])
-        if seed == export["config"]["seed"]:
+        # a seed trained twice (a failed trial's retry of a point TPE had sampled before) keeps its first trial
+        g["levels"].setdefault(seed, statistics.fmean(t["val_acc"][-k:]))
+        if seed == export["config"]["seed"] and g["screen"] is None:
             g["screen"] = t["number"]
     for g in groups.values():
         levels = list(g["levels"].values())
