@@ -223,3 +223,18 @@ def test_a_setting_added_since_a_screen_was_exported_does_not_split_its_recipe()
                                          rescore_of=0)]}
     (group,) = by_recipe(data)
     assert sorted(group["levels"]) == [1, 2] and group["screen"] == 0
+
+
+@pytest.mark.integration
+def test_a_trial_trained_again_on_another_machine_is_not_more_seeds(confirmed: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tinymnist.search.analysis import confirmations
+
+    shutil.copytree(confirmed, tmp_path / "here")
+    shutil.copytree(confirmed / "search" / "demo" / "trial-2" / "seed-1001",
+                    tmp_path / "elsewhere" / "search" / "demo" / "trial-2" / "seed-1001")
+    summary = tmp_path / "elsewhere" / "search" / "demo" / "trial-2" / "seed-1001" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "cpu": "another CPU"}))
+    figures = confirmations(export(), tmp_path)[2]
+    assert figures["seeds_run"] == 2 and [s["seed"] for s in figures["seeds"]] == [1001, 1002]

@@ -58,7 +58,14 @@ def confirmations(export: dict, root: Path) -> dict[int, dict]:
         if origin and origin["study"] == export["study"] and not lever:
             by_trial.setdefault(origin["trial"], []).append(run)
     found = {}
-    for trial, runs in sorted(by_trial.items()):
+    for trial, every in sorted(by_trial.items()):
+        # one machine and precision: a trial trained again elsewhere on the same seeds (a lever's baseline arm)
+        # is a row of results.md, not more seeds; the confirmation is its largest such set of runs
+        machines: dict[tuple, list[RunRecord]] = {}
+        for r in every:
+            summary = r.summary()
+            machines.setdefault((summary.get("precision"), summary.get("threads"), summary.get("cpu")), []).append(r)
+        runs = max(machines.values(), key=len)
         runs.sort(key=lambda r: r.recipe().seed)
         seeds = [r.recipe().seed for r in runs]
         figures = over_seeds(seeds, [r.metrics() for r in runs], runs[0].summary()["params"],
