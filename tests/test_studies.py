@@ -58,6 +58,9 @@ def test_the_pass_rate_front_keeps_recipes_no_smaller_one_beats() -> None:
         ("a", 2108, 0, 10), ("b", 3768, 5, 10), ("c", 6696, 1, 10), ("d", 7432, 20, 20), ("e", 7432, 9, 10),
         ("f", 8066, 0, 5))]
     assert [r["label"] for r in rate_front(rows)] == ["a", "b", "d"]
+    taught = {"label": "b --teacher RUN", "params": 3768, "passes": 10, "runs": 10, "taught": True}
+    assert [r["label"] for r in rate_front(sorted([*rows, taught], key=lambda r: (r["params"], -r["passes"])))] == \
+        ["a", "b", "d"]  # a teacher is training the exercise does not count
 
 
 @pytest.fixture(scope="module")

@@ -31,14 +31,18 @@ def pass_rates(groups: dict[RunGroup, dict[int, RunRecord]]) -> list[dict]:
         figures = over_seeds(seeds, [runs[s].metrics() for s in seeds], runs[seeds[0]].summary()["params"])
         rows.append({"label": f"{name}{' ' + flags if flags else ''}", "how": f"{precision}{', ' + cpu if cpu else ''}",
                      "params": figures["params"], "passes": figures["seeds_passing"], "runs": len(seeds),
-                     "interval": figures["pass_interval"], "figures": figures, "seeds": seeds})
+                     "interval": figures["pass_interval"], "figures": figures, "seeds": seeds,
+                     "taught": bool(runs[seeds[0]].recipe().teacher)})
     return sorted(rows, key=lambda r: (r["params"], -r["passes"] / r["runs"]))
 
 
 def rate_front(rows: list[dict]) -> list[dict]:
-    """The rows no recipe with as few parameters or fewer beats on pass rate."""
+    """The rows no recipe with as few parameters or fewer beats on pass rate. A recipe with a teacher is not on
+    it: its teacher is training the exercise does not count (its row is shown, marked)."""
     front, best = [], -1.0
     for r in rows:  # sorted by parameters, best rate first
+        if r.get("taught"):
+            continue
         if r["passes"] / r["runs"] > best:
             front.append(r)
             best = r["passes"] / r["runs"]
@@ -235,5 +239,5 @@ def front_lines(root: Path, groups: dict[RunGroup, dict[int, RunRecord]], figure
     for r in rows:
         lines.append(f"| `{r['label']}` | {r['how']} | {r['params']:,} | {seed_list(r['seeds'])} | "
                      f"{pass_count(r['figures'])} | "
-                     f"{'yes' if r in front else ''} |")
+                     f"{'yes' if r in front else 'no: trained with a teacher' if r['taught'] else ''} |")
     return lines + [""]
