@@ -119,6 +119,22 @@ def test_calibration_sets_a_one_point_study_beside_the_same_recipe_on_fresh_test
 
 
 @pytest.mark.integration
+def test_calibration_takes_a_re_scored_trial_of_a_study_of_many_recipes_through_its_runs(confirmed: Path) -> None:
+    from tinymnist.reports.calibration import calibration_rows
+    from tinymnist.reports.results_doc import run_groups
+
+    many = {**export(), "config": {**export()["config"], "last_k": 2}, "trials": [
+        trial(2, "complete", 2000, [98.0, 98.9]),
+        *(trial(8 + i, "complete", 2000, [98.0, 98.5 + i / 10], seed=s, recipe={**RECIPE, "seed": s}, rescore_of=2)
+          for i, s in enumerate((2, 3, 4))),
+        trial(3, "complete", 1000, [97.0, 98.0], recipe={**RECIPE, "lr": 0.3})]}  # another recipe, one seed
+    (row,) = calibration_rows([many], run_groups(confirmed), subsets=True)  # the fixture trains on a subset
+    assert row["study"] == "demo" and row["seeds"] == [1001, 1002] and sorted(row["val"]["levels"]) == [1, 2, 3, 4]
+    many["trials"] = many["trials"][:3] + many["trials"][4:]  # three seeds: not re-scored enough to calibrate
+    assert calibration_rows([many], run_groups(confirmed), subsets=True) == []
+
+
+@pytest.mark.integration
 def test_results_rows_for_a_searched_trial_name_its_command_and_tuning_seed(confirmed: Path) -> None:
     text = results_markdown(confirmed, "tinymnist results")
     row = next(line for line in text.splitlines() if line.startswith("| `search/demo/trial-2"))

@@ -56,31 +56,42 @@ def _settings(recipe: dict) -> dict:
 
 def calibration_rows(exports: list[dict], groups: dict[RunGroup, dict[int, RunRecord]],
                      subsets: bool = False) -> list[dict]:
-    """For each one-recipe study (every complete trial the same recipe: a one-point space, re-scored on further
-    seeds), its validation level over seeds beside the fresh-seed test level of the same recipe (same settings
-    and parameter count) from the runs in ``groups`` (results_doc.run_groups): how far the validation protocol reads
-    from the test.
-    Runs on a subset of the training images are left out unless ``subsets`` (quick checks say nothing here)."""
+    """Each recipe whose validation level was measured over seeds, beside its fresh-seed test level from the
+    runs in ``groups`` (results_doc.run_groups): how far the validation protocol reads from the test. A
+    one-recipe study (a one-point space, re-scored on further seeds) is matched with the runs of the same
+    recipe (same settings and parameter count), whatever step they are runs of; in a study of many recipes, a
+    recipe re-scored on at least RULE_SEEDS seeds is matched with the confirmation runs of its own trials (their
+    header names the study and trial). Runs on a subset of the training images are left out unless ``subsets``
+    (quick checks say nothing here), and so are runs with a lever (overrides beyond the seed)."""
     rows = []
     for export in exports:
         recipes = by_recipe(export)
-        if len(recipes) != 1:
-            continue
-        g = recipes[0]
-        trial = next(t for t in trained(export) if t["number"] == g["trials"][0])
-        mine = _settings(trial["recipe"])
-        for (name, flags, precision, cpu), runs in groups.items():
-            seeds = fresh(runs)
-            first = runs[seeds[0]] if seeds else None
-            if not seeds or ("--subset" in flags and not subsets) or first.summary()["params"] != g["n_params"] or \
-                    _settings(dataclasses.asdict(first.recipe())) != mine:
+        k = export["config"].get("last_k", LAST_K)
+        for g in recipes:
+            one = len(recipes) == 1
+            if not one and len(g["levels"]) < RULE_SEEDS:
                 continue
-            k = export["config"].get("last_k", LAST_K)
-            test = [statistics.fmean(runs[s].test_accs()[-k:]) for s in seeds]
-            rows.append({"study": export["study"], "val": g, "label": f"{name}{' ' + flags if flags else ''}",
-                         "how": f"{precision}{', ' + cpu if cpu else ''}", "seeds": seeds,
-                         "test_mean": statistics.fmean(test), "passes": sum(holds_last_k(runs[s].test_accs(), k)
-                                                                            for s in seeds)})
+            trial = next(t for t in trained(export) if t["number"] == g["trials"][0])
+            mine = _settings(trial["recipe"])
+            for (name, flags, precision, cpu), runs in groups.items():
+                seeds = fresh(runs)
+                if not seeds or ("--subset" in flags and not subsets):
+                    continue
+                first = runs[seeds[0]]
+                if one:
+                    same = first.summary()["params"] == g["n_params"] and \
+                        _settings(dataclasses.asdict(first.recipe())) == mine
+                else:
+                    origin = first.header().get("origin") or {}
+                    lever = set(first.header().get("overrides") or {}) - {"seed"}
+                    same = origin.get("study") == export["study"] and origin.get("trial") in g["trials"] and not lever
+                if not same:
+                    continue
+                test = [statistics.fmean(runs[s].test_accs()[-k:]) for s in seeds]
+                rows.append({"study": export["study"], "val": g, "label": f"{name}{' ' + flags if flags else ''}",
+                             "how": f"{precision}{', ' + cpu if cpu else ''}", "seeds": seeds,
+                             "test_mean": statistics.fmean(test),
+                             "passes": sum(holds_last_k(runs[s].test_accs(), k) for s in seeds)})
     return rows
 
 
@@ -208,7 +219,7 @@ def rule_lines(exports: list[dict], rows: list[dict], confirmed: dict[str, dict[
             figures = next((confirmed[e["study"]][n] for n in g["trials"] if n in confirmed.get(e["study"], {})), None)
             # a confirmed trial, or the same recipe's fresh-seed runs found by the calibration (a one-point study)
             same = [f"{r['passes']} of {len(r['seeds'])} (`{r['label']}`, {r['how']})" for r in rows
-                    if r["study"] == e["study"]]
+                    if r["study"] == e["study"] and r["val"]["trials"] == g["trials"]]
             passing = (f"{pass_count(figures)}, seeds {seed_list([s['seed'] for s in figures['seeds']])}" if figures
                        else "; ".join(same) or "not confirmed")
         else:
