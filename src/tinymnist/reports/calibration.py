@@ -13,7 +13,7 @@ from tinymnist.reports.render import pass_count, seed_list
 from tinymnist.reports.results_doc import HOLDS_SHARE, RunGroup, fresh
 from tinymnist.reports.search_figures import pass_rate_figure
 from tinymnist.runs.records import RunRecord, recipe_from_dict
-from tinymnist.search.analysis import by_recipe, screens, trained
+from tinymnist.search.analysis import by_recipe, screens, trained, trial_of
 from tinymnist.targets import LAST_K, TARGET, holds_last_k, over_seeds
 
 FRONT_SEEDS = 5  # fresh seeds a recipe needs before it is placed against the others by pass rate
@@ -71,8 +71,8 @@ def calibration_rows(exports: list[dict], groups: dict[RunGroup, dict[int, RunRe
             one = len(recipes) == 1
             if not one and len(g["levels"]) < RULE_SEEDS:
                 continue
-            trial = next(t for t in trained(export) if t["number"] == g["trials"][0])
-            mine = _settings(trial["recipe"])
+            if one:
+                mine = _settings(next(t for t in trained(export) if t["number"] == g["trials"][0])["recipe"])
             for (name, flags, precision, cpu), runs in groups.items():
                 seeds = fresh(runs)
                 if not seeds or ("--subset" in flags and not subsets):
@@ -82,9 +82,8 @@ def calibration_rows(exports: list[dict], groups: dict[RunGroup, dict[int, RunRe
                     same = first.summary()["params"] == g["n_params"] and \
                         _settings(dataclasses.asdict(first.recipe())) == mine
                 else:
-                    origin = first.header().get("origin") or {}
-                    lever = set(first.header().get("overrides") or {}) - {"seed"}
-                    same = origin.get("study") == export["study"] and origin.get("trial") in g["trials"] and not lever
+                    of = trial_of(first)
+                    same = of is not None and of[0] == export["study"] and of[1] in g["trials"]
                 if not same:
                     continue
                 test = [statistics.fmean(runs[s].test_accs()[-k:]) for s in seeds]
@@ -100,7 +99,8 @@ def calibration_lines(rows: list[dict]) -> list[str]:
         return []
     lines = ["## Calibration: validation level against fresh-seed test level", "",
              "Recipes whose fresh-seed test outcome is committed, run through the search's own protocol (a "
-             "one-point study, `--space FILE.py:NAME`, re-scored with `tinymnist search-rescore`): the level "
+             "one-point study, `--space FILE.py:NAME`, re-scored with `tinymnist search-rescore`), and searched "
+             f"recipes re-scored on at least {RULE_SEEDS} seeds whose own trial was then confirmed: the level "
              "(mean of the last K epochs) on the validation split, per seed, beside the same recipe's level on "
              "the test set over its fresh seeds. The difference is the offset a validation level must be read "
              "with; the spread over validation seeds is how far one seed can mislead.", "",
@@ -149,9 +149,9 @@ def bands(exports: list[dict]) -> list[dict]:
     the best recipe by mean validation level over at least RULE_SEEDS seeds, the best single screened trial, and
     the worker-hours every study spent training trials of that size."""
     edges = sorted({e["config"]["max_params"] for e in exports} | set(BANDS))
-    rows = []
+    rows, recipes = [], [(g, e) for e in exports for g in by_recipe(e)]
     for low, high in zip([0, *edges], edges, strict=False):
-        groups = [(g, e) for e in exports for g in by_recipe(e) if low < g["n_params"] <= high]
+        groups = [(g, e) for g, e in recipes if low < g["n_params"] <= high]
         rated = [(g, e) for g, e in groups if len(g["levels"]) >= RULE_SEEDS]
         screened = [(t, e) for e in exports for t in screens(e) if t["state"] == "complete"
                     and low < t["n_params"] <= high]

@@ -47,16 +47,25 @@ def screens(export: dict) -> list[dict]:
     return [t for t in trained(export) if t.get("rescore_of") is None]
 
 
+def trial_of(run: RunRecord) -> tuple[str, int] | None:
+    """(study, trial) when ``run`` trains a searched trial's own recipe (its header's origin); None for any other
+    run, and for a lever measured on a trial's recipe (overrides beyond the seed)."""
+    header = run.header()
+    origin = header.get("origin")
+    if not origin or set(header.get("overrides") or {}) - {"seed"}:
+        return None
+    return origin["study"], origin["trial"]
+
+
 def confirmations(export: dict, root: Path) -> dict[int, dict]:
     """Per confirmed trial of ``export``'s study: over_seeds figures of its finished runs under ``root`` (runs
     whose header names the study and trial as their origin)."""
     by_trial: dict[int, list[RunRecord]] = {}
     for path in sorted(root.glob("**/summary.json")):
         run = RunRecord(path.parent)
-        origin = run.header().get("origin")
-        lever = set(run.header().get("overrides") or {}) - {"seed"}  # a lever measured on the trial's recipe
-        if origin and origin["study"] == export["study"] and not lever:
-            by_trial.setdefault(origin["trial"], []).append(run)
+        of = trial_of(run)
+        if of and of[0] == export["study"]:
+            by_trial.setdefault(of[1], []).append(run)
     found = {}
     for trial, every in sorted(by_trial.items()):
         # one machine and precision: a trial trained again elsewhere on the same seeds (a lever's baseline arm)
