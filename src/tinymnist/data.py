@@ -218,10 +218,12 @@ VALIDATION = 10_000  # the search scores trials on the last this-many training i
 
 
 def load_validation_split(directory: str | os.PathLike | None = None, validation: int = VALIDATION,
-                          train: int | None = None) -> MNIST:
-    """The training files only, split in two: the first ``train`` (default: all but the last ``validation``)
-    images to train on, and the last ``validation`` in the place of the test set, to score on. The test files
-    are never opened (they need not exist), so nothing chosen on this split has seen them; never downloads."""
+                          train: int | None = None, fold: int = 0) -> MNIST:
+    """The training files only, split in two: ``validation`` images to score on, in the place of the test set,
+    and the first ``train`` of the others (default: all of them) to train on. Fold 0 holds out the last
+    ``validation`` images, fold 1 the ``validation`` before them, and so on (cross-validation: each fold scores
+    on images the others train on). The test files are never opened (they need not exist), so nothing chosen
+    on this split has seen them; never downloads."""
     where = data_dir(directory)
     found = {k: p for k, p in locate(where).items() if k.startswith("train")}
     if any(p is None for p in found.values()):
@@ -231,13 +233,17 @@ def load_validation_split(directory: str | os.PathLike | None = None, validation
     if len(images) != len(labels):
         raise DataError(f"{found['train_images']} has {len(images)} images but {found['train_labels']} has "
                         f"{len(labels)} labels; the two files do not belong together.")
+    end = len(images) - fold * validation
+    start = end - validation
     rest = len(images) - validation
     train = rest if train is None else train
-    if validation < 1 or train < 1 or train > rest:
+    if validation < 1 or fold < 0 or start < 0 or train < 1 or train > rest:
         raise DataError(f"{found['train_images']} has {len(images)} images: too few for {train} to train on and "
-                        f"the last {validation} to validate on.")
+                        f"fold {fold} of {validation} to validate on.")
     images, labels = torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()).long()
-    return MNIST(images[:train], labels[:train], images[rest:], labels[rest:], where, (len(images), 0), "validation")
+    keep = torch.cat([torch.arange(start), torch.arange(end, len(images))])[:train]
+    return MNIST(images[keep], labels[keep], images[start:end], labels[start:end], where, (len(images), 0),
+                 "validation")
 
 
 ELASTIC_SIGMA = 4.0  # pixels: the smoothing of an elastic distortion's random displacement field (Simard's)

@@ -105,11 +105,32 @@ def compact_7k4() -> nn.Module:
     return compact_net(8, 16, 8, 16, 16, 16)
 
 
-def separable(cin: int, cout: int) -> nn.Sequential:
+def separable(cin: int, cout: int, padding: int = 0) -> nn.Sequential:
     """A depthwise 3x3 convolution (one 3x3 filter per input channel) and a pointwise 1x1 mixing the channels,
     then BN-ReLU: 9*cin + cin*cout weights where a full 3x3 convolution has 9*cin*cout."""
-    return nn.Sequential(nn.Conv2d(cin, cin, 3, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False),
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=padding, groups=cin, bias=False),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout, momentum=BN_MOMENTUM), nn.ReLU())
+
+
+def factorized(cin: int, cout: int, padding: int = 0) -> nn.Sequential:
+    """A 3x1 convolution keeping ``cin`` channels, then a 1x3 one to ``cout``, then BN-ReLU: the 3x3 window of a
+    plain layer for 9*cin*cin/3 + 3*cin*cout weights instead of 9*cin*cout."""
+    return nn.Sequential(nn.Conv2d(cin, cin, (3, 1), padding=(padding, 0), bias=False),
+                         nn.Conv2d(cin, cout, (1, 3), padding=(0, padding), bias=False),
                          nn.BatchNorm2d(cout, momentum=BN_MOMENTUM), nn.ReLU())
+
+
+class Repeat(nn.Module):
+    """One block applied ``times`` times in a row with the same weights (its parameters exist, and count, once)."""
+
+    def __init__(self, block: nn.Module, times: int) -> None:
+        super().__init__()
+        self.block, self.times = block, times
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.times):
+            x = self.block(x)
+        return x
 
 
 @register_model
@@ -140,13 +161,16 @@ def compact_3k8() -> nn.Module:
 
 
 @register_family
-def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0) -> nn.Module:
+def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0, pad: int = 0, rep: int = 1,
+         fact: int = 0) -> nn.Module:
     """The family every design above belongs to, by its arguments: 3x3 padding-0 layers of widths ``w``
     (dot-separated, e.g. ``8.16.24.24.24``), a 2x2 max-pool after layer ``pool``, a 1x1 squeeze to ``sq``
     channels after the pool (0: none), a second 2x2 max-pool after layer ``pool2`` (0: none; after ``pool``),
     layers from number ``sep`` on depthwise-separable (the first layer is always plain), then global average
-    pooling and a 1x1 head. ``tiny:w=8.16.24.24.24,pool=2,sep=2`` is sep_2k8,
-    ``tiny:w=8.16.16.16.16,pool=2,sq=8`` is compact_7k4."""
+    pooling and a 1x1 head. The levers of small public models: the first ``pad`` layers keep their map size
+    (padding 1), the last layer is applied ``rep`` times with shared weights (its input width must be its
+    output width), layer number ``fact`` (a plain one) is factorized into 3x1 and 1x3 convolutions.
+    ``tiny:w=8.16.24.24.24,pool=2,sep=2`` is sep_2k8, ``tiny:w=8.16.16.16.16,pool=2,sq=8`` is compact_7k4."""
     try:
         widths = [int(x) for x in str(w).split(".")]
     except ValueError:
@@ -156,14 +180,25 @@ def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0) -> n
         raise UsageError(f"tiny: w={w}, pool={pool}, sq={sq}, pool2={pool2}: needs at least one width, every width "
                          f">= 1, the pool after one of the layers, sq >= 0, and a second pool (if any) after a "
                          f"later layer.")
-    if not tiny_fits(len(widths), pool, pool2):
-        raise UsageError(f"tiny: {len(widths)} padding-0 layers with pools after layer {pool}"
-                         f"{f' and {pool2}' if pool2 else ''} leave no image (28 pixels lose 2 per layer and "
-                         f"half at a pool); use fewer layers.")
+    last_in = (sq if sq and pool == len(widths) - 1 else widths[-2]) if len(widths) > 1 else 1
+    if pad < 0 or rep < 1 or (rep > 1 and last_in != widths[-1]) or not (fact == 0 or 2 <= fact < sep):
+        raise UsageError(f"tiny: pad={pad}, rep={rep}, fact={fact}: pad >= 0; rep >= 1, and above 1 only when the "
+                         f"last layer keeps its width; fact names a plain layer after the first (0: none).")
+    if not tiny_fits(len(widths), pool, pool2, pad, rep):
+        raise UsageError(f"tiny: {len(widths)} layers with pools after layer {pool}"
+                         f"{f' and {pool2}' if pool2 else ''} leave no image (28 pixels lose 2 per padding-0 "
+                         f"layer and half at a pool); use fewer layers.")
     layers: list[nn.Module] = []
     cin = 1
     for i, cout in enumerate(widths, 1):
-        layers.append(separable(cin, cout) if i >= max(sep, 2) else cbr(cin, cout, 3))
+        padding = 1 if i <= pad else 0
+        if i == fact:
+            layer = factorized(cin, cout, padding)
+        elif i >= max(sep, 2):
+            layer = separable(cin, cout, padding)
+        else:
+            layer = conv(cin, cout, 3, padding=padding, bn_momentum=BN_MOMENTUM)
+        layers.append(Repeat(layer, rep) if i == len(widths) and rep > 1 else layer)
         cin = cout
         if i == pool:
             layers.append(nn.MaxPool2d(2))
@@ -175,13 +210,14 @@ def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0) -> n
     return Net(*layers, nn.AdaptiveAvgPool2d(1), conv(cin, 10, 1, "c"))
 
 
-def tiny_fits(layers: int, pool: int, pool2: int = 0) -> bool:
-    """Whether ``layers`` padding-0 3x3 layers with max-pools after ``pool`` (and ``pool2``) leave an image."""
+def tiny_fits(layers: int, pool: int, pool2: int = 0, pad: int = 0, rep: int = 1) -> bool:
+    """Whether ``layers`` 3x3 layers (the first ``pad`` of them padding 1, the last applied ``rep`` times) with
+    max-pools after ``pool`` (and ``pool2``) leave an image."""
     if pool2 > layers:
         return False
     side = 28
     for i in range(1, layers + 1):
-        side -= 2
+        side -= 0 if i <= pad else 2 * (rep if i == layers else 1)
         if side < 1:
             return False
         if i in (pool, pool2):

@@ -1,0 +1,123 @@
+"""The focused study of the 4,000-6,000 band: cross-validated levels of a few chosen recipes.
+
+Each job trains one recipe on one fold of the training files (fold k holds out its own 10,000 images and trains
+on the other 50,000; fold 0 is the search's split) with one seed, and appends one JSON line to ``--out``: the
+recipe, the fold, every epoch's validation accuracy, the level (mean of the last 5) and the machine. Jobs already
+in ``--out`` are skipped, so a killed study resumes where it stopped (the job in flight is trained again). The
+test files are never opened.
+
+    python bench/front_study.py --out evidence/studies/front-5k.jsonl            # every job, in order
+    python bench/front_study.py --out evidence/studies/front-5k.jsonl --list     # what is done and what is left
+
+Candidates use the levers of small public models at about trial 10's size (5,480 parameters); the calibration
+recipes are those whose fresh-seed test outcome is committed (evidence/studies/calibrate-*.json and the
+searched trials that were confirmed), trained on folds 1 and 2 (fold 0 is in their exports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tinymnist.data import load_validation_split
+from tinymnist.machine import cpu_name
+from tinymnist.models import count_params
+from tinymnist.search.analysis import read_exports
+from tinymnist.search.study import trial_recipe
+from tinymnist.training.executor import Callbacks, execute
+from tinymnist.training.recipes import Options, Recipe, RunSpec
+
+LAST_K = 5
+FOLDS = (0, 1, 2)
+# trial 10 of band-4k-6k: compact_step4's augmentation, weight averaging, SGD one-cycle at 0.2
+BAND_RECIPE = {"epochs": 15, "batch_size": 64, "lr": 0.2, "cycle_epochs": 11, "rotate": 7.0, "shift": 0.05,
+               "scale": 0.05, "ema": 0.999}
+CANDIDATES = {  # name -> model, each with BAND_RECIPE; the lever beside the tiny layout of its size
+    "pad": "tiny:w=8.32.24.24.24,pool=2,sep=3,sq=0,pad=2",  # 5,480: trial 10 with padding 1 in layers 1-2
+    "share": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3",  # 5,528: the last separable block applied 3 times
+    "fact": "tiny:w=12.40.24.24.24,pool=2,sep=3,sq=0,fact=2",  # 5,372: layer 2 factorized 3x1 + 1x3
+    "pad-share": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3,pad=2",  # 5,528: both
+}
+CALIBRATION = {  # name -> (study export, trial): recipes with committed fresh-seed test outcomes
+    "compact_step4": ("calibrate-compact-step4", 0),
+    "band-4k-6k trial 10": ("band-4k-6k", 10),
+    "frontier-4k trial 13": ("frontier-4k", 13),
+    "frontier_sep_3k8": ("calibrate-frontier-sep-3k8", 2),
+    "frontier-2k5 trial 59": ("calibrate-frontier-2k5-trial-59", 0),
+}
+
+
+def recipe_of(name: str, exports: Path) -> Recipe:
+    if name in CANDIDATES:
+        return Recipe(model=CANDIDATES[name], **BAND_RECIPE)
+    study, trial = CALIBRATION[name]
+    return trial_recipe(read_exports([exports / f"{study}.json"])[0], trial)
+
+
+def plan() -> list[tuple[str, int, int]]:
+    """(recipe, fold, seed) in the order they train: each candidate screened on fold 0, then the calibration's
+    folds 1-2 of the three fastest recipes, then the candidates' folds 1-2, then the rest of the calibration."""
+    jobs = [(c, 0, 1) for c in CANDIDATES]
+    jobs += [(c, f, 1) for c in ("band-4k-6k trial 10", "frontier-4k trial 13", "compact_step4") for f in (1, 2)]
+    jobs += [(c, f, 1) for c in CANDIDATES for f in (1, 2)]
+    jobs += [(c, f, 1) for c in ("frontier_sep_3k8", "frontier-2k5 trial 59") for f in (1, 2)]
+    return jobs
+
+
+def done(out: Path) -> set[tuple[str, int, int]]:
+    if not out.exists():
+        return set()
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return {(r["name"], r["fold"], r["seed"]) for r in rows}
+
+
+def train(name: str, fold: int, seed: int, exports: Path, data_dir: str | None) -> dict:
+    recipe = dataclasses.replace(recipe_of(name, exports), seed=seed)
+    data = load_validation_split(data_dir, fold=fold)
+    options = Options(device="cpu", precision="fp32", threads=1)
+    spec = RunSpec(recipe, options, held_out="validation", tuned_seeds=(seed,))
+    accs: list[float] = []
+
+    def on_epoch(metrics: dict) -> None:
+        accs.append(metrics["val_acc"])
+        print(f"  {name} fold {fold} seed {seed}: epoch {len(accs)} val {metrics['val_acc']:.2f}", flush=True)
+
+    started = time.perf_counter()
+    trainer = execute(spec, data, [Callbacks(on_epoch=on_epoch)])
+    last = accs[-LAST_K:]
+    return {"name": name, "fold": fold, "seed": seed, "model": recipe.model, "params": count_params(trainer.model),
+            "recipe": dataclasses.asdict(recipe), "val_acc": accs, "level": round(statistics.fmean(last), 4),
+            "worst": min(last), "seconds": round(time.perf_counter() - started, 1), "cpu": cpu_name(),
+            "threads": torch.get_num_threads(), "precision": "fp32", "torch": torch.__version__}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="JSON lines, one per finished job (appended)")
+    p.add_argument("--exports", type=Path, default=Path("evidence/studies"), help="where the study exports are")
+    p.add_argument("--data-dir", default=os.environ.get("TINYMNIST_DATA"))
+    p.add_argument("--list", action="store_true", help="say what is done and what is left, train nothing")
+    args = p.parse_args()
+    for job in plan():
+        finished = job in done(args.out)
+        if args.list or finished:
+            print(("done  " if finished else "left  ") + " ".join(map(str, job)))
+            continue
+        row = train(*job, args.exports, args.data_dir)
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{row['name']} fold {row['fold']}: level {row['level']:.3f}, {row['params']:,} params, "
+              f"{row['seconds']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
