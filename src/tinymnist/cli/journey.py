@@ -99,13 +99,48 @@ def cmd_report(args: argparse.Namespace) -> int:
 # what `init` writes -> the file of src/tinymnist/starter/ it copies
 STARTER = {"models.py": "models.py", "journey.toml": "journey.toml", "README.md": "README.md",
            ".github/workflows/tinymnist.yml": "workflow.yml", ".gitignore": "gitignore.txt"}
+CHECKER = ".github/tinymnist"  # where `init` puts the wheel the CI check installs
+
+
+def checker_wheel(folder: Path) -> Path:
+    """A wheel of this very tinymnist (its files as installed, no dependencies declared) written into ``folder``:
+    what the workflow `init` writes installs with `pip install --no-deps` to run `tinymnist check`, which needs
+    the standard library alone. The student commits it; nothing is fetched from a package index."""
+    import base64
+    import hashlib
+    import zipfile
+
+    import tinymnist
+
+    root, version = Path(tinymnist.__file__).parent, tinymnist.__version__
+    dist = f"tinymnist-{version}.dist-info"
+    files = {f"tinymnist/{p.relative_to(root).as_posix()}": p.read_bytes() for p in sorted(root.rglob("*"))
+             if p.is_file() and "__pycache__" not in p.parts}
+    files[f"{dist}/METADATA"] = (f"Metadata-Version: 2.1\nName: tinymnist\nVersion: {version}\nSummary: the copy of "
+                                 f"tinymnist `tinymnist init` wrote, for `tinymnist check` (no dependencies: it reads "
+                                 f"JSON)\nRequires-Python: >=3.11\n").encode()
+    files[f"{dist}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: tinymnist init\nRoot-Is-Purelib: true\n"
+                              b"Tag: py3-none-any\n")
+    files[f"{dist}/entry_points.txt"] = b"[console_scripts]\ntinymnist = tinymnist.cli:main\n"
+
+    def digest(data: bytes) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{name},sha256={digest(data)},{len(data)}\n" for name, data in files.items())
+    files[f"{dist}/RECORD"] = (record + f"{dist}/RECORD,,\n").encode()
+    path = folder / f"tinymnist-{version}-py3-none-any.whl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for name, data in files.items():
+            wheel.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+    return path
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     from importlib.resources import files
 
     out = Path(args.dir)
-    taken = [name for name in STARTER if (out / name).exists()]
+    taken = [name for name in [*STARTER, CHECKER] if (out / name).exists()]
     if taken:
         raise UsageError(f"{out} already has {', '.join(taken)}; choose an empty or new directory.")
     try:
@@ -113,9 +148,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         for name in STARTER:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             (out / name).write_text((files("tinymnist") / "starter" / STARTER[name]).read_text())
+        wheel = checker_wheel(out / CHECKER)
     except OSError as e:
         raise UsageError(f"cannot write the starter into {out} ({e.strerror}).") from None
-    _say(f"wrote {', '.join(str(out / name) for name in STARTER)}",
+    _say(f"wrote {', '.join(str(out / name) for name in STARTER)} and {wheel} (the checker the CI workflow installs)",
          f"the original exercise's four steps, ready to edit; next: cd {out} && tinymnist report journey.toml")
     return 0
 

@@ -180,18 +180,19 @@ def md(text: str) -> str:
 
 
 def fit_sentence(histories: list[list[dict]]) -> str:
-    """The word the numbers earn: overfits (train above test by GAP_MARGIN or more), underfits (test above train
-    by as much, or train accuracy itself under the target), else fits; a run still rising is settling. The gap
+    """The word the numbers earn: underfits when test leads train by GAP_MARGIN or more, overfits when train leads
+    test by as much and by more than the training error itself (64% train is no overfitting), underfits when
+    train accuracy itself is under the target, else fits. The gap
     is rounded to the two decimals it is shown with before it is judged: the same shown gap, the same word."""
     train = statistics.fmean(h[-1]["train_acc"] for h in histories)
     test = statistics.fmean(h[-1]["test_acc"] for h in histories)
     gap = round(train - test, 2)
     measured = f"final train accuracy {train:.2f}%, test {test:.2f}% (gap {gap:+.2f} points)"
-    if gap >= GAP_MARGIN:
-        return f"Overfits: {measured}: train leads test by at least {GAP_MARGIN:.2f} points."
     if gap <= -GAP_MARGIN:
         return (f"Underfits: {measured}: test leads train by at least {GAP_MARGIN:.2f} points (train accuracy is "
                 f"measured on augmented batches in train mode), so the model has room to learn more.")
+    if gap >= GAP_MARGIN and (gap >= round(100 - train, 2) or round(train, 2) >= TARGET_ACC):
+        return f"Overfits: {measured}: train leads test by at least {GAP_MARGIN:.2f} points."
     if round(train, 2) < TARGET_ACC:
         return (f"Underfits: {measured}: the model does not reach {TARGET} even on its training images, so it "
                 f"needs more capacity or more training.")
