@@ -217,9 +217,12 @@ def test_the_check_imports_nothing_outside_the_standard_library(small_mnist: MNI
 
 
 def test_the_check_names_runs_as_the_records_do() -> None:
+    """What the check repeats because it cannot import torch-loading modules: the run's path, the default seed."""
+    from tinymnist.cli.journey import DEFAULT_SEED
     from tinymnist.reports.check import run_path
+    from tinymnist.training.recipes import Recipe
 
-    assert run_path("r", "user/j/s", 3) == run_dir("r", "user/j/s", 3)
+    assert run_path("r", "user/j/s", 3) == run_dir("r", "user/j/s", 3) and DEFAULT_SEED == Recipe("m").seed
 
 
 @pytest.mark.integration

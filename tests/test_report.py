@@ -130,3 +130,97 @@ def test_report_on_fake_runs_has_every_section_and_figure(small_mnist, tmp_path:
     assert "± " in text and "0 of 2 seeds" in text  # two seeds: mean ± std, and seeds meeting the targets
     assert (tmp_path / "out" / "figures" / "test-accuracy.png").is_file()
     assert text.count("**Confirmation on fresh seeds** (seeds 1001") == 2 and "1 of 1 (95% interval 2-100%)" in text
+
+
+TINY = '''from torch import nn
+
+
+class A(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 10, 3, stride=2))
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+
+
+class B(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 12, 3, stride=2), nn.ReLU(), nn.Conv2d(12, 10, 3, stride=2))
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+'''
+
+TINY_JOURNEY = '''[recipe]
+epochs = 1
+lr = 0.05
+seed = 1
+
+[[step]]
+name = "a"
+model = "tiny.py:A"
+target = "A."
+
+[[step]]
+name = "a-fast"
+model = "tiny.py:A"
+target = "A, faster."
+lr = 0.1
+
+[[step]]
+name = "b"
+model = "tiny.py:B"
+target = "B."
+
+[[step]]
+name = "b-fast"
+model = "tiny.py:B"
+target = "B, faster."
+lr = 0.1
+'''
+
+
+def step_sections(report: Path) -> dict[str, str]:
+    sections = report.read_text().split("\n## Step ")[1:]
+    return {s.split("`")[1]: s for s in sections}
+
+
+@pytest.mark.integration
+def test_report_reuses_only_the_same_run_like_make(mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """`report --subset 3000` then `report` reused the subset runs under a command line without --subset;
+    after an edit of models.py every step said "(finished: reused)"."""
+    from tinymnist.cli import main
+
+    data = mnist_dir
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.py").write_text(TINY)
+    Path("journey.toml").write_text(TINY_JOURNEY)
+    args = ["report", "journey.toml", "--data-dir", str(data), "--no-download", "--threads", "1"]
+    assert main([*args, "--subset", "2000"]) == 0
+    assert capsys.readouterr().out.count("seed 1 trained") == 4
+    assert "- Data: 2,000 of 60,000 training images" in step_sections(Path("report/report.md"))["a"]
+
+    Path("tiny.py").write_text(TINY.replace("nn.Conv2d(1, 12, 3, stride=2), nn.ReLU(), nn.Conv2d(12, 10",
+                                            "nn.Conv2d(1, 16, 3, stride=2), nn.ReLU(), nn.Conv2d(16, 10"))
+    assert main([*args, "--subset", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "user/journey/a: seed 1 reused" in out and "user/journey/a-fast: seed 1 reused" in out
+    assert "user/journey/b: seed 1 retrained: model code changed (B in tiny.py)" in out
+    sections = step_sections(Path("report/report.md"))
+    new_params = 16 * 9 + 16 + 16 * 10 * 9 + 10  # the edited B: 1,610 parameters (1,210 before)
+    assert f"- Params: {new_params:,}; model `tiny.py:B`" in sections["b"] and "1,210" not in sections["b"]
+    assert "- Run: retrained: model code changed (B in tiny.py)" in sections["b-fast"]
+    assert "- Run: reused" in sections["a"]
+
+    assert main(args) == 0  # all the images: every step anew
+    out = capsys.readouterr().out
+    assert out.count("seed 1 retrained: trained on 2,000 images, this report uses 60,000") == 4
+    sections = step_sections(Path("report/report.md"))
+    assert all("- Data: all 60,000 training images" in s for s in sections.values())
+
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("seed 1 reused") == 4
+    assert all("- Run: reused" in s for s in step_sections(Path("report/report.md")).values())
