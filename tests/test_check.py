@@ -222,7 +222,7 @@ def test_the_check_names_runs_as_the_records_do() -> None:
     from tinymnist.reports.check import run_path
     from tinymnist.training.recipes import Recipe
 
-    assert run_path("r", "user/j/s", 3) == run_dir("r", "user/j/s", 3) and DEFAULT_SEED == Recipe("m").seed
+    assert run_path("r", "user/j/s", 3) == run_dir("r", "user/j/s", 3) and Recipe("m").seed == DEFAULT_SEED
 
 
 @pytest.mark.integration

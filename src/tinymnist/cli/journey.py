@@ -77,6 +77,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = run_options(args)
     say("The journey, checked before anything trains (each model built and run on a probe batch):",
         *preflight(steps))
+    out = Path(args.out)
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot write the report into {out} ({e.strerror}); give --out a folder you can write "
+                         f"to.") from None
     data = load_data(args, args.subset)
     for i, step in enumerate(steps, 1):
         try:
@@ -99,7 +105,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     predictions = {step.name: confident_predictions(runs[step.name][0], data, args.trust_remote_code) for step in steps}
     analyses = {e.step_name(journey_file): e.analysis for e in entries.entries} if entries else {}
-    out = Path(args.out)
     try:
         path = write_report(entries.title if entries else f"The {args.journey} journey", steps, runs, data, out,
                             command, fresh=fresh, trust=args.trust_remote_code,
