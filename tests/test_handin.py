@@ -219,3 +219,20 @@ def test_a_quick_pass_is_marked_and_the_authors_analysis_is_the_analysis(mnist_d
     Path("journey.toml").write_text('title = "Tiny | CNN"\n' + journey)
     assert main(args) == 0
     assert Path("report/report.md").read_text().startswith("# Tiny | CNN: 4 steps")
+
+
+def test_one_step_of_a_journey_trains_alone_with_its_own_recipe(mnist_dir: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """`train models.py:Step1 --epochs 2` used compact_step4's recipe (peak LR 0.2), sat at chance, and said
+    nothing; a journey's step could not be trained alone."""
+    monkeypatch.chdir(tmp_path)
+    Path("plain.py").write_text(PLAIN)
+    Path("j.toml").write_text(four_steps(["plain.py:Net"] * 4).replace('target = "t2"', 'target = "t2"\nlr = 1e-6'))
+    assert main(["train", "j.toml:s3x", "--data-dir", str(mnist_dir)]) == 2
+    assert "j.toml has no step named 's3x'; did you mean 's3'?" in capsys.readouterr().err
+    code = main(["train", "j.toml:s2", "--subset", "300", "--data-dir", str(mnist_dir), "--no-channels-last"])
+    out = capsys.readouterr().out
+    assert code == 0 and "recipe: 1 epochs, batch 64, SGD lr 1e-06, momentum 0.9" in out
+    assert Path("runs/user/j/s2/seed-121/summary.json").is_file()
+    assert "Did not learn: final test accuracy" in out and "near chance (10%)" in out

@@ -224,3 +224,20 @@ def test_report_reuses_only_the_same_run_like_make(mnist_dir: Path, tmp_path: Pa
     assert main(args) == 0
     assert capsys.readouterr().out.count("seed 1 reused") == 4
     assert all("- Run: reused" in s for s in step_sections(Path("report/report.md")).values())
+
+
+@pytest.mark.integration
+def test_consistency_reuses_only_the_same_run(full_synthetic_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    from tinymnist.cli import main
+
+    args = ["consistency", "original_step4", "--seed-list", "3", "--epochs", "1", "--last-k", "1", "--device", "cpu",
+            "--data-dir", str(full_synthetic_dir), "--runs", str(tmp_path)]
+    assert main([*args, "--subset", "300"]) == 0
+    assert "original_step4: seed 3 trained" in capsys.readouterr().out
+    assert main([*args, "--subset", "300"]) == 0
+    assert "original_step4: seed 3 reused" in capsys.readouterr().out
+    assert main([*args, "--subset", "400"]) == 0
+    assert "seed 3 retrained: trained on 300 images, this consistency uses 400" in capsys.readouterr().out
+    assert main([*args, "--subset", "400", "--lr", "0.05"]) == 0
+    assert "seed 3 retrained: recipe changed: lr" in capsys.readouterr().out

@@ -19,7 +19,7 @@ def _say(*lines: str) -> None:
     print(*lines, sep="\n", flush=True)
 
 
-def renew_runs(root: Path, spec: object, seeds: list[int], data: object) -> list[str]:
+def renew_runs(root: Path, spec: object, seeds: list[int], data: object, asking: str = "this report") -> list[str]:
     """Like make: per seed, "reused" (a finished run of this same identity), "resumed" (an unfinished one),
     "trained" (none yet) or "retrained: WHY" (a run of another identity, removed here so that it trains anew).
     ``spec``: the step's RunSpec; ``data``: the images the command trains on."""
@@ -34,7 +34,7 @@ def renew_runs(root: Path, spec: object, seeds: list[int], data: object) -> list
         if not run.exists():
             said.append("trained")
             continue
-        differs = same_run(run, spec.with_seed(seed), data)
+        differs = same_run(run, spec.with_seed(seed), data, asking)
         if not differs:
             said.append("reused" if run.finished() else f"resumed after epoch {len(run.metrics())}")
             _keep_current_file(run)

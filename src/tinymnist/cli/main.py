@@ -114,8 +114,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.step:
             raise UsageError("name a step to train (see `tinymnist steps`), or --resume RUN_DIR.")
-        step = step_to_train(args)
-        spec = spec_for(args, step, run_options(args))
+        journey = None
+        if ".toml:" in args.step:  # a journey's step alone, with its own recipe
+            from tinymnist.steps.journey_file import journey_step
+
+            if args.recipe:
+                raise UsageError(f"{args.step} is a journey's step, trained with its own recipe; drop --recipe.")
+            step, journey = journey_step(args.step)
+        else:
+            step = step_to_train(args)
+        spec = spec_for(args, step, run_options(args), journey)
         create_model(spec.recipe.model)  # a wrong model file or name is the likelier mistake: before MNIST
         data = load_data(args, args.subset)
         run = RunRecord(run_dir(args.runs, step.name, spec.recipe.seed))
@@ -131,7 +139,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         say("", f"interrupted; {run.path} holds every completed epoch. Resume with: "
                 f"tinymnist train --resume {run.path}")
         return EXIT_INTERRUPTED
-    say("", *verdict_lines(summary))
+    from tinymnist.reports.render import did_not_learn
+
+    say("", *verdict_lines(summary), *filter(None, [did_not_learn(run.metrics())]))
     return EXIT_TARGETS if args.require_targets and not summary["verdict"]["met"] else EXIT_OK
 
 
@@ -145,6 +155,10 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     create_model(spec.recipe.model)
     data = load_data(args, args.subset)
     spec.recipe.check(train_size=len(data.train_labels))
+    from tinymnist.cli.journey import renew_runs  # like make: a run of another identity trains anew, said why
+
+    said = renew_runs(Path(args.runs), spec, seeds, data, "this consistency")
+    say(f"{step.name}: " + ", ".join(f"seed {s} {h}" for s, h in zip(seeds, said, strict=True)))
     figures = seeds_shown(spec, seeds, Path(args.runs), data, args.last_k, args.jobs, args.trust_remote_code)
     if figures is None:
         return EXIT_INTERRUPTED
@@ -215,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("steps", help="list journeys, their steps, targets and tuning seeds").set_defaults(func=cmd_steps)
 
     p = sub.add_parser("train", help="train one step (or recipe) and judge it against the targets")
-    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`), or your own model as "
-                                           "FILE.py:NAME")
+    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`), your own model as "
+                                           "FILE.py:NAME, or a step of your journey as JOURNEY.toml:STEP (its "
+                                           "own recipe)")
     p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in this directory")

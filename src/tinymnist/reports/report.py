@@ -119,7 +119,7 @@ def _save(fig: Figure, path: Path) -> None:
 
 # --- which run a report may reuse ----------------------------------------------------------------------
 
-def same_run(record: RunRecord, spec: RunSpec, data: MNIST) -> list[str]:
+def same_run(record: RunRecord, spec: RunSpec, data: MNIST, asking: str = "this report") -> list[str]:
     """What differs between the run in ``record`` and the one ``spec`` would train on ``data``, in words (empty:
     the same run, to reuse): the model (a user's by its code: another class of the same file may change), each
     recipe setting, the images trained and scored on. The one seam where the run record's own identity (model
@@ -140,9 +140,9 @@ def same_run(record: RunRecord, spec: RunSpec, data: MNIST) -> list[str]:
     had = (train or full[0], test or full[1])
     wants = (spec.train_images or len(data.train_labels), spec.held_out_images or len(data.held_out_labels))
     if had[0] != wants[0]:
-        out.append(f"trained on {had[0]:,} images, this report uses {wants[0]:,}")
+        out.append(f"trained on {had[0]:,} images, {asking} uses {wants[0]:,}")
     if had[1] != wants[1]:
-        out.append(f"scored on {had[1]:,} test images, this report uses {wants[1]:,}")
+        out.append(f"scored on {had[1]:,} test images, {asking} uses {wants[1]:,}")
     return out
 
 

@@ -147,6 +147,19 @@ def read_journey_file(path: Path) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+def journey_step(name: str) -> tuple[Step, Path]:
+    """``JOURNEY.toml:STEP``: that step of a journey file, with its own recipe, and the journey file."""
+    file, _, label = name.rpartition(":")
+    path = Path(file)
+    steps = read_journey_file(path)
+    labels = [step.name.rsplit("/", 1)[-1] for step in steps]
+    if label not in labels:
+        close = difflib.get_close_matches(label, labels, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else f"its steps are {', '.join(labels)}."
+        raise UsageError(f"{path} has no step named {label!r}; {hint}")
+    return steps[labels.index(label)], path
+
+
 def preflight(steps: tuple[Step, ...]) -> list[str]:
     """A journey checked whole before anything trains: every step's model is built and run on a probe batch of
     two blank 28x28 images, which must give ten scores per image; the first that fails is a UsageError naming
