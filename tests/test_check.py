@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tinymnist.cli import main
+from tinymnist.cli import entry as main
 from tinymnist.data import MNIST
 from tinymnist.runs.records import RunRecord, run_dir
 from tinymnist.runs.runner import create_run
@@ -206,7 +206,7 @@ def test_the_check_imports_nothing_outside_the_standard_library(small_mnist: MNI
     """A student's CI runs the check with no torch, numpy or tqdm: the whole code path, from the entry point,
     imports the standard library and tinymnist alone (with -S: no site-packages at all)."""
     journey = journey_with_runs(tmp_path / "me", whole(small_mnist))
-    code = ("import sys\nfrom tinymnist.cli import main\nrc = main(['check', sys.argv[1], '--runs', sys.argv[2]])\n"
+    code = ("import sys\nfrom tinymnist.cli import entry\nrc = entry(['check', sys.argv[1], '--runs', sys.argv[2]])\n"
             "top = {m.split('.')[0] for m in sys.modules}\n"
             "print(sorted(top - set(sys.stdlib_module_names) - {'tinymnist', '__main__'}))\nsys.exit(rc)")
     src = str(Path(__file__).resolve().parents[1] / "src")

@@ -192,7 +192,7 @@ def test_report_reuses_only_the_same_run_like_make(mnist_dir: Path, tmp_path: Pa
                                                    capsys: pytest.CaptureFixture) -> None:
     """`report --subset 3000` then `report` reused the subset runs under a command line without --subset;
     after an edit of models.py every step said "(finished: reused)"."""
-    from tinymnist.cli import main
+    from tinymnist.cli.main import main
 
     data = mnist_dir
     monkeypatch.chdir(tmp_path)
@@ -229,7 +229,7 @@ def test_report_reuses_only_the_same_run_like_make(mnist_dir: Path, tmp_path: Pa
 @pytest.mark.integration
 def test_consistency_reuses_only_the_same_run(full_synthetic_dir: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
-    from tinymnist.cli import main
+    from tinymnist.cli.main import main
 
     args = ["consistency", "original_step4", "--seed-list", "3", "--epochs", "1", "--last-k", "1", "--device", "cpu",
             "--data-dir", str(full_synthetic_dir), "--runs", str(tmp_path)]

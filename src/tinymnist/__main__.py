@@ -1,5 +1,5 @@
 import sys
 
-from tinymnist.cli import main
+from tinymnist.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -4,7 +4,7 @@
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def entry(argv: list[str] | None = None) -> int:
     """The `tinymnist` entry point: `check` runs with the standard library alone (a student's CI has no torch);
     every other command goes to ``cli.main``."""
     argv = sys.argv[1:] if argv is None else argv

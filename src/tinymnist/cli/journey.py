@@ -145,7 +145,7 @@ def checker_wheel(folder: Path) -> Path:
                                  f"JSON)\nRequires-Python: >=3.11\n").encode()
     files[f"{dist}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: tinymnist init\nRoot-Is-Purelib: true\n"
                               b"Tag: py3-none-any\n")
-    files[f"{dist}/entry_points.txt"] = b"[console_scripts]\ntinymnist = tinymnist.cli:main\n"
+    files[f"{dist}/entry_points.txt"] = b"[console_scripts]\ntinymnist = tinymnist.cli:entry\n"
 
     def digest(data: bytes) -> str:
         return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
