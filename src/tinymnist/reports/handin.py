@@ -133,7 +133,7 @@ def compare_lines(before: tuple[str, Recipe, list[dict], int], after: tuple[Reci
     r1, m1, p1 = after
     f0, f1 = _figures(m0, last_k), _figures(m1, last_k)
     changed = changes(r0, r1, base)
-    what = "; ".join(changed) if changed else "nothing in the recipe or model (another seed only)"
+    what = "; ".join(changed) if changed else "no setting that acts, and not the model (another seed at most)"
     size = f"{p1:,} parameters ({p1 - p0:+,})" if p1 != p0 else f"the same {p1:,} parameters"
     lines = [f"Against step `{name}`: changed {what}; {size}."]
     if f1["final"] < LEARNED or f0["final"] < LEARNED:  # did_not_learn says so; its figures compare nothing
