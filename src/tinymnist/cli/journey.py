@@ -65,7 +65,7 @@ def _keep_current_file(run: object) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tinymnist.cli.common import load_data, parse_seeds, run_options, say, seeds_shown, spec_for
-    from tinymnist.reports.report import write_report
+    from tinymnist.reports.report import same_run, write_report
     from tinymnist.runs.records import RunRecord, run_dir
     from tinymnist.runs.runner import confirmation_runs
     from tinymnist.steps.builtin import get_journey
@@ -99,7 +99,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         if seeds_shown(spec, seeds, root, data, trust=args.trust_remote_code) is None:
             return 130
         runs[step.name] = [RunRecord(run_dir(root, step.name, s)) for s in seeds]
-        fresh[step.name] = confirmation_runs(root, step.name, spec, {*step.tuned_seeds, *seeds})
+        fresh[step.name] = [r for r in confirmation_runs(root, step.name, spec, {*step.tuned_seeds, *seeds})
+                            if not same_run(r, spec.with_seed(r.recipe().seed), data)]  # this step's own runs only
     command = "tinymnist report " + " ".join(args.argv)
     from tinymnist.use.inference import confident_predictions
 
