@@ -37,10 +37,8 @@ from tinymnist.training.recipes import Options, Recipe, RunSpec
 
 LAST_K = 5
 FOLDS = (0, 1, 2)
-# trial 10 of band-4k-6k: compact_step4's augmentation, weight averaging, SGD one-cycle at 0.2
-BAND_RECIPE = {"epochs": 15, "batch_size": 64, "lr": 0.2, "cycle_epochs": 11, "rotate": 7.0, "shift": 0.05,
-               "scale": 0.05, "ema": 0.999}
-CANDIDATES = {  # name -> model, each with BAND_RECIPE; the lever beside the tiny layout of its size
+BASELINE = ("band-4k-6k", 10)  # 5,480 params: compact_step4's augmentation, weight averaging, SGD one-cycle at 0.2
+CANDIDATES = {  # name -> model, each with the recipe of BASELINE; the lever beside the tiny layout of its size
     "pad": "tiny:w=8.32.24.24.24,pool=2,sep=3,sq=0,pad=2",  # 5,480: trial 10 with padding 1 in layers 1-2
     "share": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3",  # 5,528: the last separable block applied 3 times
     "fact": "tiny:w=12.40.24.24.24,pool=2,sep=3,sq=0,fact=2",  # 5,372: layer 2 factorized 3x1 + 1x3
@@ -56,10 +54,9 @@ CALIBRATION = {  # name -> (study export, trial): recipes with committed fresh-s
 
 
 def recipe_of(name: str, exports: Path) -> Recipe:
-    if name in CANDIDATES:
-        return Recipe(model=CANDIDATES[name], **BAND_RECIPE)
-    study, trial = CALIBRATION[name]
-    return trial_recipe(read_exports([exports / f"{study}.json"])[0], trial)
+    study, trial = BASELINE if name in CANDIDATES else CALIBRATION[name]
+    recipe = trial_recipe(read_exports([exports / f"{study}.json"])[0], trial)
+    return dataclasses.replace(recipe, model=CANDIDATES[name]) if name in CANDIDATES else recipe
 
 
 def plan() -> list[tuple[str, int, int]]:
