@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tinymnist.errors import UsageError
 from tinymnist.reports.calibration import calibration_lines, calibration_rows, front_lines, rule_lines
+from tinymnist.reports.folds import folds_lines, read_folds
 from tinymnist.reports.render import pass_count, seed_list
 from tinymnist.reports.results_doc import run_groups
 from tinymnist.reports.search_figures import frontier_figure
@@ -214,10 +215,11 @@ def screen_lines(exports: list[dict]) -> list[str]:
 
 
 def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, command: str,
-                    bar: str | None = None) -> str:
+                    bar: str | None = None, folds: Path | None = None, baseline: str = "band-4k-6k:10") -> str:
     """``out`` (docs/search.md): how trials are chosen, the frontier figure (written to ``figure``), and a
     section per study; with ``bar`` (a study's name), each other study lists its trials that reached that
-    study's best validation score, fastest first."""
+    study's best validation score, fastest first; with ``folds`` (a fold study's JSON lines), the cross-validated
+    levels, their calibration and the candidates paired with ``baseline`` (STUDY:TRIAL)."""
     confirmed = {e["study"]: confirmations(e, root) for e in exports}
     frontier_figure(exports, confirmed, figure)
     head = (files("tinymnist") / "reports" / "templates" / "search.md").read_text()
@@ -225,7 +227,10 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
     groups = run_groups(root)  # every run record, read once for the front and the calibration
     lines += front_lines(root, groups, figure.with_name(f"{figure.stem}-pass-rate{figure.suffix}"), out)
     rows = calibration_rows(exports, groups)
-    lines += calibration_lines(rows) + rule_lines(exports, rows, confirmed) + screen_lines(exports)
+    lines += calibration_lines(rows) + rule_lines(exports, rows, confirmed)
+    if folds:
+        lines += folds_lines(read_folds(folds), exports, rows, str(folds), baseline)
+    lines += screen_lines(exports)
     lines += ["## Summary", ""]
     for export in exports:
         done = [t for t in screens(export) if t["state"] == "complete"]
