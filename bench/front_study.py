@@ -8,6 +8,7 @@ test files are never opened.
 
     python bench/front_study.py --out evidence/studies/front-5k.jsonl            # every job, in order
     python bench/front_study.py --out evidence/studies/front-5k.jsonl --list     # what is done and what is left
+    python bench/front_study.py --out ... --plan plan.json    # the order of a JSON list of [recipe, fold, seed]
 
 Candidates use the levers of small public models at about trial 10's size (5,480 parameters); the calibration
 recipes are those whose fresh-seed test outcome is committed (evidence/studies/calibrate-*.json and the
@@ -69,6 +70,14 @@ def plan() -> list[tuple[str, int, int]]:
     return jobs
 
 
+def ordered(plan_file: Path | None) -> list[tuple[str, int, int]]:
+    """The jobs in the order ``plan_file`` (JSON: [[recipe, fold, seed], ...]) gives, read again before every job
+    so that a running study can be steered; plan() when there is none."""
+    if plan_file is None or not plan_file.exists():
+        return plan()
+    return [(name, int(fold), int(seed)) for name, fold, seed in json.loads(plan_file.read_text())]
+
+
 def done(out: Path) -> set[tuple[str, int, int]]:
     if not out.exists():
         return set()
@@ -101,14 +110,15 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per finished job (appended)")
     p.add_argument("--exports", type=Path, default=Path("evidence/studies"), help="where the study exports are")
     p.add_argument("--data-dir", default=os.environ.get("TINYMNIST_DATA"))
+    p.add_argument("--plan", type=Path, help="JSON list of [recipe, fold, seed], read before each job")
     p.add_argument("--list", action="store_true", help="say what is done and what is left, train nothing")
     args = p.parse_args()
-    for job in plan():
-        finished = job in done(args.out)
-        if args.list or finished:
-            print(("done  " if finished else "left  ") + " ".join(map(str, job)))
-            continue
-        row = train(*job, args.exports, args.data_dir)
+    if args.list:
+        for job in ordered(args.plan):
+            print(("done  " if job in done(args.out) else "left  ") + " ".join(map(str, job)))
+        return 0
+    while left := [job for job in ordered(args.plan) if job not in done(args.out)]:
+        row = train(*left[0], args.exports, args.data_dir)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{row['name']} fold {row['fold']}: level {row['level']:.3f}, {row['params']:,} params, "
