@@ -155,35 +155,47 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
         *TRIALS_HEAD, *map(trial_row, best),
     ]
     lines += exploration_lines(export)
-    rescored = [g for g in by_recipe(export) if len(g["levels"]) > 1]
-    if rescored:
-        lines += ["", f"Re-scored over seeds (`tinymnist search-rescore`), by mean level of the last {k} "
-                      f"validation epochs:", "",
-                  "| Screened trial | Params | Model | Seeds | Level per seed | Mean ± sd |",
-                  "|---|---|---|---|---|---|"]
-        for g in rescored:
-            seeds = sorted(g["levels"])
-            levels = " ".join(f"{g['levels'][x]:.2f}" for x in seeds)
-            lines.append(f"| {g['screen']} | {g['n_params']:,} | `{g['model']}` | {seed_list(seeds)} | {levels} | "
-                         f"{g['mean']:.3f} ± {g['sd']:.3f} |")
+    lines += rescored_lines(export, k)
     if bar and bar[0] != export["study"] and c.get("score", "worst") == "worst":  # a level has its own rule
         lines += bar_lines(done, bar)
     front = pareto(done)
     lines += ["", "Frontier (complete trials no smaller trial beats): " + ", ".join(
         f"{t['n_params']:,} params {t['value']:.2f}% (trial {t['number']})" for t in front) + "."]
-    if confirmed:
-        lines += ["", f"Confirmed on fresh seeds: the full 60,000 training images, judged on the test set "
-                      f"(>= {TARGET} in each of the last {k} epochs):", "",
-                  "| Trial | Params | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K | "
-                  "Wall seconds per run (median) | Command |", "|---|---|---|---|---|---|---|---|"]
-        for number, f in sorted(confirmed.items()):
-            seeds = [s["seed"] for s in f["seeds"]]
-            wall = f["wall_seconds"][len(f["wall_seconds"]) // 2]
-            lines.append(f"| {number} | {f['params']:,} | {seed_list(seeds)} | {pass_count(f)} | "
-                         f"{f['final_mean']:.2f} ± {f['final_std']:.2f} | {f['min_last_k']:.2f} | {wall:.0f} | "
-                         f"`tinymnist search-confirm {export['path']} --trial {number} --seed-list "
-                         f"{','.join(map(str, seeds))} --jobs 2{' ' + f['flags'] if f['flags'] else ''}` |")
-    return lines + [""]
+    return lines + confirmed_lines(export, confirmed, k) + [""]
+
+
+def rescored_lines(export: dict, k: int) -> list[str]:
+    """The study's recipes trained on more than one seed, by mean level."""
+    rescored = [g for g in by_recipe(export) if len(g["levels"]) > 1]
+    if not rescored:
+        return []
+    lines = ["", f"Re-scored over seeds (`tinymnist search-rescore`), by mean level of the last {k} validation "
+                 f"epochs:", "", "| Screened trial | Params | Model | Seeds | Level per seed | Mean ± sd |",
+             "|---|---|---|---|---|---|"]
+    for g in rescored:
+        seeds = sorted(g["levels"])
+        levels = " ".join(f"{g['levels'][x]:.2f}" for x in seeds)
+        lines.append(f"| {g['screen']} | {g['n_params']:,} | `{g['model']}` | {seed_list(seeds)} | {levels} | "
+                     f"{g['mean']:.3f} ± {g['sd']:.3f} |")
+    return lines
+
+
+def confirmed_lines(export: dict, confirmed: dict[int, dict], k: int) -> list[str]:
+    """The study's trials confirmed on fresh test seeds, with the command that trains them."""
+    if not confirmed:
+        return []
+    lines = ["", f"Confirmed on fresh seeds: the full 60,000 training images, judged on the test set "
+                 f"(>= {TARGET} in each of the last {k} epochs):", "",
+             "| Trial | Params | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K | "
+             "Wall seconds per run (median) | Command |", "|---|---|---|---|---|---|---|---|"]
+    for number, f in sorted(confirmed.items()):
+        seeds = [s["seed"] for s in f["seeds"]]
+        wall = f["wall_seconds"][len(f["wall_seconds"]) // 2]
+        lines.append(f"| {number} | {f['params']:,} | {seed_list(seeds)} | {pass_count(f)} | "
+                     f"{f['final_mean']:.2f} ± {f['final_std']:.2f} | {f['min_last_k']:.2f} | {wall:.0f} | "
+                     f"`tinymnist search-confirm {export['path']} --trial {number} --seed-list "
+                     f"{','.join(map(str, seeds))} --jobs 2{' ' + f['flags'] if f['flags'] else ''}` |")
+    return lines
 
 
 SCREEN_EPOCHS = (3, 5, 8, 10)  # epochs after which a shorter screen would stop
