@@ -42,6 +42,7 @@ BASELINE = ("band-4k-6k", 10)  # 5,480 params: compact_step4's augmentation, wei
 CANDIDATES = {  # name -> model, each with the recipe of BASELINE; the lever beside the tiny layout of its size
     "pad": "tiny:w=8.32.24.24.24,pool=2,sep=3,sq=0,pad=2",  # 5,480: trial 10 with padding 1 in layers 1-2
     "share": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3",  # 5,528: the last separable block applied 3 times
+    "share-bn": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3,repbn=1",  # 5,656: the same, a BatchNorm per application
     "fact": "tiny:w=12.40.24.24.24,pool=2,sep=3,sq=0,fact=2",  # 5,372: layer 2 factorized 3x1 + 1x3
     "pad-share": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3,pad=2",  # 5,528: both
 }

@@ -81,6 +81,7 @@ def test_fold_k_holds_out_its_own_images_and_trains_on_the_rest(tmp_path):
 @pytest.mark.parametrize("name, params", [
     ("tiny:w=8.32.24.24.24,pool=2,sep=3,sq=0,pad=2", 5480),  # padding changes no weight
     ("tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3", 5528),  # the repeated block counts once
+    ("tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3,repbn=1", 5656),  # and two more BatchNorms of 32 channels
     ("tiny:w=12.40.24.24.24,pool=2,sep=3,sq=0,fact=2", 5372),  # 3*12*12 + 3*12*40 + 80 for layer 2
 ])
 def test_levers_keep_their_parameter_count(name, params):
