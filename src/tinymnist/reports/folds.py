@@ -34,7 +34,8 @@ def cross_validated(folds: list[dict], exports: list[dict]) -> list[dict]:
     for e in exports:
         k = e["config"].get("last_k", 5)
         for t in trained(e):
-            if t["state"] == "complete" and t.get("seed") == 1 and e["config"].get("validation", 10_000) == 10_000:
+            if t["state"] == "complete" and t.get("seed") == 1 and not t.get("fold") and \
+                    e["config"].get("validation", 10_000) == 10_000:
                 screened.setdefault(recipe_key(t), (e, t, statistics.fmean(t["val_acc"][-k:])))
     recipes: dict[str, dict] = {}
     for row in folds:
