@@ -207,3 +207,24 @@ def test_the_cli_is_a_thin_shell() -> None:
             assert len([line for line in lines if "TARGET_ACC, LAST_K = " in line]) == 1
         else:
             assert not lines, (path.name, lines)
+
+
+def test_one_list_of_recipe_overrides() -> None:
+    """settings.OVERRIDES is the one list: every training command takes its flags, and a results row's flags
+    (results_doc.OPTION_FLAGS), given back to the command line, are the overrides the run recorded."""
+    from dataclasses import fields
+
+    from tinymnist.cli.common import recipe_overrides
+    from tinymnist.cli.main import build_parser
+    from tinymnist.reports.results_doc import OPTION_FLAGS
+    from tinymnist.settings import OVERRIDES
+    from tinymnist.training.recipes import Recipe
+
+    assert {o.field for o in OVERRIDES} <= {f.name for f in fields(Recipe)}
+    given = {"count": ("3", 3), "positive": ("0.5", 0.5), "number": ("0.25", 0.25), "run": ("runs/a/seed-1",) * 2}
+    flags = [text for o in OVERRIDES for text in (OPTION_FLAGS[o.field], given[o.takes][0])]
+    recorded = {o.field: given[o.takes][1] for o in OVERRIDES}
+    for command in (["train", "compact_step4"], ["consistency", "compact_step4"],
+                    ["search-confirm", "study.json", "--trial", "1"]):
+        assert recipe_overrides(build_parser().parse_args([*command, *flags])) == recorded, command
+    assert recipe_overrides(build_parser().parse_args(["train", "compact_step4", "--seed", "7"])) == {"seed": 7}

@@ -17,6 +17,7 @@ from tinymnist.names import current
 from tinymnist.reports.render import HEADER, epoch_row, model_line, recipe_line, run_lines
 from tinymnist.runs.records import RunRecord
 from tinymnist.runs.runner import check_options, run_seeds, train_run
+from tinymnist.settings import OVERRIDES, SEED
 from tinymnist.steps.builtin import DEFAULT_RECIPE, all_steps, get_step, user_model_step
 from tinymnist.targets import LAST_K
 from tinymnist.training.recipes import Options, RunSpec, Step
@@ -95,12 +96,9 @@ def run_options(args: argparse.Namespace) -> Options:
     return options
 
 
-# recipe settings a training command may change
-OVERRIDES = ("epochs", "lr", "batch_size", "ema", "elastic", "teacher", "distill", "seed")
-
-
 def recipe_overrides(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
+    """The recipe settings the command line changed (settings.OVERRIDES and the seed), as a run records them."""
+    return {k: getattr(args, k) for k in (*(o.field for o in OVERRIDES), SEED) if getattr(args, k, None) is not None}
 
 
 def parse_seeds(args: argparse.Namespace, default: list[int]) -> list[int]:
@@ -215,22 +213,15 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
 
 
+# what each kind of value an override takes (settings.Override.takes) is read with
+VALUE_TYPES = {"count": positive_int, "positive": positive_float, "number": float, "run": str}
+
+
 def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     """How runs are executed and where they go; with ``overrides``, the recipe settings a command may change."""
     if overrides:
-        p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
-        p.add_argument("--lr", type=positive_float, help="override the recipe's (peak) learning rate")
-        p.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
-        p.add_argument("--ema", type=float, metavar="DECAY",
-                       help="keep an exponential moving average of the weights with this decay per batch (e.g. "
-                            "0.999; 0: none), scored and saved in place of the trained weights")
-        p.add_argument("--teacher", metavar="RUN", help="distill from this finished run's model (reported apart: "
-                                                        "extra training the exercise does not count)")
-        p.add_argument("--distill", type=float, metavar="SHARE", help="with --teacher: the teacher's share of the "
-                                                                       "loss (default 0.5)")
-        p.add_argument("--elastic", type=float, metavar="ALPHA",
-                       help="add an elastic distortion of strength ALPHA pixels to the augmentation (e.g. 16; "
-                            "0: none)")
+        for o in OVERRIDES:
+            p.add_argument(o.flag, type=VALUE_TYPES[o.takes], metavar=o.metavar, help=o.help)
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
