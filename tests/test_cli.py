@@ -188,9 +188,34 @@ def test_a_closed_output_pipe_ends_quietly(argv: list[str]) -> None:
     assert proc.wait(60) == 141 and err == ""
 
 
+# Commands that only read records, as a user types them: each must start and end without torch.
+READING = {"version": ["--version"], "show": ["show", "tests/fixtures/run_0_2_0/run"],
+           "check": ["check", "compact", "--runs", "evidence/runs"], "results": ["results", "--runs", "evidence/runs"]}
+
+
+@pytest.mark.parametrize("name", list(READING))
+def test_commands_that_read_records_load_no_torch(name: str, tmp_path: Path) -> None:
+    """`tinymnist --version`, `show`, `check` and `results` in a fresh process: torch, numpy and the training
+    loop are not in sys.modules when the command has run (tests/test_architecture.py checks the imports of
+    every cli module; this checks what the commands do). `steps` and `models` count parameters by building
+    each model, so they load torch."""
+    import subprocess
+    import sys
+
+    argv = READING[name] + (["--out", str(tmp_path / "results.md")] if name == "results" else [])
+    code = ("import sys\nfrom tinymnist.cli.main import main\ntry:\n    code = main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    code = e.code\nloaded = {'torch', 'numpy', 'tinymnist.training.engine', "
+            "'tinymnist.runs.runner'} & set(sys.modules)\nprint('LOADED', sorted(loaded), file=sys.stderr)\n"
+            "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and done.stderr.splitlines()[-1] == "LOADED []", (done.stdout, done.stderr)
+
+
 def test_the_cli_is_a_thin_shell() -> None:
     """The cli/ modules parse, call the library and print: none of them imports torch or the training machinery
-    (module level or inside a function), and the accuracy target is written only where it is defined."""
+    (module level or inside a function; what they load through the library is test_architecture's), and the
+    accuracy target is written only where it is defined."""
     import ast
     import re
 

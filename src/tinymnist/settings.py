@@ -1,5 +1,6 @@
 """Settings written once for every room that shows or records them: the recipe settings a training command may
-override: the command line's flags, the results tables' flags, a lever of the search's confirmations."""
+override (the command line's flags, the results tables' flags, a lever of the search's confirmations), and the
+names the search's command line shows. Plain data, so the command line reads it without loading torch."""
 
 from __future__ import annotations
 
@@ -36,3 +37,7 @@ OVERRIDES = (
 )
 SEED = "seed"
 
+# The search's built-in spaces (the first is the default; a study keeps the space it was created with) and the
+# trials of a new study's initial design (the built-in space).
+SPACES = ("builtin-2", "builtin")
+DESIGN = 16
