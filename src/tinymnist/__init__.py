@@ -24,6 +24,8 @@ __all__ = ["Consistency", "Options", "Result", "RunSpec", "Sink", "Trainer", "__
 def __getattr__(name: str) -> object:
     if name in _FROM:
         return getattr(importlib.import_module(f"tinymnist.{_FROM[name]}"), name)
+    if name.startswith("__"):  # what tools probe for (__wrapped__, __file__ of a stub...): not a module of ours
+        raise AttributeError(f"module 'tinymnist' has no attribute {name!r}")
     try:
         return importlib.import_module(f"tinymnist.{name}")  # a room or module, as `tm.errors`
     except ModuleNotFoundError as e:
