@@ -36,9 +36,7 @@ from tinymnist.cli.common import (
 from tinymnist.cli.journey import add_journey_commands
 from tinymnist.cli.search import add_search_commands
 from tinymnist.cli.use import add_use_commands
-from tinymnist.data import load_mnist
 from tinymnist.errors import NameNote, Note, TinyMnistError, UsageError
-from tinymnist.models import count_params, create_model, list_models
 from tinymnist.names import current
 from tinymnist.reports.render import (
     csv_lines,
@@ -51,13 +49,16 @@ from tinymnist.reports.render import (
 )
 from tinymnist.reports.results_doc import headline_readme, results_markdown
 from tinymnist.runs.records import RunRecord, run_dir
-from tinymnist.runs.runner import create_run
 from tinymnist.steps.builtin import DEFAULT_RECIPE, JOURNEYS, RECIPES
 from tinymnist.targets import LAST_K, TARGET, fresh_seeds
+
+# Parsing, `--version` and the commands that read records load no torch: the models, MNIST and the training
+# loop are imported inside the commands that use them (tests/test_cli.py).
 
 # --- subcommands ---------------------------------------------------------------------------------------
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from tinymnist.data import load_mnist
     from tinymnist.reports.report import digit_grid  # matplotlib only when a figure is asked for
 
     data = load_mnist(args.data_dir, not args.no_download)
@@ -81,6 +82,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from tinymnist.models import count_params, create_model, list_models
+
     say(f"{'model':<18} {'params':>7}")
     for name in list_models():
         say(f"{name:<18} {count_params(create_model(name)):>7,}")
@@ -89,6 +92,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_steps(args: argparse.Namespace) -> int:
     import textwrap
+
+    from tinymnist.models import count_params, create_model  # the parameter counts build each model
 
     def lines(i: str, step) -> list[str]:
         params = count_params(create_model(step.recipe.model))
@@ -103,6 +108,9 @@ def cmd_steps(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from tinymnist.models import create_model
+    from tinymnist.runs.runner import create_run
+
     if args.resume:
         run = RunRecord(args.resume)
         if not run.exists():
@@ -136,6 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_consistency(args: argparse.Namespace) -> int:
+    from tinymnist.models import create_model
+
     step = step_to_train(args)
     spec = spec_for(args, step, run_options(args))
     seeds = parse_seeds(args, fresh_seeds(args.seeds, step.tuned_seeds))
@@ -174,6 +184,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from tinymnist.models import create_model
+
     current("command", args.command)
     say(*layer_lines(create_model(model_of(args.model))))
     return EXIT_OK
