@@ -197,6 +197,15 @@ def test_uploads_past_the_bound_are_answered_503(trained_run: Path) -> None:
         listener.close()
 
 
+def test_large_decodes_are_bounded_and_small_ones_pass(trained_run: Path) -> None:
+    """No decoder slot for large images (max_decodes=0): an image over a megapixel waits, then gets a 503 and one
+    sentence; a drawn digit does not queue behind large ones and is answered."""
+    local = TestClient(create_app(trained_run, hosts=["testserver"], max_decodes=0, decode_wait=0.05))
+    large = local.post("/predict", content=png(size=1500), headers={"Content-Type": "image/png"})
+    assert large.status_code == 503 and "busy decoding other large images" in large.json()["error"]
+    assert local.post("/predict", content=png(), headers={"Content-Type": "image/png"}).status_code == 200
+
+
 def test_port_problems_are_one_sentence(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
     import socket
 

@@ -3,9 +3,10 @@ to ONNX and check the export against onnxruntime."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +92,9 @@ def preprocess(path: Path) -> np.ndarray:
     return preprocess_bytes(read_image_file(path), str(path))
 
 
-def _gray_from_header(data: bytes, name: str) -> np.ndarray:
-    """The image in ``data`` as float32 gray (0..255, transparency over white), reduced to about WORKING_SIDE;
-    refused unless it is a PNG or JPEG of at most MAX_IMAGE_PIXELS (read from the header, before decoding)."""
+def _open(data: bytes, name: str) -> object:
+    """The PNG or JPEG in ``data``, opened (its header read, nothing decoded) and within MAX_IMAGE_PIXELS; a
+    UsageError for anything else."""
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -107,15 +108,45 @@ def _gray_from_header(data: bytes, name: str) -> np.ndarray:
         except Image.DecompressionBombError:
             raise UsageError(f"{name} declares an image over the {MAX_IMAGE_PIXELS / 10**6:.1f} megapixel limit; "
                              f"crop or shrink it.") from None
-        with img:
-            width, height = img.size  # from the header: nothing is decompressed yet
-            if width * height > MAX_IMAGE_PIXELS:
-                raise UsageError(f"{name} is {width:,} x {height:,} pixels, over the {MAX_IMAGE_PIXELS / 10**6:.1f} "
-                                 f"megapixel limit for an image of a digit; crop or shrink it.")
-            if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still leaves WORKING_SIDE
-                img.draft("L", (WORKING_SIDE, WORKING_SIDE))
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise UsageError(f"{name} is {width:,} x {height:,} pixels, over the {MAX_IMAGE_PIXELS / 10**6:.1f} "
+                         f"megapixel limit for an image of a digit; crop or shrink it.")
+    return img
+
+
+@contextlib.contextmanager
+def _decoding(name: str) -> Iterator[None]:
+    """Whatever a decoder raises on a damaged file (the file's fault) as one UsageError."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except MemoryError:
+        raise UsageError(f"{name} needs more memory to decode than this machine has free; shrink it.") from None
+    except Exception as e:
+        raise UsageError(f"{name} cannot be read as an image ({type(e).__name__}: {_one_line(e)}); give a PNG "
+                         f"or JPEG.") from None
+
+
+def image_pixels(data: bytes, name: str = "the image") -> int:
+    """Width x height of a PNG or JPEG within the pixel cap, from its header alone (nothing is decoded); a
+    UsageError for anything else. A server uses it to tell a cheap decode from an expensive one before it starts."""
+    with _decoding(name), _open(data, name) as img:
+        return img.size[0] * img.size[1]
+
+
+def _gray_from_header(data: bytes, name: str) -> np.ndarray:
+    """The image in ``data`` as float32 gray (0..255, transparency over white), reduced to about WORKING_SIDE;
+    refused unless it is a PNG or JPEG of at most MAX_IMAGE_PIXELS (read from the header, before decoding)."""
+    with _decoding(name), _open(data, name) as img:
+        if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still leaves WORKING_SIDE
+            img.draft("L", (WORKING_SIDE, WORKING_SIDE))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             img.load()
-            return _to_gray(img)
+        return _to_gray(img)
 
 
 def _to_gray(img: object) -> np.ndarray:
@@ -153,15 +184,7 @@ def preprocess_bytes(data: bytes, name: str = "the image") -> np.ndarray:
     if len(data) > MAX_IMAGE_BYTES:
         raise UsageError(f"{name} is over the {MAX_IMAGE_BYTES // 2**20} MB limit for an image of a digit; crop or "
                          f"shrink it.")
-    try:
-        gray = _gray_from_header(data, name)
-    except UsageError:
-        raise
-    except MemoryError:
-        raise UsageError(f"{name} needs more memory to decode than this machine has free; shrink it.") from None
-    except Exception as e:  # whatever a decoder raises on a damaged file is the file's fault
-        raise UsageError(f"{name} cannot be read as an image ({type(e).__name__}: {_one_line(e)}); give a PNG or "
-                         f"JPEG.") from None
+    gray = _gray_from_header(data, name)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
     ink = gray - background if background < 128 else background - gray  # digits are light on dark in MNIST

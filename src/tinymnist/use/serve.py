@@ -5,8 +5,8 @@ The model is loaded once, when the app is made. Predictions go through the same 
 a client can cause is a 4xx with ``{"error": "one sentence"}`` (404, 405 and the server's own 500 too); the
 server keeps serving. What comes in is bounded: the Host header must name this server (a page on another site
 cannot reach a loopback server through DNS rebinding), the upload's size is capped as it streams in, at most
-``max_pending`` uploads are admitted at once (the rest: 503) and at most ``max_decodes`` images are decoded at
-once, in the thread pool, off the event loop. Answers never name a path on the server
+``max_pending`` uploads are admitted at once (the rest: 503) and at most ``max_decodes`` large images are decoded
+at once, in the thread pool, off the event loop. Answers never name a path on the server
 (docs/threat-model.md).
 """
 
@@ -34,14 +34,17 @@ from tinymnist import __version__
 from tinymnist.errors import DataError, TinyMnistError, UsageError
 from tinymnist.runs.loading import load_model
 from tinymnist.runs.records import RunRecord
-from tinymnist.use.inference import MAX_IMAGE_BYTES, predict_images, preprocess_bytes
+from tinymnist.use.inference import MAX_IMAGE_BYTES, image_pixels, predict_images, preprocess_bytes
 
 MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024  # the image cap, plus room for a multipart envelope
 # Uploads admitted at once (read, waiting or decoding): their bodies in memory stay under 32 x 10 MiB. More are
 # answered 503 before their body is read.
 MAX_PENDING = 32
-# Images decoded at once: one at the pixel cap is a 64 MiB RGBA decode (tests/test_images_fuzz.py measures it).
+# Large images decoded at once: one at the pixel cap is a 64 MiB RGBA decode (tests/test_images_fuzz.py measures
+# it). Images of at most SMALL_PIXELS (a drawn digit, a cropped photo: 4 MiB as RGBA) skip this queue, so that a few
+# large uploads do not hold up everyone else; the thread pool bounds them.
 MAX_DECODES = 2
+SMALL_PIXELS = 1024 * 1024
 DECODE_WAIT_SECONDS = 30  # an admitted upload waits this long at most for a decoder, then 503
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -158,7 +161,7 @@ def load_test_digits(data_dir: str | Path | None) -> tuple[np.ndarray, np.ndarra
 
 def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: bool = False,
                hosts: Iterable[str] = ("127.0.0.1",), max_pending: int = MAX_PENDING,
-               max_decodes: int = MAX_DECODES) -> FastAPI:
+               max_decodes: int = MAX_DECODES, decode_wait: float = DECODE_WAIT_SECONDS) -> FastAPI:
     """The app for the run in ``run_dir``; MNIST test images from ``data_dir`` (or the usual places) feed the
     test-digit button when they are there. ``hosts``: the bound address and any other names the Host header may
     give (see ``allowed_hosts``)."""
@@ -251,11 +254,13 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
         pending += 1
         try:
             image = await image_bytes(request)
+            if image and await run_in_threadpool(image_pixels, image, "the uploaded image") <= SMALL_PIXELS:
+                return await run_in_threadpool(classify, image)
             try:
-                await asyncio.wait_for(decoders.acquire(), DECODE_WAIT_SECONDS)
+                await asyncio.wait_for(decoders.acquire(), decode_wait)
             except TimeoutError:
-                raise ClientError(503, "the server is busy decoding other images; try again in a moment.") \
-                    from None
+                raise ClientError(503, "the server is busy decoding other large images; try again in a "
+                                       "moment.") from None
             try:
                 return await run_in_threadpool(classify, image)
             finally:
