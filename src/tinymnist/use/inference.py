@@ -141,8 +141,10 @@ def _gray_from_header(data: bytes, name: str) -> np.ndarray:
     """The image in ``data`` as float32 gray (0..255, transparency over white), reduced to about WORKING_SIDE;
     refused unless it is a PNG or JPEG of at most MAX_IMAGE_PIXELS (read from the header, before decoding)."""
     with _decoding(name), _open(data, name) as img:
-        if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still leaves WORKING_SIDE
-            img.draft("L", (WORKING_SIDE, WORKING_SIDE))
+        if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when the longer side keeps WORKING_SIDE
+            width, height = img.size
+            longer = max(width, height)
+            img.draft("L", (max(1, width * WORKING_SIDE // longer), max(1, height * WORKING_SIDE // longer)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()

@@ -45,7 +45,7 @@ MAX_PENDING = 32
 # large uploads do not hold up everyone else; the thread pool bounds them.
 MAX_DECODES = 2
 SMALL_PIXELS = 1024 * 1024
-DECODE_WAIT_SECONDS = 30  # an admitted upload waits this long at most for a decoder, then 503
+DECODE_WAIT_SECONDS = 10  # an admitted upload waits this long at most for a decoder, then 503
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
