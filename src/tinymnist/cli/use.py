@@ -103,8 +103,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         sizes = export_web(loaded, Path(args.web), run.summary().get("last_test_acc"))
         say(f"wrote {args.web}/: the draw-a-digit page, no server needed ({sum(sizes.values()) / 1024:.1f} KB: "
             + ", ".join(f"{name} {size / 1024:.1f} KB" for name, size in sizes.items()) + ")",
-            f"open {Path(args.web) / 'index.html'} in a browser, or put the folder on any static host "
-            f"(docs/deploy.md, 'GitHub Pages')")
+            f"open {Path(args.web) / 'index.html'} in a browser, or put the folder on any static host (GitHub "
+            f"Pages: commit it under docs/ and choose 'Deploy from a branch', /docs, in Settings -> Pages)")
     if args.onnx or args.int8:
         ok = _export_onnx(args, loaded)
     return EXIT_OK if ok else EXIT_CHECK
@@ -186,7 +186,7 @@ def add_use_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", metavar="FILE", help="write the fp32 ONNX file, checked against onnxruntime")
     p.add_argument("--int8", metavar="FILE", nargs="?", const="model.int8.onnx",
                    help="write an int8 ONNX file (default model.int8.onnx) and FILE.json with its size and "
-                        "full-test-set accuracy against fp32 (docs/deploy.md)")
+                        "full-test-set accuracy against fp32")
     p.add_argument("--web", metavar="DIR", help="write the draw-a-digit page as a static folder that runs the model "
                                                 "in the browser (a new or empty folder)")
     add_trust_arg(p)
