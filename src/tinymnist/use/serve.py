@@ -254,7 +254,7 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
         pending += 1
         try:
             image = await image_bytes(request)
-            if image and await run_in_threadpool(image_pixels, image, "the uploaded image") <= SMALL_PIXELS:
+            if not image or await run_in_threadpool(image_pixels, image, "the uploaded image") <= SMALL_PIXELS:
                 return await run_in_threadpool(classify, image)
             try:
                 await asyncio.wait_for(decoders.acquire(), decode_wait)
