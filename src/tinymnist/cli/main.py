@@ -47,7 +47,7 @@ from tinymnist.reports.render import (
     seed_list,
     verdict_lines,
 )
-from tinymnist.reports.results_doc import headline_readme, results_markdown
+from tinymnist.reports.results_doc import headline_readme, results_markdown, table_rows
 from tinymnist.runs.records import RunRecord, run_dir
 from tinymnist.steps.builtin import DEFAULT_RECIPE, JOURNEYS, RECIPES
 from tinymnist.targets import LAST_K, TARGET, fresh_seeds
@@ -200,15 +200,18 @@ def cmd_results(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot rewrite {readme} ({e.strerror}).") from None
         say(f"wrote the headline table of {readme} from the run records under {args.runs}")
         return EXIT_OK
-    text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {args.out}")
-    out = Path(args.out)
+    out = Path(args.out or "docs/results.md")
+    if args.out is None and not out.parent.is_dir():  # not in a checkout: say what is needed, write nothing
+        raise UsageError("there is no docs/ folder here to hold docs/results.md: run `tinymnist results` in a "
+                         "checkout of tinymnist, or say where to write with --out FILE (and where the run records "
+                         "are with --runs DIR).")
+    text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {out}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     except OSError as e:
         raise UsageError(f"cannot write {out} ({e.strerror}).") from None
-    rows = sum(line.startswith("| ") and not line.startswith("| step") for line in text.splitlines())
-    say(f"wrote {out}: {rows} table rows from the run records under {args.runs}")
+    say(f"wrote {out}: {table_rows(text)} table rows from the run records under {args.runs}")
     return EXIT_OK
 
 
@@ -255,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="docs/results.md from run records")
     p.add_argument("--runs", default="evidence/runs", help="where the runs are (default: evidence/runs)")
-    p.add_argument("--out", default="docs/results.md", help="markdown file to write")
+    p.add_argument("--out", help="markdown file to write (default: docs/results.md, in a checkout)")
     p.add_argument("--readme", metavar="FILE", help="instead, regenerate the headline table of FILE (README.md)")
     p.set_defaults(func=cmd_results)
 

@@ -170,6 +170,14 @@ def results_markdown(root: Path, command: str) -> str:
     return results_document(rows, tuned_by_step, command, paired_rows(ordered))
 
 
+def table_rows(markdown: str) -> int:
+    """The body rows of every table in ``markdown``: a header (the line above a |---| line) is not a row."""
+    lines = markdown.splitlines()
+    separators = {i for i, line in enumerate(lines) if line.startswith("|---") or line.startswith("| ---")}
+    return sum(line.startswith("|") and i not in separators and i + 1 not in separators
+               for i, line in enumerate(lines))
+
+
 HOLDS_SEEDS, HOLDS_SHARE = 10, 0.9  # a recipe holds when at least 90% of at least 10 fresh seeds pass (9 of 10)
 HEADLINE_HEAD = (f"| Step / recipe | Params | Fresh seeds | Seeds holding {TARGET} in each of the last {LAST_K} "
                  f"epochs (95% interval) | Final test acc | Trained with |\n|---|---:|---|---|---|---|")
