@@ -290,3 +290,58 @@ def test_the_page_shows_probabilities_for_a_model_that_returns_logits(small_mnis
         assert abs(sum(answer["probabilities"]) - 1) < 1e-6 and abs(sum(answer["shown"]) - 100) <= 0.5
         assert np.abs(np.asarray(answer["probabilities"]) - probs).max() < 1e-4  # as `predict` says
         assert answer["shown"] == [round(100 * p, 1) for p in answer["probabilities"]]
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder no file can be written in: chmod 555, or for root (whom permissions do not stop) /sys, which the
+    kernel refuses new files in."""
+    import os
+
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize("flag", ["--onnx", "--int8", "--web"])
+def test_an_output_that_cannot_be_written_is_one_sentence(flag: str, compact_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    target = read_only_folder(tmp_path) / ("page" if flag == "--web" else "model.onnx")
+    assert main(["export", str(compact_run), flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert one_sentence(err) and flag in err and "cannot write" in err and not target.exists()
+
+
+def test_a_missing_folder_or_a_folder_for_a_file_is_one_sentence(compact_run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", str(compact_run), "--onnx", str(tmp_path / "no" / "such" / "m.onnx")]) == 2
+    assert one_sentence(err := capsys.readouterr().err) and "does not exist" in err
+    assert main(["export", str(compact_run), "--int8", str(tmp_path)]) == 2
+    assert one_sentence(err := capsys.readouterr().err) and "is a folder" in err
+
+
+@pytest.mark.integration
+def test_onnx_and_int8_are_written_beside_the_file_named_each_one_file(compact_run: Path, mnist_dir: Path,
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    from tinymnist.use.deploy import onnx_predictions
+
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(["export", str(compact_run), "--onnx", "../out/model.onnx", "--int8", "--data-dir",
+                 str(mnist_dir)]) == 0
+    capsys.readouterr()
+    assert list(Path().iterdir()) == []  # nothing in the current folder
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.int8.onnx", "model.int8.onnx.json",
+                                                                    "model.onnx"]
+    shared = tmp_path / "shared"  # each file alone, elsewhere, still runs: no FILE.data beside it
+    shared.mkdir()
+    x = np.zeros((2, 1, 28, 28), dtype=np.float32)
+    for name in ("model.onnx", "model.int8.onnx"):
+        (shared / name).write_bytes((tmp_path / "out" / name).read_bytes())
+        assert onnx_predictions(shared / name, x).shape == (2, 10)

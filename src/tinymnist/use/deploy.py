@@ -171,13 +171,17 @@ def export_web(loaded: LoadedModel, directory: Path, recorded_test_acc: float | 
     empty_folder(directory)
     model = {"name": loaded.name, "params": loaded.params, "mean": loaded.mean, "std": loaded.std,
              "recorded_test_acc": recorded_test_acc, "layers": layer_program(loaded.model, loaded.name)}
-    directory.mkdir(parents=True, exist_ok=True)
     package = files("tinymnist")
-    for name in WEB_FILES:
-        (directory / name).write_bytes((package / "web" / name).read_bytes())
-    (directory / "style.css").write_bytes((package / "static" / "style.css").read_bytes())  # the served page's
-    (directory / "model.js").write_text("// The trained model as a chain of layers (weights: base64 float32).\n"
-                                        f"var TINYMNIST_MODEL = {json.dumps(model, separators=(',', ':'))};\n")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in WEB_FILES:
+            (directory / name).write_bytes((package / "web" / name).read_bytes())
+        (directory / "style.css").write_bytes((package / "static" / "style.css").read_bytes())  # the served page's
+        (directory / "model.js").write_text("// The trained model as a chain of layers (weights: base64 float32).\n"
+                                            f"var TINYMNIST_MODEL = {json.dumps(model, separators=(',', ':'))};\n")
+    except OSError as e:
+        raise UsageError(f"cannot write the page into {directory} ({e.strerror}); give a folder you can "
+                         f"write.") from None
     return {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
 
 
