@@ -117,7 +117,7 @@ def _layer(node: object, modules: dict[str, nn.Module], name: str) -> dict | Non
             bias = m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
             return {"op": "linear", "cin": m.in_features, "cout": m.out_features, "_weight": m.weight.detach(),
                     "_bias": bias}
-        if isinstance(m, nn.Dropout | nn.Identity):
+        if isinstance(m, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d | nn.AlphaDropout | nn.Identity):
             return None
         if isinstance(m, nn.Flatten):
             return {"op": "flatten"}
