@@ -345,3 +345,21 @@ def test_onnx_and_int8_are_written_beside_the_file_named_each_one_file(compact_r
     for name in ("model.onnx", "model.int8.onnx"):
         (shared / name).write_bytes((tmp_path / "out" / name).read_bytes())
         assert onnx_predictions(shared / name, x).shape == (2, 10)
+
+
+def test_the_fp32_onnx_is_one_file(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    pytest.importorskip("onnxscript", reason="the [onnx] extra is not installed")
+    from tinymnist.use.deploy import onnx_predictions
+    from tinymnist.use.inference import export_onnx
+
+    torch.manual_seed(0)
+    model = with_statistics(create_model("compact_7k4"))
+    (tmp_path / "here").mkdir()
+    export_onnx(model, tmp_path / "here" / "m.onnx")
+    assert [p.name for p in (tmp_path / "here").iterdir()] == ["m.onnx"]  # no m.onnx.data to lose
+    (tmp_path / "here" / "m.onnx").rename(tmp_path / "m.onnx")  # shared alone, it still runs, and the same
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(onnx_predictions(tmp_path / "m.onnx", x.numpy()) - expected).max() < 1e-4

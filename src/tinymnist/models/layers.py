@@ -304,8 +304,8 @@ class _Tracer(TorchFunctionMode):
             return _combine(known, out)
         if name == "conv2d":
             return _conv(geo, args, kwargs, out)
-        if name in ("max_pool2d", "avg_pool2d", "lp_pool2d"):
-            return _pool(geo, args if name != "lp_pool2d" else args[1:], kwargs, out, name == "max_pool2d")
+        if name in ("max_pool2d", "avg_pool2d"):
+            return _pool(geo, args, kwargs, out, name == "max_pool2d")
         if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
             return _adaptive(geo, x, out)
         if name in ("linear", "matmul", "mm", "addmm", "__matmul__"):
