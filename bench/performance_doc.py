@@ -15,6 +15,7 @@ from bench_grad_error import render_grad_error
 from bench_matrix import render_matrix
 from bench_serve import render_serve
 from bench_stacked import render_stacked
+from bench_startup import render_startup
 from bench_train import render_parallel, render_profile, render_train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,10 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def render(results: list[dict]) -> str:
     """docs/performance.md from benchmark JSON files."""
     lines = (ROOT / "docs" / "templates" / "performance.md").read_text().split("\n")
-    order = {None: 0, "matrix": 1, "floor": 2, "grad_error": 3, "profile": 4, "parallel": 5, "stacked": 6, "serve": 7}
+    order = {None: 0, "matrix": 1, "floor": 2, "grad_error": 3, "profile": 4, "parallel": 5, "stacked": 6, "serve": 7,
+             "startup": 8}
     renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve,
                  "matrix": render_matrix, "floor": render_floor, "stacked": render_stacked,
-                 "grad_error": render_grad_error}
+                 "grad_error": render_grad_error, "startup": render_startup}
     for r in sorted(results, key=lambda r: (order[r.get("kind")], bool(r.get("overrides")),
                                             -r["threads"] if r.get("kind") == "matrix" else 0)):
         if r.get("kind") in renderers:

@@ -21,12 +21,12 @@ from tinymnist.cli.common import (
 )
 from tinymnist.errors import UsageError
 from tinymnist.runs.records import RunRecord, run_dir
-from tinymnist.runs.runner import confirmation_runs
 from tinymnist.steps.builtin import get_journey
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tinymnist.reports.report import write_report
+    from tinymnist.runs.runner import confirmation_runs
 
     steps = get_journey(args.journey)
     journey_file = Path(args.journey) if args.journey.endswith(".toml") else None
