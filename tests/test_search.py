@@ -303,6 +303,7 @@ def test_user_space_trials_confirm_and_reload_without_the_study(full_synthetic_d
     assert trial["model"].startswith("spaces.py:space:") and trial["recipe"]["lr"] == trial["params"]["lr"]
     (tmp_path / "u.db").unlink()  # the run records alone must rebuild the model
     confirm = tinymnist("search-confirm", str(tmp_path / "u.json"), "--trial", str(trial["number"]), "--seeds", "1",
+                        "--space", "spaces.py:space",
                         "--subset", "700", "--runs", "runs", "--data-dir", str(data_dir), cwd=tmp_path)
     assert confirm.returncode == 0, confirm.stderr
     run = tmp_path / "runs" / "search" / "u" / f"trial-{trial['number']}" / "seed-1001"
@@ -310,7 +311,8 @@ def test_user_space_trials_confirm_and_reload_without_the_study(full_synthetic_d
     evaluated = tinymnist("eval", str(run), "--data-dir", str(data_dir), cwd=tmp_path)
     assert evaluated.returncode == 0 and "matches the recorded" in evaluated.stdout, evaluated.stderr
     # a lever measured on the trial's exact recipe: the setting is applied and recorded as an override
-    lever = tinymnist("search-confirm", str(tmp_path / "u.json"), "--trial", str(trial["number"]), "--seed-list",
+    lever = tinymnist("search-confirm", str(tmp_path / "u.json"), "--trial", str(trial["number"]), "--space",
+                      "spaces.py:space", "--seed-list",
                       "1001", "--elastic", "8", "--subset", "700", "--runs", "levers", "--data-dir", str(data_dir),
                       cwd=tmp_path)
     assert lever.returncode == 0, lever.stderr
@@ -478,3 +480,73 @@ def test_the_prepared_gpu_study_runs_on_a_cpu_with_a_tiny_budget(mnist_dir: Path
     export = json.loads((tmp_path / "out" / "band-4k-6k-gpu.json").read_text())
     assert [t["state"] for t in export["trials"]] == ["complete"]
     assert 4000 < export["trials"][0]["n_params"] <= 6000 and (tmp_path / "out" / "band-4k-6k-gpu.db").is_file()
+
+
+# --- a study from elsewhere never chooses the code that runs ---------------------------------------------------
+
+PAYLOAD = '''
+from pathlib import Path
+
+Path("MARKER").write_text("the payload ran")
+
+
+def space(trial):
+    raise SystemExit("never reached")
+'''
+
+
+def payload_export(where: Path) -> Path:
+    """A downloaded study export whose trial's model is built by ``payload.py``, which writes MARKER on import."""
+    import dataclasses
+
+    from tinymnist.training.recipes import Recipe
+
+    (where / "payload.py").write_text(PAYLOAD)
+    recipe = dataclasses.asdict(Recipe(model="payload.py:space:width=4", epochs=1))
+    config = search_space.SearchConfig(max_params=1000, space="payload.py:space").to_attrs()
+    trial = {"number": 0, "state": "complete", "value": 99.0, "params": {"width": 4}, "model": recipe["model"],
+             "n_params": 100, "recipe": recipe, "val_acc": [99.0], "over_budget": False, "seed": 1}
+    path = where / "downloaded.json"
+    path.write_text(json.dumps({"study": "downloaded", "config": config, "trials": [trial]}))
+    return path
+
+
+def test_search_confirm_never_runs_a_space_file_the_export_names(tmp_path: Path) -> None:
+    export = payload_export(tmp_path)
+    result = tinymnist("search-confirm", str(export), "--trial", "0", "--seeds", "1", "--data-dir", str(tmp_path),
+                       cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--space payload.py:space" in lines[0] and "--trust-remote-code" in lines[0]
+    assert not (tmp_path / "MARKER").exists()
+    other = tinymnist("search-confirm", str(export), "--trial", "0", "--seeds", "1", "--space", "spaces.py:space",
+                      "--data-dir", str(tmp_path), cwd=tmp_path)  # naming another file is not consent to this one
+    assert other.returncode == 2 and not (tmp_path / "MARKER").exists()
+
+
+def test_search_rescore_never_runs_a_space_file_the_storage_names(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinymnist.errors import UsageError
+    from tinymnist.search.workers import rescore
+
+    payload_export(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'downloaded.db'}"
+    study = optuna.create_study(storage=search_study.open_storage(url), study_name="d", direction="maximize")
+    for key, value in search_space.SearchConfig(max_params=1000, space="payload.py:space").to_attrs().items():
+        study.set_user_attr(key, value)
+    with pytest.raises(UsageError, match="--space payload.py:space"):
+        rescore(url, "d", 1, [2], data_dir=str(tmp_path))
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_a_space_file_runs_when_the_user_names_it_or_trusts_it(tmp_path: Path) -> None:
+    from tinymnist.errors import UsageError
+
+    check = search_space.check_named
+    check("tiny:w=8.16", None, False, "s")  # a built-in model runs no file
+    check(f"{tmp_path}/payload.py:space:width=4", f"{tmp_path}/x/../payload.py:space", False, "s")  # the same file
+    check("payload.py:space:width=4", None, True, "s")
+    for named in (None, "payload.py:other", "elsewhere/payload.py:space"):
+        with pytest.raises(UsageError, match="code named by the study"):
+            check("payload.py:space:width=4", named, False, "s")

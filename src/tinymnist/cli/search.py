@@ -12,6 +12,7 @@ from tinymnist.cli.common import (
     EXIT_OK,
     add_run_args,
     add_seed_args,
+    add_trust_arg,
     count_int,
     load_data,
     parse_seeds,
@@ -28,6 +29,8 @@ from tinymnist.targets import LAST_K, fresh_seeds
 from tinymnist.training.recipes import RunSpec
 
 DEFAULT_STORAGE = "sqlite:///search.db"
+NAMED_SPACE = ("the study's own space file, when it has one: the study names it, but only a file you name here "
+               "(or --trust-remote-code) is run")
 
 
 def search_config(args: argparse.Namespace) -> object:
@@ -85,7 +88,8 @@ def cmd_search_rescore(args: argparse.Namespace) -> int:
         f"{', '.join(map(str, seeds))} (validation split; the test set is not read).")
     study, added, joined = rescore(args.storage, args.study, args.top, seeds, args.workers, args.heartbeat,
                                    args.data_dir, on_trial=lambda t: say(trial_line(t)),
-                                   on_note=lambda m: say(f"note: {m}"))
+                                   on_note=lambda m: say(f"note: {m}"), space=args.space,
+                                   trust=args.trust_remote_code)
     if not added:
         say("every one of those recipe and seed pairs was already in the study: nothing to add"
             + ("; the trials it had waiting were trained here, with its other workers." if joined else "."))
@@ -112,10 +116,12 @@ def cmd_search_export(args: argparse.Namespace) -> int:
 
 def cmd_search_confirm(args: argparse.Namespace) -> int:
     from tinymnist.search.analysis import read_exports
+    from tinymnist.search.space import check_named
     from tinymnist.search.study import trial_recipe
 
     exported = read_exports([Path(args.export)])[0]
     recipe = trial_recipe(exported, args.trial)
+    check_named(recipe.model, args.space, args.trust_remote_code, exported["study"])
     tuned = (exported["config"]["seed"],)  # every trial trained this seed: fresh seeds skip it
     seeds = parse_seeds(args, fresh_seeds(args.seeds, tuned))
     step = f"search/{exported['study']}/trial-{args.trial}"  # its runs' directory: RUNS/search/STUDY/trial-N
@@ -190,6 +196,8 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes here (default 1)")
     p.add_argument("--heartbeat", type=positive_int, default=10, help="seconds between a trial's heartbeats")
     p.add_argument("--data-dir", help="directory with the MNIST training files (the test files are not needed)")
+    p.add_argument("--space", metavar="FILE.py:NAME", help=NAMED_SPACE)
+    add_trust_arg(p)
     p.set_defaults(func=cmd_search_rescore)
 
     p = sub.add_parser("search-export", help="write a study as JSON (settings, every trial) for docs and audit")
@@ -204,6 +212,7 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trial", type=int, required=True, help="the trial's number")
     add_seed_args(p, 10, "fresh seeds: 1001 upwards, skipping the seed the trials trained (default 10)")
     p.add_argument("--jobs", type=positive_int, default=1, help="seeds trained at once, each in its own process")
+    p.add_argument("--space", metavar="FILE.py:NAME", help=NAMED_SPACE)
     add_run_args(p)
     p.set_defaults(func=cmd_search_confirm)
 

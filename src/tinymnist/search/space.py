@@ -17,6 +17,7 @@ from tinymnist.models import (
     count_params,
     create_model,
     format_args,
+    is_user_model,
     split_user_model,
     tiny_fits,
     tiny_params,
@@ -135,6 +136,21 @@ def builtin_space_2(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # an o
 
 
 BUILTIN = {"builtin-2": builtin_space_2, "builtin": builtin_space}
+
+
+def check_named(model: str, named: str | None, trust: bool, study: str) -> None:
+    """Refuse to import the space file a study names (in ``model``: a trial's model, or the study's space) unless
+    the user named the same file and function (``named``, their --space) or allowed it (--trust-remote-code):
+    a study export or storage from elsewhere never chooses the code that runs."""
+    if not is_user_model(model) or trust:
+        return
+    path, attr, _ = split_user_model(model)
+    if named and is_user_model(named):
+        mine, their = split_user_model(named)[:2], (path, attr)
+        if mine[1] == their[1] and mine[0].resolve() == their[0].resolve():
+            return
+    raise UsageError(f"study {study!r} builds its models with {path}:{attr}, code named by the study and not by "
+                     f"you: read that file, then give --space {path}:{attr} (or --trust-remote-code) to run it.")
 
 BASE_RECIPE = Recipe(model="tiny:w=8", optimizer="sgd", momentum=0.9, nesterov=True, schedule="onecycle",
                      warmup=0.2, final_lr=0.005)

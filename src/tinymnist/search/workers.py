@@ -26,7 +26,15 @@ from tinymnist.machine import cpu_cores
 from tinymnist.models import count_params
 from tinymnist.runs.supervise import Supervisor
 from tinymnist.search.analysis import rescore_plan
-from tinymnist.search.space import OVER_BUDGET, SearchConfig, initial_design, optuna_module, probe_space, sample
+from tinymnist.search.space import (
+    OVER_BUDGET,
+    SearchConfig,
+    check_named,
+    initial_design,
+    optuna_module,
+    probe_space,
+    sample,
+)
 from tinymnist.search.study import (
     HEARTBEAT,
     counts,
@@ -199,13 +207,16 @@ def _orphans(study, dead: set[str]) -> bool:
 
 def rescore(url: str, name: str, top: int, seeds: list[int], workers: int = 1, heartbeat: int = HEARTBEAT,
             data_dir: str | None = None, on_trial: Callable[[object], None] | None = None,
-            on_note: Callable[[str], None] | None = None) -> tuple[object, int, bool]:
+            on_note: Callable[[str], None] | None = None, space: str | None = None,
+            trust: bool = False) -> tuple[object, int, bool]:
     """Train the ``top`` best screened recipes of study ``name`` again on each of ``seeds`` (validation split,
     as every trial): the trials are enqueued in the study and trained by its workers (heartbeats and retries
     included), with any the study already has waiting (queued by another host, or left by one that stopped), so
     a second host running the same command shares the work. Returns the study, how many trials were added (0:
-    every pair was already there) and whether any were waiting beforehand (and so were joined)."""
+    every pair was already there) and whether any were waiting beforehand (and so were joined). A study whose
+    space is a file runs it only when ``space`` names the same file and function, or with ``trust``."""
     study = open_study(open_storage(url, heartbeat), name)
+    check_named(SearchConfig.from_attrs(study.user_attrs).space, space, trust, name)
     fail_stale(study)  # a host that stopped mid-trial: its trial failed, and queued again
     plan = rescore_plan(export(study), top, seeds)
     queued = waiting(study)
