@@ -46,14 +46,17 @@ def exported(storage: str, study: str, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def check_complete(data: dict, trained: int) -> None:
-    """Every trial number once, none left running or waiting, at least ``trained`` trained trials."""
+def check_complete(data: dict, trained: int, exactly: bool = False) -> None:
+    """Every trial number once, none left running or waiting, at least ``trained`` trained trials (``exactly``:
+    that many), and each point of the initial design enqueued once (a retry repeats its failed trial's)."""
     numbers = [t["number"] for t in data["trials"]]
     assert numbers == list(range(len(numbers)))
     states = [t["state"] for t in data["trials"]]
     assert "running" not in states and "waiting" not in states
     done = [t for t in data["trials"] if t["state"] in ("complete", "pruned") and not t["over_budget"]]
-    assert len(done) >= trained
+    assert len(done) == trained if exactly else len(done) >= trained
+    design = [json.dumps(t["params"], sort_keys=True) for t in data["trials"] if t["design"] and t["retry_of"] is None]
+    assert len(design) == len(set(design)), design
     for t in done:
         assert t["n_params"] <= data["config"]["max_params"]
         assert len(t["val_acc"]) >= 1 and t["model"].startswith("tiny:")
@@ -240,7 +243,7 @@ def test_two_workers_and_a_killed_one_leave_a_complete_study(storage: str, train
     assert proc.returncode == 0, err
     assert "stopped (exit code -9)" in out
     data = exported(storage, "killed", tmp_path)
-    check_complete(data, 6)
+    check_complete(data, 6, exactly=True)
     by_number = {t["number"]: t for t in data["trials"]}
     assert by_number[killed]["state"] == "fail"
     retries = [t for t in data["trials"] if t["retry_of"] == killed]
@@ -262,6 +265,100 @@ def test_search_reads_no_test_files_and_joins_an_existing_study(train_only: Path
     other = tinymnist("search", "--storage", storage, "--study", "s", "--trials", "5", *TINY[:-1], "2000",
                       data=train_only)
     assert other.returncode == 2 and "max_params = 3000" in other.stderr
+
+
+@pytest.mark.integration
+def test_a_search_killed_whole_is_finished_by_the_next_run_with_exactly_its_trials(storage: str, train_only: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The search and both its workers killed with SIGKILL mid-trial; the same command again fails the trials
+    they left running (their processes are gone), retries them, and ends with exactly --trials trained."""
+    args = ["search", "--storage", storage, "--study", "whole", "--workers", "2", "--trials", "4",
+            "--heartbeat", "1", *TINY, "--epochs", "3"]
+    env = {**os.environ, "TINYMNIST_DATA": str(train_only)}
+    proc = subprocess.Popen([sys.executable, "-m", "tinymnist", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    left = []
+    try:
+        deadline = time.monotonic() + 300
+        while not left and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                study = optuna.load_study(study_name="whole", storage=storage)
+            except KeyError:
+                continue
+            left = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                    if t.user_attrs.get("val_acc")]
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert left, "no trial was caught running"
+    again = tinymnist(*args, data=train_only)
+    assert again.returncode == 0, again.stderr
+    data = exported(storage, "whole", tmp_path)
+    check_complete(data, 4, exactly=True)
+    by_number = {t["number"]: t for t in data["trials"]}
+    for number in left:
+        assert by_number[number]["state"] == "fail"
+        assert [t["state"] for t in data["trials"] if t["retry_of"] == number] == ["complete"]
+
+
+@pytest.mark.integration
+def test_a_stale_trial_is_retried_by_the_next_run_even_when_the_count_is_met(train_only: Path,
+                                                                            tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'met.db'}"
+    first = tinymnist("search", "--storage", storage, "--study", "met", "--trials", "2", "--heartbeat", "1", *TINY,
+                      data=train_only)
+    assert first.returncode == 0, first.stderr
+    study = optuna.load_study(study_name="met", storage=search_study.open_storage(storage, heartbeat=1))
+    study.enqueue_trial(study.trials[0].params)
+    trial = study.ask()  # taken by a worker of another host that then stopped beating
+    trial.set_user_attr("worker", "elsewhere:1")
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(4)  # past the grace of 3 heartbeats (the database keeps whole seconds)
+    again = tinymnist("search", "--storage", storage, "--study", "met", "--trials", "2", "--heartbeat", "1", *TINY,
+                      data=train_only)
+    assert again.returncode == 0, again.stderr
+    data = exported(storage, "met", tmp_path)
+    check_complete(data, 3, exactly=True)  # the count was met: the retry is the only trial trained
+    assert data["trials"][trial.number]["state"] == "fail"
+    assert [t["state"] for t in data["trials"] if t["retry_of"] == trial.number] == ["complete"]
+
+
+CLAIM = """
+import sys
+from tinymnist.search.study import claim, open_storage
+storage = open_storage(sys.argv[1])
+print(" ".join(k for k in map(str, range(int(sys.argv[2]))) if claim(storage, "c", k)))
+"""
+
+
+def test_a_claim_is_granted_to_one_process_of_many(tmp_path: Path) -> None:
+    """Three processes claim the same 30 keys at once (as workers claim a design point or a start): each key is
+    granted once. A claim left by a process that never acted on it is taken over only once it is stale."""
+    url, keys = f"sqlite:///{tmp_path / 'c.db'}", 30
+    search_study.open_storage(url)
+    procs = [subprocess.Popen([sys.executable, "-W", "ignore", "-c", CLAIM, url, str(keys)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    granted = [int(k) for p in procs for k in p.communicate(timeout=300)[0].split()]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(granted) == list(range(keys))
+    storage = search_study.open_storage(url)
+    assert not search_study.claim(storage, "c", "0") and not search_study.claim(storage, "c", "0", stale_after=60)
+    assert search_study.claim(storage, "c", "0", stale_after=0)  # stale: taken over, once
+    assert search_study.claim(storage, "d", "0")  # another study's keys are its own
+
+
+def test_a_design_point_another_process_claimed_is_not_enqueued_again(tmp_path: Path) -> None:
+    """Two hosts that read the study before either enqueued: the second finds the first's claims."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    storage = search_study.open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="d", direction="maximize")
+    design = [{"x": 0}, {"x": 1}, {"x": 2}]
+    assert search_study.claim(storage, "d", "design:0")  # the other host's claim, its trial not yet enqueued
+    assert search_study.enqueue_design(study, storage, design, trials=2) == 2
+    assert search_study.enqueue_design(study, storage, design, trials=5) == 0  # each point once, whoever asks
+    assert [t.system_attrs["fixed_params"] for t in study.get_trials()] == [{"x": 1}, {"x": 2}]
 
 
 # --- a searched model loads without the study ------------------------------------------------------------------

@@ -13,6 +13,7 @@ Prints nothing: progress goes to a callback, errors are raised (UsageError, with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import socket
@@ -37,6 +38,7 @@ from tinymnist.search.space import (
 )
 from tinymnist.search.study import (
     HEARTBEAT,
+    claim_start,
     counts,
     enqueue_design,
     export,
@@ -48,6 +50,8 @@ from tinymnist.search.study import (
 from tinymnist.training.engine import Trainer
 from tinymnist.training.executor import Sink, execute
 from tinymnist.training.recipes import Options, RunSpec
+
+POLL = 1.0  # seconds between a waiting worker's looks at the study
 
 
 def worker_id() -> str:
@@ -96,9 +100,10 @@ class TrialSink(Sink):
         return self.config.value(self.accs)
 
 
-def objective(config: SearchConfig, data, options: Options) -> Callable:  # MNIST's validation split
-    """The function a worker's study optimizes: train the sampled recipe on the validation split's training
-    part, report each epoch's validation accuracy, and return the worst of the last ``last_k``."""
+def objective(config: SearchConfig, data: Callable[[int], object], options: Options) -> Callable:
+    """The function a worker's study optimizes: train the sampled recipe on the training part of its fold's
+    validation split (``data(fold)``: fold 0 unless the trial names another), report each epoch's validation
+    accuracy, and return the trial's score (config.value)."""
     optuna = optuna_module()
 
     def run(trial) -> float:
@@ -108,7 +113,7 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # MNIS
         spec = RunSpec(recipe, options, held_out="validation", tuned_seeds=(seed,))
         sink = TrialSink(trial, config)
         try:
-            execute(spec, data, [sink])
+            execute(spec, data(trial.user_attrs.get("fold", 0)), [sink])
         except TrainingError as e:  # the loss diverged: a bad trial, not a broken search
             trial.set_user_attr("diverged", str(e))
             raise optuna.TrialPruned(str(e)) from None
@@ -127,18 +132,24 @@ def work_left(study, trials: int) -> bool:
 
 
 def worker_loop(url: str, name: str, trials: int, threads: int, heartbeat: int, data_dir: str | None) -> None:
-    """One worker: trial after trial until the study has ``trials`` trained trials and none waiting (a retry)."""
+    """One worker: a trial each time it may start one (claim_start), until the study has ``trials`` trained
+    trials and none waiting; while others' last trials run, it waits and fails those whose worker stopped."""
     storage = open_storage(url, heartbeat)
     study = open_study(storage, name)
     config = SearchConfig.from_attrs(study.user_attrs)
-    data = load_validation_split(data_dir, config.validation, config.train_size)
-    options = Options(precision=config.precision, threads=threads)
-    run = objective(config, data, options)
-    design = initial_design(config)
-    while work_left(study, trials):
-        if design and counts(study)["trained"] < trials and not waiting(study):
-            enqueue_design(study, design)
-        study.optimize(run, n_trials=1, catch=(), gc_after_trial=False)
+
+    @functools.cache
+    def data(fold: int) -> object:  # MNIST's validation split of that fold
+        return load_validation_split(data_dir, config.validation, config.train_size, fold=fold)
+
+    data(0)
+    run = objective(config, data, Options(precision=config.precision, threads=threads))
+    while (turn := claim_start(study, storage, trials, 3 * heartbeat)) is not None:
+        if turn:
+            study.optimize(run, n_trials=1, catch=(), gc_after_trial=False)
+        else:
+            time.sleep(POLL)
+            fail_stale(study)
 
 
 def _worker(send: Callable, url: str, name: str, trials: int, threads: int, heartbeat: int,
@@ -155,6 +166,8 @@ def search(url: str, name: str, config: SearchConfig, trials: int, workers: int 
     load_validation_split(data_dir, config.validation, config.train_size)  # missing files fail here, once
     storage = open_storage(url, heartbeat)
     study = open_study(storage, name, config)
+    fail_stale(study)  # trials of workers that stopped before this run, even when the count is met: retried
+    enqueue_design(study, storage, initial_design(config), trials)  # before any worker: each point once
     threads = max(1, cpu_cores() // workers)
     shown = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     dead: set[str] = set()
@@ -199,10 +212,25 @@ def search(url: str, name: str, config: SearchConfig, trials: int, workers: int 
 
 
 def _orphans(study, dead: set[str]) -> bool:
-    """Whether a trial of a worker of ours that died is still marked running."""
+    """Whether a trial is still marked running whose worker died: one of ours, or any process of this host that
+    is gone (a search killed before this one)."""
     optuna = optuna_module()
-    return any(t.user_attrs.get("worker") in dead
+    return any(t.user_attrs.get("worker") in dead or _gone(t.user_attrs.get("worker"))
                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def _gone(worker: str | None) -> bool:
+    """Whether ``worker`` (HOST:PID) is a process of this host that no longer runs."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process
+        return False
+    return False
 
 
 def rescore(url: str, name: str, top: int, seeds: list[int], workers: int = 1, heartbeat: int = HEARTBEAT,
