@@ -494,6 +494,84 @@ def test_a_new_study_starts_with_its_design_and_rescoring_trains_the_best_recipe
 
 
 @pytest.mark.integration
+def test_rescoring_on_folds_trains_the_best_recipe_on_other_held_out_images(train_only: Path,
+                                                                           existing: tuple[str, Path]) -> None:
+    storage, where = existing
+    before = exported(storage, "e", where)
+    best = max((t for t in before["trials"] if t["state"] == "complete" and t["rescore_of"] is None),
+               key=lambda t: t["value"])
+    result = tinymnist("search-rescore", "--storage", storage, "--study", "e", "--top", "1", "--folds", "3",
+                       data=train_only)
+    assert result.returncode == 0, result.stderr
+    after = exported(storage, "e", where)
+    folds = [t for t in after["trials"] if t["fold"]]
+    assert sorted((t["rescore_of"], t["seed"], t["fold"], t["state"]) for t in folds) == [
+        (best["number"], 1, 1, "complete"), (best["number"], 1, 2, "complete")]  # at the study's seed
+    assert all(t["recipe"] == best["recipe"] for t in folds)
+    assert "3 folds" in result.stdout and f"trial {best['number']}" in result.stdout
+    from tinymnist.search.analysis import by_recipe
+
+    group = next(g for g in by_recipe(after) if g["screen"] == best["number"])
+    assert sorted(group["folds"]) == [0, 1, 2] and group["folds"][0] == group["levels"][1]
+    assert set(group["fold_trials"]) == {t["number"] for t in folds} and not set(group["trials"]) & {
+        t["number"] for t in folds}  # the levels over seeds hold no fold
+    too_many = tinymnist("search-rescore", "--storage", storage, "--study", "e", "--top", "1", "--folds", "9",
+                         data=train_only)
+    assert too_many.returncode == 2 and "fold 8" in too_many.stderr and "Traceback" not in too_many.stderr
+
+
+def test_a_trial_of_a_fold_trains_on_that_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinymnist.search import workers
+    from tinymnist.training.recipes import Options
+
+    seen = []
+    monkeypatch.setattr(workers, "execute", lambda spec, data, sinks: seen.append(data))
+    monkeypatch.setattr(workers.TrialSink, "score", lambda self: 0.0)
+    run = workers.objective(search_space.SearchConfig(max_params=8000), lambda fold: f"fold {fold}", Options())
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({}, user_attrs={"fold": 2, "seed": 1, "rescore_of": 0})
+    study.optimize(run, n_trials=2)
+    assert seen == ["fold 2", "fold 0"]
+
+
+def test_levels_over_folds_are_kept_apart_from_levels_over_seeds() -> None:
+    """A recipe's levels over seeds (fold 0) and over folds (the study's seed) from a fake objective: neither
+    mixes in the other, and the fold plan skips what is trained."""
+    from tinymnist.search.analysis import by_recipe, rescore_plan
+
+    level = {(0, 1, 0): 99.6, (0, 2, 0): 99.2, (0, 1, 1): 99.0, (0, 1, 2): 99.1,
+             (1, 1, 0): 99.5, (1, 2, 0): 99.4, (1, 1, 1): 99.45, (1, 1, 2): 99.5}
+    config = search_space.SearchConfig(max_params=8000)
+
+    def fake(trial) -> float:
+        x, seed, fold = trial.suggest_int("x", 0, 1), trial.user_attrs.get("seed", 1), trial.user_attrs.get("fold")
+        accs = [level[x, seed, fold or 0]] * 5
+        for key, value in (("model", f"m{x}"), ("params", 1000 + x), ("seed", seed), ("val_acc", accs),
+                           ("recipe", {"model": f"m{x}", "lr": 0.1 * x, "seed": seed})):
+            trial.set_user_attr(key, value)
+        return config.value(accs)
+
+    study = optuna.create_study(direction="maximize")
+    for key, value in config.to_attrs().items():
+        study.set_user_attr(key, value)
+    for x in range(2):
+        study.enqueue_trial({"x": x})
+    study.optimize(fake, n_trials=2)
+    plan = rescore_plan(search_study.export(study), top=2, seeds=[2], folds=3)
+    assert sorted((p["x"], a["seed"], a.get("fold")) for p, a in plan) == [
+        (0, 1, 1), (0, 1, 2), (0, 2, None), (1, 1, 1), (1, 1, 2), (1, 2, None)]
+    for params, attrs in plan:
+        study.enqueue_trial(params, user_attrs=attrs)
+    study.optimize(fake, n_trials=len(plan))
+    assert rescore_plan(search_study.export(study), top=2, seeds=[2], folds=3) == []
+    m0, m1 = sorted(by_recipe(search_study.export(study)), key=lambda g: g["model"])
+    assert m0["levels"] == {1: 99.6, 2: 99.2} and m0["folds"] == {0: 99.6, 1: 99.0, 2: 99.1}
+    assert m0["mean"] == pytest.approx(99.4) and m0["fold_mean"] == pytest.approx((99.6 + 99.0 + 99.1) / 3)
+    assert m1["fold_mean"] == pytest.approx((99.5 + 99.45 + 99.5) / 3) and m1["fold_sd"] > 0
+    assert len(m0["trials"]) == 2 and len(m0["fold_trials"]) == 2
+
+
+@pytest.mark.integration
 def test_a_missing_optuna_is_one_sentence(train_only: Path, tmp_path: Path) -> None:
     (tmp_path / "optuna.py").write_text("raise ImportError('not installed')\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "TINYMNIST_DATA": str(train_only)}

@@ -23,7 +23,8 @@ from tinymnist.models import (
     tiny_params,
     user_space,
 )
-from tinymnist.steps.builtin import get_step
+from tinymnist.search.analysis import upgrade_config
+from tinymnist.steps.builtin import DEFAULT_RECIPE, get_step
 from tinymnist.targets import LAST_K
 from tinymnist.training.recipes import Recipe
 
@@ -77,7 +78,7 @@ class SearchConfig:
     def from_attrs(cls, attrs: dict) -> SearchConfig:
         """The config a study recorded; a setting it lacks is what studies did before the setting existed."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in {**EARLIER, **attrs}.items() if k in fields}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in upgrade_config(attrs).items() if k in fields}
         return cls(**values)
 
     def value(self, accs: list[float]) -> float:
@@ -85,8 +86,6 @@ class SearchConfig:
         last = accs[-min(self.last_k, len(accs)):]
         return statistics.fmean(last) if self.score == "level" else min(last)
 
-
-EARLIER = {"score": "worst", "design": 0}  # what a study created by tinymnist 0.3.0 or earlier did
 
 
 # --- spaces ---------------------------------------------------------------------------------------------------
@@ -181,7 +180,7 @@ def sample(trial, config: SearchConfig) -> Recipe:
 
 # The initial design: the architecture axes crossed, each at its widest widths in budget, with the compact
 # journey's recipe (batch 64, peak LR 0.2, augmentation strength 1, the cycle ending 4 epochs before the end).
-_COMPACT = get_step("compact_step4").recipe
+_COMPACT = get_step(DEFAULT_RECIPE).recipe
 DESIGN_RECIPE = {"batch_size": _COMPACT.batch_size, "lr": _COMPACT.lr, "augment": 1.0}  # strength 1: ROTATE, ...
 DESIGN_HOLD = _COMPACT.epochs - _COMPACT.cycle_epochs
 DESIGN_RECIPE_2 = {k: getattr(_COMPACT, k) for k in ("batch_size", "lr", "final_lr", "warmup", "rotate", "shift",

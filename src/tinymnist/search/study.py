@@ -11,6 +11,7 @@ import warnings
 
 from tinymnist.errors import UsageError
 from tinymnist.runs.records import recipe_from_dict
+from tinymnist.search.analysis import FORMAT, upgrade_trial_attrs
 from tinymnist.search.space import OVER_BUDGET, SearchConfig, optuna_module
 from tinymnist.training.recipes import Recipe
 from tinymnist.training.schedule import lr_at
@@ -20,7 +21,6 @@ MAX_RETRY = 2  # a failed trial is tried again this many times, each as a new tr
 DECAYED = 0.25  # a trial may be cut once its LR has fallen to this share of its peak, not before
 PRUNE_PEERS = 4  # finished trials of the same length needed before one is pruned
 CLAIMS = "tinymnist_claims"  # the storage's table of claims: what only one process may do
-EARLIER_PRUNE_FROM = 3  # the first epoch a trial could be cut at up to 0.3.0 (its trials carry no window)
 
 
 def shown_url(url: str) -> str:
@@ -149,8 +149,8 @@ def pruner():
 
     class LateMedianPruner(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:
-            step, attrs = trial.last_step, trial.user_attrs
-            if step is None or "rescore_of" in attrs or not attrs.get("prune_from", EARLIER_PRUNE_FROM) <= step \
+            step, attrs = trial.last_step, upgrade_trial_attrs(trial.user_attrs)
+            if step is None or "rescore_of" in attrs or not attrs["prune_from"] <= step \
                     <= attrs.get("prune_until", step):
                 return False  # a re-scoring trial measures a seed of a chosen recipe: cut, it would bias the mean
             epochs = attrs.get("epochs")
@@ -259,7 +259,7 @@ def export(study) -> dict:
             return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
     return {
-        "study": study.study_name, "direction": study.direction.name.lower(),
+        "format": FORMAT, "study": study.study_name, "direction": study.direction.name.lower(),
         "config": {k: v for k, v in study.user_attrs.items() if k != "pruner"},
         "pruner": study.user_attrs.get("pruner"),
         "optuna": optuna.__version__,
@@ -273,6 +273,7 @@ def export(study) -> dict:
             "seed": t.user_attrs.get("seed"),
             "level": t.user_attrs.get("level"), "worst": t.user_attrs.get("worst"),
             "rescore_of": t.user_attrs.get("rescore_of"), "design": bool(t.user_attrs.get("design")),
+            "fold": t.user_attrs.get("fold"),
             # set by hand with study.enqueue_trial (a retry has fixed parameters too, and says so above)
             "enqueued": "fixed_params" in t.system_attrs and "failed_trial" not in t.system_attrs,
             "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,

@@ -1,11 +1,11 @@
 """The search: an Optuna study over models and recipes, each trial trained on the training images minus a fixed
 validation split and scored on that split. The test files are never opened here.
 
-One study is one question: the best worst-of-last-K validation accuracy of a model of at most ``max_params``
-parameters, each trial pruned per epoch against the trials of the same length. Studies live in any storage
-SQLAlchemy opens (an SQLite file by default; PostgreSQL to share one across hosts); each trial keeps the
-heartbeat Optuna checks, so a trial whose worker died is marked failed and tried again as a new trial. A trial
-is trained by executor.execute, with the trial as its sink; workers are children of supervise.Supervisor.
+One study is one question: the best validation score (SearchConfig.value) of a model of at
+most ``max_params`` parameters, each trial pruned per epoch against the trials of the same length. Studies live
+in any storage SQLAlchemy opens (an SQLite file by default; PostgreSQL to share one across hosts); each trial
+keeps the heartbeat Optuna checks, so a trial whose worker died is marked failed and tried again as a new trial.
+A trial is trained by executor.execute, with the trial as its sink; workers are children of supervise.Supervisor.
 
 Prints nothing: progress goes to a callback, errors are raised (UsageError, with one sentence).
 """
@@ -236,22 +236,25 @@ def _gone(worker: str | None) -> bool:
 def rescore(url: str, name: str, top: int, seeds: list[int], workers: int = 1, heartbeat: int = HEARTBEAT,
             data_dir: str | None = None, on_trial: Callable[[object], None] | None = None,
             on_note: Callable[[str], None] | None = None, space: str | None = None,
-            trust: bool = False) -> tuple[object, int, bool]:
+            trust: bool = False, folds: int = 1) -> tuple[object, int, bool]:
     """Train the ``top`` best screened recipes of study ``name`` again on each of ``seeds`` (validation split,
-    as every trial): the trials are enqueued in the study and trained by its workers (heartbeats and retries
+    as every trial) and on folds 1 to ``folds`` - 1 of the training files (each holds out its own images): the
+    trials are enqueued in the study and trained by its workers (heartbeats and retries
     included), with any the study already has waiting (queued by another host, or left by one that stopped), so
     a second host running the same command shares the work. Returns the study, how many trials were added (0:
     every pair was already there) and whether any were waiting beforehand (and so were joined). A study whose
     space is a file runs it only when ``space`` names the same file and function, or with ``trust``."""
     study = open_study(open_storage(url, heartbeat), name)
-    check_named(SearchConfig.from_attrs(study.user_attrs).space, space, trust, name)
+    config = SearchConfig.from_attrs(study.user_attrs)
+    check_named(config.space, space, trust, name)
     fail_stale(study)  # a host that stopped mid-trial: its trial failed, and queued again
-    plan = rescore_plan(export(study), top, seeds)
+    if folds > 1:  # every fold must fit before any trial is queued
+        load_validation_split(data_dir, config.validation, config.train_size, fold=folds - 1)
+    plan = rescore_plan(export(study), top, seeds, folds)
     queued = waiting(study)
     for params, attrs in plan:
         study.enqueue_trial(params, user_attrs=attrs)
     if plan or queued:
-        search(url, name, SearchConfig.from_attrs(study.user_attrs), 0, workers, heartbeat, data_dir, on_trial,
-               on_note)
+        search(url, name, config, 0, workers, heartbeat, data_dir, on_trial, on_note)
     return study, len(plan), queued
 
