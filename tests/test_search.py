@@ -725,3 +725,11 @@ def test_a_space_file_runs_when_the_user_names_it_or_trusts_it(tmp_path: Path) -
     for named in (None, "payload.py:other", "elsewhere/payload.py:space"):
         with pytest.raises(UsageError, match="code named by the study"):
             check("payload.py:space:width=4", named, False, "s")
+
+
+def test_a_confirmation_command_names_the_space_file_it_needs() -> None:
+    from tinymnist.search.analysis import space_flag
+
+    assert space_flag("examples/spaces.py:band_4k_6k:w1=8,lr=0.2") == " --space examples/spaces.py:band_4k_6k"
+    assert space_flag("examples/spaces.py:compact_step4:") == " --space examples/spaces.py:compact_step4"
+    assert space_flag("tiny:w=8.16,pool=2") == "" and space_flag(None) == ""

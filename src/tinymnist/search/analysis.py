@@ -64,6 +64,15 @@ def read_exports(paths: list[Path]) -> list[dict]:
     return exports
 
 
+def space_flag(model: str | None) -> str:
+    """`` --space FILE.py:NAME`` when ``model`` is built by a space file (search-confirm runs one only when it is
+    named), else nothing: what a search-confirm command shown in the docs needs to run."""
+    if not model or ".py:" not in model:
+        return ""
+    path, _, rest = model.rpartition(".py:")
+    return f" --space {path}.py:{rest.partition(':')[0]}"
+
+
 def trained(export: dict) -> list[dict]:
     """The trials that trained (complete or pruned; not the samples over the parameter budget)."""
     return [t for t in export["trials"] if t["state"] in FINISHED and not t["over_budget"] and t["val_acc"]]
