@@ -37,7 +37,8 @@ def upgrade_export(data: dict) -> dict:
     """A study export of any format in the current one, every compatibility branch here. Format 1 to 2: the
     config gains what its study did before a setting existed (EARLIER_CONFIG); each trial its seed (before 0.4.0
     a trial recorded none: its recipe's, else the study's) and its fold (none before folds: 0, the search's
-    split). An export in the current format is returned as it is."""
+    split). An export in the current format is returned as it is; search-export writes its study through this
+    too, so a study made by an earlier version is exported in the current format."""
     if data.get("format", 1) >= FORMAT:
         return data
     config = upgrade_config(data["config"])

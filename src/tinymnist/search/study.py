@@ -11,7 +11,7 @@ import warnings
 
 from tinymnist.errors import UsageError
 from tinymnist.runs.records import recipe_from_dict
-from tinymnist.search.analysis import FORMAT, upgrade_trial_attrs
+from tinymnist.search.analysis import upgrade_export, upgrade_trial_attrs
 from tinymnist.search.space import OVER_BUDGET, SearchConfig, optuna_module
 from tinymnist.training.recipes import Recipe
 from tinymnist.training.schedule import lr_at
@@ -258,8 +258,8 @@ def export(study) -> dict:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
-    return {
-        "format": FORMAT, "study": study.study_name, "direction": study.direction.name.lower(),
+    return upgrade_export({  # a study made by an earlier version records what its export format 1 did
+        "study": study.study_name, "direction": study.direction.name.lower(),
         "config": {k: v for k, v in study.user_attrs.items() if k != "pruner"},
         "pruner": study.user_attrs.get("pruner"),
         "optuna": optuna.__version__,
@@ -279,7 +279,7 @@ def export(study) -> dict:
             "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             "end": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None,
         } for t in study.get_trials(deepcopy=False)],
-    }
+    })
 
 
 def trial_recipe(exported: dict, number: int) -> Recipe:
