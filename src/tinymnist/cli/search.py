@@ -158,9 +158,10 @@ def cmd_search_doc(args: argparse.Namespace) -> int:
 
     out, figure = Path(args.out), Path(args.figure)
     command = (f"tinymnist search-doc {' '.join(args.exports)} --runs {args.runs} --out {args.out} "
-               f"--figure {args.figure}" + (f" --bar {args.bar}" if args.bar else ""))
+               f"--figure {args.figure}" + (f" --bar {args.bar}" if args.bar else "")
+               + (f" --folds {args.folds} --baseline {args.baseline}" if args.folds else ""))
     text = search_markdown(read_exports([Path(p) for p in args.exports]), Path(args.runs), figure, out, command,
-                           args.bar)
+                           args.bar, Path(args.folds) if args.folds else None, args.baseline)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     say(f"wrote {out} and {figure}")
@@ -239,4 +240,8 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--figure", default="docs/images/search-frontier.png", help="the frontier figure (PNG)")
     p.add_argument("--bar", metavar="STUDY", help="list each other study's trials that reach this study's best "
                                                   "validation score, fastest first")
+    p.add_argument("--folds", metavar="FILE", help="a fold study's JSON lines (bench/front_study.py): the "
+                                                   "cross-validated levels and their calibration")
+    p.add_argument("--baseline", default="band-4k-6k:10", metavar="STUDY:TRIAL",
+                   help="the calibrated recipe the fold study's candidates are paired with (default band-4k-6k:10)")
     p.set_defaults(func=cmd_search_doc)
