@@ -133,12 +133,13 @@ def test_a_new_run_records_the_precision_it_resolved_and_an_earlier_auto_keeps_i
     assert header["options"]["precision"] == "fp32"
     assert run.options().precision == "fp32"
 
-    header["options"]["precision"] = "auto"  # as 0.3.0 wrote it
+    header["options"]["precision"], header["schema"] = "auto", 3  # as 0.3.0 wrote it
     (run.path / "recipe.json").write_text(json.dumps(header))
     monkeypatch.setattr(machine, "native_bf16", lambda device: True)
+    run = RunRecord(run.path)  # a record is read once
     assert run.options().precision == "bf16"
     monkeypatch.setattr(machine, "native_bf16", lambda device: False)
-    assert run.options().precision == "fp32"
+    assert RunRecord(run.path).options().precision == "fp32"
 
 
 def test_a_new_run_records_the_compile_setting_it_resolved_and_an_earlier_run_resumes_uncompiled(
@@ -154,7 +155,8 @@ def test_a_new_run_records_the_compile_setting_it_resolved_and_an_earlier_run_re
     assert header["options"]["compile"] == "off" and run.options().compile == "off"
     header["options"]["compile"] = "on"
     (run.path / "recipe.json").write_text(json.dumps(header))
-    assert run.options().compile == "on"
+    assert RunRecord(run.path).options().compile == "on"
     del header["options"]["compile"]  # as 0.4.0 wrote it
+    header["schema"] = 3
     (run.path / "recipe.json").write_text(json.dumps(header))
     assert run.options().compile == "off"

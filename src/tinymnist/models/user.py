@@ -84,6 +84,9 @@ def _check_self_contained(path: Path, tree: ast.Module) -> None:
                                  f"in one file (that file is what a run keeps).")
 
 
+USER_MODULE = "tinymnist_user_"  # the prefix of the module name a user's model file is imported under
+
+
 def _load_module(path: Path) -> object:
     try:
         text = path.read_text()
@@ -96,7 +99,7 @@ def _load_module(path: Path) -> object:
     except SyntaxError as e:
         raise UsageError(f"{path} line {e.lineno}: syntax error ({e.msg}); fix the file.") from None
     _check_self_contained(path, tree)
-    module_name = f"tinymnist_user_{file_sha256(path)[:16]}"
+    module_name = f"{USER_MODULE}{file_sha256(path)[:16]}"
     if module_name in sys.modules:  # the same bytes were loaded already
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)

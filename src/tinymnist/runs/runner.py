@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from tinymnist.data import MNIST, load_mnist
-from tinymnist.errors import CheckpointError, TrainingError, UsageError
+from tinymnist.errors import CheckpointError, TinyMnistError, TrainingError, UsageError
 from tinymnist.machine import cpu_cores
 from tinymnist.models import count_params, create_model
-from tinymnist.runs.records import RunRecord, run_dir
+from tinymnist.models.user import USER_MODULE
+from tinymnist.runs.records import RunRecord, identity, run_dir
 from tinymnist.runs.supervise import Supervisor
 from tinymnist.targets import LAST_K, first_epoch_holding, judge, over_seeds
 from tinymnist.training.engine import Teacher, Trainer
@@ -80,7 +82,9 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
               sinks: tuple[Sink, ...] = ()) -> dict:
     """Train the run recorded in ``run`` to its end, continuing from its checkpoint when it has one, with the
     spec it records (``data`` is cut to its images); return its summary. A finished run is returned as it is.
-    All of it happens under the run's lock: no second process writes the same run."""
+    All of it happens under the run's lock: no second process writes the same run. A training that fails
+    before its first epoch is checkpointed leaves no directory behind (Ctrl-C aside: it keeps the run to resume);
+    an exception raised in a user's model file is one sentence naming its file and line."""
     if run.finished():
         return run.summary()
     if not run.exists():
@@ -92,24 +96,46 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
         record = RecordSink(run, last_k)
         checkpoint, source = run.load_checkpoint(run.recipe().model), run.model_source(trust)
         teacher = load_teacher(run.recipe().teacher, trust)
+        spec = dataclasses.replace(run.spec(), normalization=run.normalization(), model_source=source)
         try:
-            spec = dataclasses.replace(run.spec(), normalization=run.normalization(), model_source=source)
             execute(spec, data, [record, Callbacks(on_epoch, on_batch), *sinks], resume=checkpoint, teacher=teacher)
         except CheckpointError as e:  # the checkpoint does not fit the model: say which run
+            run.discard()
             raise CheckpointError(f"{run.path}: {e}") from None
+        except TinyMnistError:
+            run.discard()
+            raise
+        except Exception as e:
+            run.discard()
+            where = user_frame(e)
+            if where is None:
+                raise
+            raise UsageError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'} "
+                             f"(raised by your model during training); fix the model file.") from None
         return record.summary
+
+
+def user_frame(error: BaseException) -> str | None:
+    """'FILE line N' of the innermost frame of ``error``'s traceback that runs a user's model file, or None."""
+    found = None
+    for frame, line in traceback.walk_tb(error.__traceback__):
+        if str(frame.f_globals.get("__name__", "")).startswith(USER_MODULE):
+            found = f"{frame.f_code.co_filename} line {line}"
+    return found
 
 
 # --- many seeds ------------------------------------------------------------------------------------------
 
-def seed_runs(root: Path, spec: RunSpec, seeds: list[int]) -> dict[int, RunRecord]:
-    """The run of each seed under ``root``; a directory holding another recipe of the step is refused before
-    anything trains (a finished one is reused, an unfinished one resumed)."""
+def seed_runs(root: Path, spec: RunSpec, seeds: list[int], data: MNIST) -> dict[int, RunRecord]:
+    """The run of each seed under ``root``; a directory holding a run of another identity (model file, recipe,
+    data, options) is refused before anything trains, naming what differs (one of the same identity is reused
+    when finished, resumed when not)."""
     runs = {}
     for seed in seeds:
         run = RunRecord(run_dir(root, spec.step, seed))
-        if run.exists() and run.recipe() != spec.with_seed(seed).recipe:
-            raise UsageError(f"{run.path} holds a different recipe of {spec.step}; choose another --out.")
+        if run.exists() and (differs := run.differs_from(identity(spec.with_seed(seed), data))):
+            raise UsageError(f"{run.path} holds a run of another {' and another '.join(differs)}; train into a new "
+                             f"--runs folder, or delete {run.path} to replace it.")
         runs[seed] = run
     return runs
 
@@ -125,9 +151,9 @@ def run_seeds(spec: RunSpec, seeds: list[int], root: Path, data: MNIST,
     if jobs > 1:
         threads = spec.options.threads or max(1, cpu_cores() // jobs)
         spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, threads=threads))
-    runs = seed_runs(root, spec, seeds)
+    runs = seed_runs(root, spec, seeds, data)
     for seed, run in runs.items():
-        if not run.exists():
+        if not run.started():
             create_run(run, spec.with_seed(seed), data)
     if jobs > 1:
         train_parallel(runs, data, jobs, on_epoch, last_k, trust)
