@@ -337,7 +337,9 @@ class RunRecord:
         journey_file = Path(spec.journey_file) if spec.journey_file else None
         source, journey = self._keep_copy(model_file, MODEL_FILE), self._keep_copy(journey_file, JOURNEY_FILE)
         header = {
-            "schema": SCHEMA, "step": spec.step, "recipe": asdict(spec.recipe), "overrides": spec.overrides or {},
+            "schema": SCHEMA, "step": spec.step, "recipe": {**asdict(spec.recipe), "model": self._relative(model_file,
+                                                                                                   spec.recipe.model)},
+            "overrides": spec.overrides or {},
             "options": asdict(spec.options), "held_out": spec.held_out,
             "data": {"train_images": train if train != full_sizes[0] else None,
                      "test_images": test if test != full_sizes[1] else None,
@@ -348,6 +350,12 @@ class RunRecord:
         write_json(self / HEADER, header)
         write_atomic(self / METRICS, b"")
         self._header, self._summary = _checked(header, self / HEADER, _HEADER_FIELDS), None
+
+    def _relative(self, model_file: Path | None, model: str) -> str:
+        """A user's FILE.py:NAME with FILE relative to the run directory (``recipe`` reads it back)."""
+        if model_file is None:
+            return model
+        return f"{os.path.relpath(model_file.resolve(), self.path.resolve())}:{model.rpartition('.py:')[2]}"
 
     def _keep_copy(self, origin: Path | None, name: str) -> dict | None:
         """Copy a user's file into the run as ``name``; its record: its SHA-256 and where it came from, relative
@@ -384,7 +392,13 @@ class RunRecord:
                        str(self.path / journey["origin"]) if journey else None)
 
     def recipe(self) -> Recipe:
-        return recipe_from_dict(self.header()["recipe"])
+        """The recipe; a user's model file by its absolute path (recorded relative to the run directory)."""
+        recipe = recipe_from_dict(self.header()["recipe"])
+        if is_user_model(recipe.model) and self.header().get("upgraded_from", SCHEMA) >= SCHEMA:
+            file, _, name = recipe.model.rpartition(".py:")
+            where = os.path.normpath(self.path.resolve() / f"{file}.py")  # an absolute FILE stays itself
+            recipe = dataclasses.replace(recipe, model=f"{where}:{name}")
+        return recipe
 
     def options(self) -> Options:
         """The options the run trains with, as it resolved them (``upgrade`` says what older records meant)."""
@@ -423,11 +437,11 @@ class RunRecord:
 
     def model_source(self, trust: bool = False) -> Path | None:
         """The one trust rule: where a user model's code may be imported from, or one sentence refusing. The
-        record never chooses code: its origin is used only when it resolves (symlinks followed) to a regular
-        file outside this run directory whose SHA-256 is the recorded one; the copy this run kept only with
-        ``trust`` (--trust-remote-code). A relative origin of a record before schema 4 (read against whatever
-        folder the command ran in), an origin inside the run directory, or a user model with no recorded source
-        is refused. None for a registered model."""
+        record never chooses code: its origin is used only when it resolves (symlinks followed) to a regular file
+        outside this run directory (and outside any other) whose SHA-256 is the recorded one; the copy this run
+        kept only with ``trust`` (--trust-remote-code). A relative origin of a record before schema 4 (read
+        against whatever folder the command ran in), an origin inside a run directory, or a user model with no
+        recorded source is refused. None for a registered model."""
         model = self.recipe().model
         if not is_user_model(model):
             return None
@@ -441,8 +455,8 @@ class RunRecord:
             why = f"records its model file as the relative path {origin}"
         else:
             origin = (run_dir / origin).resolve()  # an absolute origin stays itself
-            if origin == run_dir or run_dir in origin.parents:
-                why = f"records its model file as {origin}, inside the run directory"
+            if origin == run_dir or run_dir in origin.parents or any((d / HEADER).exists() for d in origin.parents):
+                why = f"records its model file as {origin}, inside a run directory"
             elif origin.is_file() and file_sha256(origin) == source["sha256"]:
                 return origin
             else:
@@ -529,6 +543,7 @@ class RunRecord:
         state at the end of an epoch; state.json is written last and names the epoch."""
         if weights is None:
             weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        model = _weights_name(model)
         write_atomic(self / WEIGHTS, st_save(weights, metadata={"model": model, "epoch": str(len(history))}))
         write_atomic(self / STATE, st_save(tensors, metadata={"model": model, "epoch": str(len(history))}))
         write_json(self / STATE_JSON, {"epoch": len(history), "history": history})
@@ -603,6 +618,14 @@ class RunRecord:
 
 # --- weights ---------------------------------------------------------------------------------------------------
 
+def _weights_name(model: str) -> str:
+    """The model name weights carry: a user's file by its name alone (where it lies is no part of the model)."""
+    if not is_user_model(model):
+        return model
+    file, _, name = model.rpartition(".py:")
+    return f"{Path(file).name}.py:{name}"
+
+
 def read_safetensors(path: Path, model: str) -> dict[str, torch.Tensor]:
     """Load a safetensors file written for ``model``; a clear CheckpointError on anything wrong."""
     if not path.is_file():
@@ -614,6 +637,7 @@ def read_safetensors(path: Path, model: str) -> dict[str, torch.Tensor]:
     except (SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is corrupt.") from None
     recorded = metadata.get("model")
-    if current("model", recorded or "", note=False) != current("model", model, note=False):
+    recorded_name, name = (current("model", m, note=False).rpartition(".py:")[2] for m in (recorded or "", model))
+    if recorded_name != name:  # a user's file by the name in it: the file's own name and place may change
         raise CheckpointError(f"{path} holds weights of model {recorded!r}, not {model!r}.")
     return tensors

@@ -13,7 +13,7 @@ from pathlib import Path
 from tinymnist.data import MNIST, load_mnist
 from tinymnist.errors import CheckpointError, TinyMnistError, TrainingError, UsageError
 from tinymnist.machine import cpu_cores
-from tinymnist.models import count_params, create_model
+from tinymnist.models import count_params, create_model, is_user_model, split_user_model
 from tinymnist.models.user import USER_MODULE
 from tinymnist.runs.records import RunRecord, identity, run_dir
 from tinymnist.runs.supervise import Supervisor
@@ -169,8 +169,12 @@ def confirmation_runs(root: Path, step: str, spec: RunSpec, exclude: set[int]) -
     """The finished runs of ``spec``'s recipe under ``root`` on seeds outside ``exclude`` (its tuning seeds, and
     those a report already shows): the step's confirmation, in seed order."""
     found = [RunRecord(p.parent) for p in run_dir(root, step, 0).parent.glob("seed-*/summary.json")]
+    model = spec.recipe.model  # a user's file: a run records it by its absolute path
+    if is_user_model(model):
+        model = f"{split_user_model(model)[0].resolve()}:{model.rpartition('.py:')[2]}"
+    recipe = dataclasses.replace(spec.recipe, model=model)
     return sorted((r for r in found if r.recipe().seed not in exclude
-                   and r.recipe() == spec.with_seed(r.recipe().seed).recipe), key=lambda r: r.recipe().seed)
+                   and r.recipe() == dataclasses.replace(recipe, seed=r.recipe().seed)), key=lambda r: r.recipe().seed)
 
 
 def train_parallel(runs: dict[int, RunRecord], data: MNIST, jobs: int,
