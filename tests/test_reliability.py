@@ -243,3 +243,19 @@ def test_ctrl_c_stops_parallel_seeds_and_the_same_command_resumes_them(full_synt
     assert again.wait(300) == 0, again.communicate()
     for s in (1, 2):
         assert [m["epoch"] for m in RunRecord(tmp_path / "original_step3" / f"seed-{s}").metrics()] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "state.json"])
+def test_a_record_file_planted_as_a_symlink_is_refused_and_its_target_untouched(
+        name: str, finished_run: Path, full_synthetic_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (finished_run / "summary.json").unlink()  # stopped at its last checkpoint: resume writes every record file
+    target = finished_run / name
+    if target.exists():
+        target.unlink()
+    target.symlink_to(victim)
+    assert main(["train", "--resume", str(finished_run), "--data-dir", str(full_synthetic_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "symbolic link" in err and len(err.splitlines()) == 1, err
+    assert victim.read_text() == "precious\n"
