@@ -571,7 +571,11 @@ class RunRecord:
         resume), so a retry starts clean. Refused (left as it is) once an epoch is checkpointed."""
         if self.started():
             return
+        levels = len(self.step().split("/")) if self.exists() else 0  # ROOT/STEP/seed-N: STEP's own folders
         shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.path.parents[:levels]:
+            with contextlib.suppress(OSError):  # one left empty only
+                parent.rmdir()
         self._header = self._summary = None
 
     # --- the end -------------------------------------------------------------------------------------------
