@@ -170,7 +170,7 @@ def test_identity_names_each_part_that_differs(small_mnist, tmp_path: Path) -> N
     import dataclasses
 
     from conftest import CPU
-    from tinymnist.runs.records import identity
+    from tinymnist.runs.runner import identity
     from tinymnist.training.recipes import RunSpec
 
     models = tmp_path / "models.py"
@@ -210,7 +210,7 @@ def test_a_record_of_an_earlier_version_has_an_identity_with_its_unknown_parts(f
     import json
 
     from tinymnist.data import load_mnist
-    from tinymnist.runs.records import identity
+    from tinymnist.runs.runner import identity
 
     run = RunRecord(FIXTURES / fixture / "run")
     data = load_mnist(full_synthetic_dir, allow_download=False)

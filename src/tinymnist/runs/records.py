@@ -45,7 +45,6 @@ from tinymnist.files import append_regular, exclusive, read_json, read_regular, 
 from tinymnist.machine import cpu_name, earlier_auto, pick_device
 from tinymnist.models import file_sha256, is_user_model, split_user_model
 from tinymnist.names import current
-from tinymnist.training.placement import resolve_options
 from tinymnist.training.recipes import HELD_OUT, Options, Recipe, RunSpec
 
 HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK, MODEL_FILE, JOURNEY_FILE = (
@@ -226,8 +225,8 @@ def _identity(spec: RunSpec, sizes: tuple[int, int], full: tuple[int, int], sha2
 def identity(spec: RunSpec, data: MNIST) -> dict:
     """What a run of ``spec`` on ``data`` would be: the model (its registered name, or the SHA-256 of the user's
     file and the name in it), the recipe, the data (how many of how many training and held-out images, and the
-    held-out split's kind) and the options that change the numbers (as this process resolves them). Compare it
-    with ``RunRecord.differs_from``."""
+    held-out split's kind) and the options that change the numbers, as ``spec`` gives them (a run records them
+    resolved: runner.identity resolves them first). Compare it with ``RunRecord.differs_from``."""
     sizes = (spec.train_images or len(data.train_labels), spec.held_out_images or len(data.held_out_labels))
     sha = None
     if is_user_model(spec.recipe.model):
@@ -237,7 +236,6 @@ def identity(spec: RunSpec, data: MNIST) -> dict:
         except OSError as e:
             raise UsageError(f"{path} cannot be read ({e.strerror}); give FILE.py:NAME with the path of your "
                              f"model file.") from None
-    spec = dataclasses.replace(spec, options=resolve_options(spec.options, sizes[0] * spec.recipe.epochs))
     return _identity(spec, sizes, data.full_sizes or sizes, sha)
 
 

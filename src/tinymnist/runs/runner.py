@@ -15,7 +15,8 @@ from tinymnist.errors import CheckpointError, TinyMnistError, TrainingError, Usa
 from tinymnist.machine import cpu_cores
 from tinymnist.models import count_params, create_model, is_user_model, split_user_model
 from tinymnist.models.user import USER_MODULE
-from tinymnist.runs.records import RunRecord, identity, run_dir
+from tinymnist.runs import records
+from tinymnist.runs.records import RunRecord, run_dir
 from tinymnist.runs.supervise import Supervisor
 from tinymnist.targets import LAST_K, first_epoch_holding, judge, over_seeds
 from tinymnist.training.engine import Teacher, Trainer
@@ -54,6 +55,13 @@ class RecordSink(Sink):
             params=params, history=trainer.history, verdict=judge(params, accs, self.last_k).to_dict(),
             first_epoch_holding=first_epoch_holding(accs), last_k=self.last_k, device=str(trainer.device),
             precision=trainer.precision, compiled=trainer.compiled, wall_seconds=time.perf_counter() - self.started)
+
+
+def identity(spec: RunSpec, data: MNIST) -> dict:
+    """What a run of ``spec`` on ``data`` would be, with its options resolved as a new run records them (compare
+    it with ``RunRecord.differs_from``)."""
+    images = (spec.train_images or len(data.train_labels)) * spec.recipe.epochs
+    return records.identity(dataclasses.replace(spec, options=resolve_options(spec.options, images)), data)
 
 
 def create_run(run: RunRecord, spec: RunSpec, data: MNIST) -> None:
