@@ -93,7 +93,7 @@ def upgrade(header: dict, summary: dict | None) -> tuple[dict, dict | None]:
     branch of the run record lives here, and reads only the record and this function's own frozen tables (never
     today's step catalogue, so editing a step never changes what an old record means)."""
     schema = header.get("schema", 1)
-    if summary is not None and "targets" in summary.get("verdict", {}):  # 1: a verdict's checks were "targets"
+    if summary is not None and "targets" in (summary.get("verdict") or {}):  # 1: a verdict's checks: "targets"
         verdict = summary["verdict"]
         summary = {**summary, "verdict": {"met": verdict["met"], "checks": verdict["targets"]}}
     if schema >= SCHEMA:
@@ -367,11 +367,13 @@ class RunRecord:
     def header(self) -> dict:
         """recipe.json in the current schema, validated (read once)."""
         if self._header is None:
-            raw = read_json(self / HEADER)
-            if not isinstance(raw, dict):
-                _checked(raw, self / HEADER, ())
-            summary = read_json(self / RUN_SUMMARY) if self.finished() else None
-            header, summary = upgrade(raw, summary if isinstance(summary, dict) else None)
+            raw = _checked(read_json(self / HEADER), self / HEADER, ())
+            summary = _checked(read_json(self / RUN_SUMMARY), self / RUN_SUMMARY, ()) if self.finished() else None
+            try:
+                header, summary = upgrade(raw, summary)
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{self / HEADER} of schema {raw.get('schema', 1)!r} cannot be read ({e!r}); "
+                                      f"the run record is damaged.") from None
             self._header = _checked(header, self / HEADER, _HEADER_FIELDS)
             if summary is not None:
                 self._summary = _upgrade_summary(_checked(summary, self / RUN_SUMMARY, _SUMMARY_FIELDS))
@@ -509,7 +511,8 @@ class RunRecord:
         checkpointed epoch) is rewritten from state.json when the directory can be written, with a Note; a torn
         last line that state.json does not hold is left out, with a Note."""
         rows, torn = self._logged()
-        history = self._state_history() if (torn or self.finished()) else None
+        behind = self.finished() and len(rows) < self.summary()["epochs"]
+        history = self._state_history() if torn or behind else None
         if history is not None and len(history) > len(rows) and history[:len(rows)] == rows:
             try:
                 write_atomic(self / METRICS, "".join(json.dumps(m) + "\n" for m in history).encode())
