@@ -286,3 +286,16 @@ def test_a_damaged_record_is_one_sentence_naming_the_file_and_field(
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert said in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_a_summarys_keys_do_not_depend_on_the_window_judged(small_mnist, tmp_path: Path) -> None:
+    from tinymnist.runs.runner import train_run
+
+    data = small_mnist.subset(300, 200)
+    keys = []
+    for last_k in (1, 2):
+        run = start_run(tmp_path / str(last_k), "compact_step2", Recipe(model="compact_7k4", epochs=2, seed=0), data)
+        summary = train_run(run, data, last_k=last_k)
+        assert summary["last_k"] == last_k and summary["min_test_acc_last_k"] == min(run.test_accs()[-last_k:])
+        keys.append(set(summary))
+    assert keys[0] == keys[1]

@@ -45,6 +45,7 @@ from tinymnist.files import append_regular, exclusive, read_json, read_regular, 
 from tinymnist.machine import cpu_name, earlier_auto, pick_device
 from tinymnist.models import file_sha256, is_user_model, split_user_model
 from tinymnist.names import current
+from tinymnist.targets import LAST_K
 from tinymnist.training.recipes import HELD_OUT, Options, Recipe, RunSpec
 
 HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK, MODEL_FILE, JOURNEY_FILE = (
@@ -589,7 +590,9 @@ class RunRecord:
             "model": self.recipe().model, "params": params, "epochs": len(history),
             "best_train_acc": max(m["train_acc"] for m in history), "last_train_acc": history[-1]["train_acc"],
             "best_test_acc": max(test_accs), "last_test_acc": test_accs[-1],
-            f"min_test_acc_last_{last_k}": min(test_accs[-last_k:]),
+            # the same keys whatever window was judged: the exercise's last LAST_K epochs, and the judged window
+            f"min_test_acc_last_{LAST_K}": min(test_accs[-LAST_K:]), "last_k": last_k,
+            "min_test_acc_last_k": min(test_accs[-last_k:]),
             "first_epoch_holding": first_epoch_holding, "verdict": verdict,
             "torch": torch.__version__, "device": device, "precision": precision, "platform": platform.platform(),
             "cpu": cpu_name(),  # bf16 kernels differ between CPUs (AVX512-BF16, AMX): so do the numbers
