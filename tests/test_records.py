@@ -232,8 +232,8 @@ def test_train_into_a_run_of_another_identity_says_what_differs(mnist_dir: Path,
             "--runs", str(tmp_path), "--data-dir", str(mnist_dir)]
     assert main(argv) == 0
     capsys.readouterr()
-    for change, said in ((["--subset", "500"], "another data (1,000 of"), (["--lr", "0.05"], "another recipe (lr"),
-                         (["--no-channels-last"], "another options (channels_last")):
+    for change, said in ((["--subset", "500"], "differs in its data (1,000 of"), (["--lr", "0.05"], "its recipe (lr"),
+                         (["--no-channels-last"], "its options (channels_last")):
         assert main([*argv, *change]) == 2
         err = capsys.readouterr().err.strip()
         assert said in err and "new --runs folder" in err and len(err.splitlines()) == 1, err

@@ -50,7 +50,7 @@ def test_run_seeds_in_order_judges_every_seed(small_mnist, tmp_path: Path) -> No
 @pytest.mark.integration
 def test_seeds_of_another_recipe_are_refused_before_training(small_mnist, tmp_path: Path) -> None:
     run_seeds(RunSpec(TINY, CPU, "compact_step2"), [3], tmp_path, small_mnist, last_k=2)
-    with pytest.raises(UsageError, match=r"holds a run of another recipe \(lr 0.01 here, 0.05 asked\)"):
+    with pytest.raises(UsageError, match=r"holds a run that differs in its recipe \(lr 0.01 here, 0.05 asked\)"):
         run_seeds(RunSpec(TINY.with_overrides(lr=0.05), CPU, "compact_step2"), [5, 3], tmp_path, small_mnist, last_k=2)
     assert not run_dir(tmp_path, "compact_step2", 5).exists()
 

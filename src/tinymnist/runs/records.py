@@ -324,7 +324,7 @@ class RunRecord:
         if self.exists():
             differs = self.differs_from(wanted)
             if differs:
-                raise UsageError(f"{self.path} holds a run of another {' and another '.join(differs)}; train into "
+                raise UsageError(f"{self.path} holds a run that differs in its {' and its '.join(differs)}; train into "
                                  f"a new --runs folder, or delete {self.path} to replace it.")
             if self.finished():
                 raise UsageError(f"{self.path} already holds this same run, finished; see `tinymnist show "

@@ -142,8 +142,8 @@ def seed_runs(root: Path, spec: RunSpec, seeds: list[int], data: MNIST) -> dict[
     for seed in seeds:
         run = RunRecord(run_dir(root, spec.step, seed))
         if run.exists() and (differs := run.differs_from(identity(spec.with_seed(seed), data))):
-            raise UsageError(f"{run.path} holds a run of another {' and another '.join(differs)}; train into a new "
-                             f"--runs folder, or delete {run.path} to replace it.")
+            raise UsageError(f"{run.path} holds a run that differs in its {' and its '.join(differs)}; train into "
+                             f"a new --runs folder, or delete {run.path} to replace it.")
         runs[seed] = run
     return runs
 
