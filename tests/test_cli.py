@@ -92,7 +92,7 @@ def test_out_dir_holding_a_different_run(capsys: pytest.CaptureFixture, full_syn
             "--out", str(tmp_path)]
     assert run_cli(capsys, *base, "--epochs", "1")[0] == 0
     code, _, err = run_cli(capsys, *base, "--epochs", "2")
-    assert code == 2 and "already holds a different run" in err
+    assert code == 2 and "holds a run that differs in its recipe (epochs 1 here, 2 asked" in err
 
 
 @pytest.mark.integration

@@ -64,7 +64,9 @@ def test_short_run_writes_complete_readable_run_directory(small_mnist, tmp_path:
     assert names == {"recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json",
                      "summary.json", ".lock"}
     header = json.loads((run / "recipe.json").read_text())
-    assert run.recipe() == recipe and header["data"] == {"train_images": 600, "test_images": 400}  # of 60k/10k
+    assert run.recipe() == recipe and header["data"] == {"train_images": 600, "test_images": 400,
+                                                           "train_of": data.full_sizes[0],
+                                                           "test_of": data.full_sizes[1]}
     assert header["options"]["device"] == "cpu" and header["step"] == "original_step4"
     assert [m["epoch"] for m in run.metrics()] == [1, 2]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"):

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from conftest import idx_bytes, synthetic_digits
 from tinymnist.cli.main import main
 from tinymnist.data import read_idx
-from tinymnist.errors import CheckpointError, DataError
+from tinymnist.errors import CheckpointError, DataError, Note
 from tinymnist.files import write_atomic
 from tinymnist.runs.loading import load_weights
 from tinymnist.runs.records import RunRecord
@@ -98,19 +98,40 @@ def finished_run(trained_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock")))
 
 
-def test_torn_last_metrics_line_is_skipped_and_a_corrupt_one_reported(finished_run: Path) -> None:
+@pytest.mark.parametrize("damage", ["torn", "empty", "missing"])
+def test_a_finished_runs_damaged_log_is_repaired_from_its_state_and_says_so(finished_run: Path, damage: str) -> None:
+    path = finished_run / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_text({"torn": lines[0] + "\n" + lines[1][:17], "empty": ""}[damage])
+    with pytest.warns(Note, match="rewrote it"):
+        assert len(RunRecord(finished_run).metrics()) == len(lines)
+    assert path.read_text().splitlines() == lines
+
+
+def test_a_torn_line_the_state_does_not_hold_is_left_out_with_a_note_and_a_corrupt_one_reported(
+        finished_run: Path) -> None:
+    path = finished_run / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    (finished_run / "state.json").unlink()
+    path.write_text(lines[0] + "\n" + lines[1][:17])
+    with pytest.warns(Note, match="torn line"):
+        assert [m["epoch"] for m in RunRecord(finished_run).metrics()] == [1]
+    path.write_text("{not json\n" + lines[1] + "\n")
+    with pytest.raises(CheckpointError, match="line 1 is corrupt"):
+        RunRecord(finished_run).metrics()
+
+
+def test_the_next_checkpoint_rewrites_a_torn_log_whole(finished_run: Path) -> None:
     path = finished_run / "metrics.jsonl"
     lines = path.read_text().splitlines()
     path.write_text(lines[0] + "\n" + lines[1][:17])
-    assert [m["epoch"] for m in RunRecord(finished_run).metrics()] == [1]
-    # The next checkpoint (as on resume) rewrites the file whole from the history: no torn line survives.
     run = RunRecord(finished_run)
     tensors, history = run.load_checkpoint("original_step4")
     run.save_checkpoint("original_step4", tensors, history)
     assert path.read_text().splitlines() == lines
-    path.write_text("{not json\n" + lines[1] + "\n")
-    with pytest.raises(CheckpointError, match="line 1 is corrupt"):
-        RunRecord(finished_run).metrics()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
@@ -222,3 +243,19 @@ def test_ctrl_c_stops_parallel_seeds_and_the_same_command_resumes_them(full_synt
     assert again.wait(300) == 0, again.communicate()
     for s in (1, 2):
         assert [m["epoch"] for m in RunRecord(tmp_path / "original_step3" / f"seed-{s}").metrics()] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("name", [".lock", "metrics.jsonl", "state.json"])
+def test_a_record_file_planted_as_a_symlink_is_refused_and_its_target_untouched(
+        name: str, finished_run: Path, full_synthetic_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (finished_run / "summary.json").unlink()  # stopped at its last checkpoint: resume writes every record file
+    target = finished_run / name
+    if target.exists():
+        target.unlink()
+    target.symlink_to(victim)
+    assert main(["train", "--resume", str(finished_run), "--data-dir", str(full_synthetic_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "symbolic link" in err and len(err.splitlines()) == 1, err
+    assert victim.read_text() == "precious\n"

@@ -1,5 +1,6 @@
 """Files that survive a crash and one writer at a time: atomic writes with the mode the umask gives, JSON read
-with one clear sentence when it cannot be, and an advisory lock on a directory."""
+with one clear sentence when it cannot be, and an advisory lock on a directory. A record's files are regular
+files: opened without following symlinks, so a planted link never redirects a read or a write."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import json
 import os
 import platform
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +47,43 @@ def write_json(path: Path, obj: object) -> None:
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def read_json(path: Path) -> dict:
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
+    """A descriptor of ``path`` opened with ``flags`` without following a symlink, refused (CheckpointError)
+    unless it is a regular file; FileNotFoundError passes through."""
     try:
-        return json.loads(path.read_text())
+        fd = os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0), mode)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if os.path.islink(path):
+            raise CheckpointError(f"{path} is a symbolic link, not a file; a run record's files are regular "
+                                  f"files: remove the link.") from None
+        raise CheckpointError(f"{path} cannot be opened ({e.strerror}).") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path} is not a regular file; a run record's files are regular files: remove it.")
+    return fd
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of the regular file ``path`` (never through a symlink); FileNotFoundError passes through."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read()
+
+
+def append_regular(path: Path, data: bytes) -> None:
+    """Append ``data`` to the regular file ``path`` (created when missing, never through a symlink), fsynced."""
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _file_mode())
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(read_regular(path))
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist; is {path.parent} a tinymnist run directory?") from None
     except (OSError, ValueError) as e:
@@ -63,7 +99,7 @@ def exclusive(directory: Path, name: str, busy: str) -> Iterator[None]:
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, _file_mode())
+        fd = open_regular(directory / name, os.O_RDWR | os.O_CREAT, _file_mode())
     except OSError as e:
         raise UsageError(f"cannot write the run directory {directory} ({e.strerror}); choose another --out.") \
             from None

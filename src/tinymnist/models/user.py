@@ -9,7 +9,6 @@ families share. models.create_model is the one place that turns a name into a mo
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -19,51 +18,7 @@ import torch
 from torch import nn
 
 from tinymnist.errors import UsageError, unknown_name
-
-
-def format_args(args: dict[str, object]) -> str:
-    """``{'w': '8.16', 'pool': 2}`` -> ``w=8.16,pool=2`` (floats in their shortest exact form)."""
-    return ",".join(f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in args.items())
-
-
-def parse_args(text: str, where: str) -> dict[str, object]:
-    """``w=8.16,pool=2,lr=0.1`` -> ``{'w': '8.16', 'pool': 2, 'lr': 0.1}``: whole numbers, numbers, else text."""
-    args: dict[str, object] = {}
-    for item in filter(None, text.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key.isidentifier():
-            raise UsageError(f"{where}: {item!r} is not key=value; write arguments like w=8.16.24,pool=2.")
-        for kind in (int, float):
-            try:
-                args[key] = kind(value)
-                break
-            except ValueError:
-                continue
-        else:
-            args[key] = {"True": True, "False": False}.get(value, value)
-    return args
-
-
-
-def is_user_model(name: str) -> bool:
-    """Whether ``name`` names a model in a user's file (``FILE.py:NAME``) rather than a registered one."""
-    return ".py:" in name
-
-
-
-def split_user_model(name: str) -> tuple[Path, str, dict[str, object] | None]:
-    """``FILE.py:NAME`` -> (FILE, NAME, None); ``FILE.py:SPACE:key=value,...`` (a model a search space built for
-    the trial parameters given) -> (FILE, SPACE, parameters)."""
-    path, _, rest = name.rpartition(".py:")
-    attr, colon, args = rest.partition(":")
-    if not attr.isidentifier():
-        raise UsageError(f"{name!r}: after the colon comes the name of a class or function in the file, like "
-                         f"my_models.py:Net.")
-    return Path(path + ".py"), attr, parse_args(args, name) if colon else None
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from tinymnist.modelnames import file_sha256, format_args
 
 
 def _check_self_contained(path: Path, tree: ast.Module) -> None:
@@ -84,6 +39,9 @@ def _check_self_contained(path: Path, tree: ast.Module) -> None:
                                  f"in one file (that file is what a run keeps).")
 
 
+USER_MODULE = "tinymnist_user_"  # the prefix of the module name a user's model file is imported under
+
+
 def _load_module(path: Path) -> object:
     try:
         text = path.read_text()
@@ -96,7 +54,7 @@ def _load_module(path: Path) -> object:
     except SyntaxError as e:
         raise UsageError(f"{path} line {e.lineno}: syntax error ({e.msg}); fix the file.") from None
     _check_self_contained(path, tree)
-    module_name = f"tinymnist_user_{file_sha256(path)[:16]}"
+    module_name = f"{USER_MODULE}{file_sha256(path)[:16]}"
     if module_name in sys.modules:  # the same bytes were loaded already
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, path)

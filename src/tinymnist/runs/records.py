@@ -2,7 +2,8 @@
 
     recipe.json          the header, written when the run starts: its RunSpec (step, recipe, options, the images
                          it trains and is tested on, tuning seeds, what the user overrode, where the recipe came
-                         from), the normalization it uses, the user's model file it ran
+                         from), the normalization it uses, the user's model file it ran (its SHA-256, and its path
+                         relative to the run directory). Its identity (``identity``) is read from these fields.
     model.py             for a user's model: a copy of its file (recipe.json has its SHA-256 and origin)
     journey.toml         for a step of a user's journey file: a copy of that file, likewise
     metrics.jsonl        one line appended (and fsynced) as each epoch ends
@@ -12,10 +13,11 @@
     summary.json         written when the run ends: figures, verdict, provenance
     .lock                held (advisory lock) by the one process writing the run
 
-Every file is written atomically (temporary file, fsync, rename) with the mode the umask gives any new file;
-nothing is pickled. Records written by earlier versions are read through ``_upgrade_header`` and
-``_upgrade_summary``, so no caller ever sees an old shape. This module stores and reads; building a run's
-model from its artifacts is runs/loading.py's.
+Every file is written atomically (temporary file, fsync, rename) with the mode the umask gives any new file,
+and read without following symlinks; nothing is pickled. Records written by earlier versions are read through
+``upgrade`` (every compatibility branch, by schema) and then checked by ``_checked`` (the one validation), so no
+caller ever sees an old or damaged shape. A record never chooses code to run: ``RunRecord.model_source`` is the
+one trust rule. This module stores and reads; building a run's model from its artifacts is runs/loading.py's.
 """
 
 from __future__ import annotations
@@ -23,22 +25,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
+import shutil
 import subprocess
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tinymnist import __version__
-from tinymnist.errors import CheckpointError, UsageError
-from tinymnist.files import exclusive, read_json, write_atomic, write_json
+from tinymnist.errors import CheckpointError, Note, UsageError
+from tinymnist.files import append_regular, exclusive, read_json, read_regular, write_atomic, write_json
+from tinymnist.modelnames import file_sha256, is_user_model, split_user_model
 from tinymnist.names import current
-from tinymnist.steps.builtin import all_steps
-from tinymnist.training.recipes import Options, Recipe, RunSpec
+from tinymnist.targets import LAST_K
+from tinymnist.training.recipes import HELD_OUT, Options, Recipe, RunSpec
 
 if TYPE_CHECKING:
     import torch
+
+    from tinymnist.data import MNIST
 
 # Reading a record loads neither torch nor the models (`tinymnist show`, `results`, `check` start fast): what
 # writes weights, builds a user's model or asks the device imports them where it does so.
@@ -47,8 +55,10 @@ HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK, MODEL_FILE, JOUR
     "recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json", "summary.json",
     ".lock", "model.py", "journey.toml")
 # 1: tinymnist 0.1.0 (subset inside options, normalization only in summary.json, verdict "targets");
-# 2: 0.2.0 (no tuning seeds; a search trial's origin only in its step name, its tuning seed in "overrides")
-SCHEMA = 3
+# 2: 0.2.0 (no tuning seeds; a search trial's origin only in its step name, its tuning seed in "overrides");
+# 3: 0.3.0-0.4.0 (absolute paths of the user's files; no sizes of the full splits; precision may be "auto")
+SCHEMA = 4
+UNKNOWN = "unknown"  # an identity part an earlier record does not hold
 
 
 def run_dir(root: str | os.PathLike, step: str, seed: int) -> Path:
@@ -82,45 +92,202 @@ def recipe_from_dict(d: dict) -> Recipe:
     return dataclasses.replace(recipe, model=current("model", recipe.model))
 
 
-def _upgrade_header(header: dict, summary: dict | None) -> dict:
-    """A recipe.json of any schema, in the current one (``summary``: the run's summary.json, if it ended)."""
+def upgrade(header: dict, summary: dict | None) -> tuple[dict, dict | None]:
+    """recipe.json and summary.json (None: not finished) of any schema, in the current one: every compatibility
+    branch of the run record lives here, and reads only the record and this function's own frozen tables (never
+    today's step catalogue, so editing a step never changes what an old record means)."""
     schema = header.get("schema", 1)
+    if summary is not None and "targets" in (summary.get("verdict") or {}):  # 1: a verdict's checks: "targets"
+        verdict = summary["verdict"]
+        summary = {**summary, "verdict": {"met": verdict["met"], "checks": verdict["targets"]}}
     if schema >= SCHEMA:
-        return header
+        return header, summary
     if schema == 1:
         options = dict(header.get("options", {}))
         subset = options.pop("subset", None)
         norm = (summary or {}).get("normalization")  # schema 1 recorded it in summary.json only, at the end
         header = {**header, "options": options, "data": {"train_images": subset, "test_images": None},
                   "normalization": norm}
-    # Schema 2 knew tuning seeds only by the built-in step's name, or as "tuned_seed" among the overrides of a
-    # confirmed search trial, whose study and trial were its step name: the one place a name is parsed.
+    if schema <= 2:
+        header = _upgrade_provenance(header)
+    # 3 and earlier: a run from before --compile trained eager; 'auto' precision (0.3.0 and earlier) meant bf16
+    # where the hardware has it natively; the full splits' sizes were not recorded (the identity says unknown).
+    options = {"compile": "off", **(header.get("options") or {})}
+    if options.get("precision") == "auto":
+        from tinymnist.machine import earlier_auto, pick_device
+
+        options["precision"] = earlier_auto(pick_device(options.get("device", "auto")))
+    return {**header, "schema": SCHEMA, "options": options, "upgraded_from": schema}, summary
+
+
+# The seeds the built-in steps were tuned on, as tinymnist 0.1.0 and 0.2.0 (schemas 1 and 2, which did not
+# record them) meant them: frozen here, by the step's current name.
+_TUNED_SEEDS_BEFORE_SCHEMA_3 = {
+    **{f"original_step{i}": (121,) for i in range(1, 5)},
+    **{f"compact_step{i}": (1, 2, 3, 4, 5) for i in range(1, 5)},
+    "frontier_3k8": (1,), "frontier_sep_3k8": (1, 2, 3, 4, 5), "frontier_sep_2k8": (1, 2),
+}
+
+
+def _upgrade_provenance(header: dict) -> dict:
+    """Schema 2 and earlier knew tuning seeds only by the built-in step's name, or as "tuned_seed" among the
+    overrides of a confirmed search trial, whose study and trial were its step name: the one place a name is
+    parsed."""
     overrides = dict(header.get("overrides") or {})
     tuned = overrides.pop("tuned_seed", None)
-    step, origin = current("step", header.get("step", ""), note=False), None
+    step, origin = current("step", str(header.get("step", "")), note=False), None
     if step.startswith("search/") and step.count("/") == 2:
         _, study, trial = step.split("/")
         origin = {"study": study, "trial": int(trial.removeprefix("trial-")),
                   "export": f"evidence/studies/{study}.json"}
-    known = all_steps().get(step)
-    tuned_seeds = [tuned] if tuned is not None else list(known.tuned_seeds) if known else []
-    return {**header, "schema": SCHEMA, "overrides": overrides, "held_out": "test", "tuned_seeds": tuned_seeds,
-            "origin": origin}
+    tuned_seeds = [tuned] if tuned is not None else list(_TUNED_SEEDS_BEFORE_SCHEMA_3.get(step, ()))
+    return {**header, "overrides": overrides, "held_out": "test", "tuned_seeds": tuned_seeds, "origin": origin}
+
+
+# --- the one validation --------------------------------------------------------------------------------------
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _file_record(v: object) -> bool:
+    return v is None or (isinstance(v, dict) and isinstance(v.get("file"), str) and isinstance(v.get("origin"), str)
+                         and isinstance(v.get("sha256"), str))
+
+
+_HEADER_FIELDS = (  # (field, test, what it must be)
+    ("step", lambda h: isinstance(h.get("step"), str), "a step name"),
+    ("recipe", lambda h: isinstance(h.get("recipe"), dict) and isinstance(h["recipe"].get("model"), str),
+     "an object naming a model"),
+    ("options", lambda h: isinstance(h.get("options"), dict), "an object"),
+    ("held_out", lambda h: h.get("held_out") in HELD_OUT, f"one of {', '.join(HELD_OUT)}"),
+    ("data", lambda h: isinstance(h.get("data"), dict) and all(
+        h["data"].get(k) is None or _count(h["data"][k]) for k in ("train_images", "test_images", "train_of",
+                                                                   "test_of")), "image counts (or null)"),
+    ("normalization", lambda h: h.get("normalization") is None or (
+        isinstance(h["normalization"], dict) and _number(h["normalization"].get("mean"))
+        and _number(h["normalization"].get("std")) and h["normalization"]["std"] > 0),
+     "a mean and a positive std"),
+    ("tuned_seeds", lambda h: isinstance(h.get("tuned_seeds"), list) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in h["tuned_seeds"]), "a list of seeds"),
+    ("overrides", lambda h: h.get("overrides") is None or isinstance(h["overrides"], dict), "an object"),
+    ("origin", lambda h: h.get("origin") is None or isinstance(h["origin"], dict), "an object"),
+    ("model_source", lambda h: _file_record(h.get("model_source")), "a file, its origin and SHA-256"),
+    ("journey_source", lambda h: _file_record(h.get("journey_source")), "a file, its origin and SHA-256"),
+)
+_SUMMARY_FIELDS = (
+    ("params", lambda s: _count(s.get("params")), "a parameter count"),
+    ("epochs", lambda s: _count(s.get("epochs")), "an epoch count"),
+    ("best_test_acc", lambda s: _number(s.get("best_test_acc")), "a percentage"),
+    ("last_test_acc", lambda s: _number(s.get("last_test_acc")), "a percentage"),
+    ("verdict", lambda s: isinstance(s.get("verdict"), dict) and isinstance(s["verdict"].get("met"), bool),
+     "an object saying whether the targets were met"),
+    ("device", lambda s: isinstance(s.get("device"), str), "a device name"),
+    ("torch", lambda s: isinstance(s.get("torch"), str), "a torch version"),
+    ("wall_seconds", lambda s: _number(s.get("wall_seconds")), "a number of seconds"),
+)
+
+
+def _checked(obj: object, path: Path, tests: tuple) -> dict:
+    """``obj`` (read from ``path``) when it has every field of ``tests``; else one sentence naming the file and
+    the field: the one place a record's JSON is validated."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, not an object; the run record is damaged.")
+    for name, test, what in tests:
+        if not test(obj):
+            raise CheckpointError(f"{path}: the field {name!r} is {json.dumps(obj.get(name))[:60]}, not {what}; "
+                                  f"the run record is damaged.")
+    return obj
 
 
 def _upgrade_summary(summary: dict) -> dict:
-    verdict = summary.get("verdict", {})
-    if "targets" in verdict:
-        verdict = {"met": verdict["met"], "checks": verdict["targets"]}
     model = summary.get("model")
-    return {**summary, "verdict": verdict, "model": current("model", model) if model else model}
+    return {**summary, "model": current("model", model) if model else model}
+
+
+# --- a run's identity ------------------------------------------------------------------------------------------
+
+def _model_identity(model: str, sha256: str | None) -> dict:
+    """A registered model by its name; a user's file by its content (the path it was named by plays no part)."""
+    if not is_user_model(model):
+        return {"model": model, "model_sha256": None}
+    return {"model": model.rpartition(".py:")[2], "model_sha256": sha256 or UNKNOWN}
+
+
+def _identity(spec: RunSpec, sizes: tuple[int, int], full: tuple[int, int], sha256: str | None) -> dict:
+    recipe = asdict(spec.recipe)
+    recipe.pop("model")
+    return {**_model_identity(spec.recipe.model, sha256), "recipe": recipe,
+            "data": {"held_out": spec.held_out, "train_images": sizes[0] if sizes[0] != full[0] else None,
+                     "train_of": full[0], "test_images": sizes[1] if sizes[1] != full[1] else None,
+                     "test_of": full[1]},
+            "options": asdict(spec.options)}
+
+
+def identity(spec: RunSpec, data: MNIST) -> dict:
+    """What a run of ``spec`` on ``data`` would be: the model (its registered name, or the SHA-256 of the user's
+    file and the name in it), the recipe, the data (how many of how many training and held-out images, and the
+    held-out split's kind) and the options that change the numbers, as ``spec`` gives them (a run records them
+    resolved: runner.identity resolves them first). Compare it with ``RunRecord.differs_from``."""
+    sizes = (spec.train_images or len(data.train_labels), spec.held_out_images or len(data.held_out_labels))
+    sha = None
+    if is_user_model(spec.recipe.model):
+        path = split_user_model(spec.recipe.model)[0]
+        try:
+            sha = file_sha256(path)
+        except OSError as e:
+            raise UsageError(f"{path} cannot be read ({e.strerror}); give FILE.py:NAME with the path of your "
+                             f"model file.") from None
+    return _identity(spec, sizes, data.full_sizes or sizes, sha)
+
+
+def _images(count: int | None, of: int | None, what: str) -> str:
+    """'2,000 of 60,000 training images', 'all 60,000 training images', or without the total when unknown."""
+    if count is None:
+        return f"all {of:,} {what}" if of else f"all {what}"
+    return f"{count:,} of {of:,} {what}" if of else f"{count:,} {what}"
+
+
+def _data_words(data: dict) -> str:
+    held_out = "test" if data["held_out"] == "test" else "validation"
+    return (f"{_images(data['train_images'], data['train_of'], 'training images')}, scored on "
+            f"{_images(data['test_images'], data['test_of'], held_out + ' images')}")
+
+
+def _differences(mine: dict, other: dict) -> list[str]:
+    found = []
+    if mine["model"] != other["model"]:
+        found.append(f"model ({mine['model']} here, {other['model']} asked)")
+    elif mine["model_sha256"] == UNKNOWN:
+        found.append("model file (this record, from an earlier version, holds no hash of it)")
+    elif mine["model_sha256"] != other["model_sha256"]:
+        found.append("model file's code (its SHA-256 differs)")
+    changed = [f"{k} {mine['recipe'].get(k)!r} here, {v!r} asked" for k, v in other["recipe"].items()
+               if mine["recipe"].get(k, v) != v]
+    if changed:
+        found.append(f"recipe ({'; '.join(changed)})")
+    a, b = mine["data"], other["data"]
+    other_totals = any(a[k] and b[k] and a[k] != b[k] for k in ("train_of", "test_of"))  # unknown: not compared
+    if any(a[k] != b[k] for k in ("held_out", "train_images", "test_images")) or other_totals:
+        found.append(f"data ({_data_words(a)} here, {_data_words(b)} asked)")
+    changed = [f"{k} {mine['options'].get(k)!r} here, {v!r} asked" for k, v in other["options"].items()
+               if mine["options"].get(k, v) != v]
+    if changed:
+        found.append(f"options ({'; '.join(changed)})")
+    return found
 
 
 class RunRecord:
-    """One run's directory."""
+    """One run's directory. Its recipe.json is read once (and summary.json once it exists): accessors share it."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._header: dict | None = None
+        self._summary: dict | None = None
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -130,6 +297,10 @@ class RunRecord:
 
     def finished(self) -> bool:
         return (self / RUN_SUMMARY).is_file()
+
+    def started(self) -> bool:
+        """Whether an epoch has been checkpointed (state.json names it)."""
+        return (self / STATE_JSON).is_file()
 
     def require(self, finished: bool = False) -> RunRecord:
         """This run, or a UsageError saying what it lacks: a record, weights, or (``finished``) its end."""
@@ -146,47 +317,74 @@ class RunRecord:
 
     def create(self, spec: RunSpec, data_sizes: tuple[int, int], full_sizes: tuple[int, int],
                normalization: tuple[float, float]) -> None:
-        """Start a new run of ``spec`` here, trained on ``data_sizes`` (train, test) images of ``full_sizes``;
-        refuses a directory that already holds one. Call with the lock held."""
+        """Start a new run of ``spec`` here, trained on ``data_sizes`` (train, test) images of ``full_sizes``.
+        A directory holding a run of another identity is refused, naming what differs; one of the same identity
+        that never completed an epoch (a crash before it) is started again; one that did is resumed or kept.
+        Call with the lock held."""
         if spec.held_out != "test":
             raise UsageError("a run record holds a run judged on the test set; a run scored on the validation "
                              "split belongs to a search trial.")
-        if self.exists():
-            same = self.recipe() == spec.recipe
-            how = (f"resume it with --resume {self.path}" if same and not self.finished()
-                   else "choose another --out")
-            what = "this same recipe" if same else "a different run"
-            raise UsageError(f"{self.path} already holds {what}; {how}.")
-        from tinymnist.models import is_user_model, split_user_model
-
-        train, test = data_sizes
         model_file = split_user_model(spec.recipe.model)[0] if is_user_model(spec.recipe.model) else None
+        wanted = _identity(spec, data_sizes, full_sizes, file_sha256(model_file) if model_file else None)
+        if self.exists():
+            differs = self.differs_from(wanted)
+            if differs:
+                raise UsageError(f"{self.path} holds a run that differs in its {' and its '.join(differs)}; train into "
+                                 f"a new --runs folder, or delete {self.path} to replace it.")
+            if self.finished():
+                raise UsageError(f"{self.path} already holds this same run, finished; see `tinymnist show "
+                                 f"{self.path}`, or train into a new --runs folder.")
+            if self.started():
+                raise UsageError(f"{self.path} already holds this same run, unfinished; resume it with "
+                                 f"--resume {self.path}.")
+        train, test = data_sizes
         journey_file = Path(spec.journey_file) if spec.journey_file else None
         source, journey = self._keep_copy(model_file, MODEL_FILE), self._keep_copy(journey_file, JOURNEY_FILE)
-        write_json(self / HEADER, {
-            "schema": SCHEMA, "step": spec.step, "recipe": asdict(spec.recipe), "overrides": spec.overrides or {},
+        header = {
+            "schema": SCHEMA, "step": spec.step, "recipe": {**asdict(spec.recipe), "model": self._relative(model_file,
+                                                                                                   spec.recipe.model)},
+            "overrides": spec.overrides or {},
             "options": asdict(spec.options), "held_out": spec.held_out,
             "data": {"train_images": train if train != full_sizes[0] else None,
-                     "test_images": test if test != full_sizes[1] else None},
+                     "test_images": test if test != full_sizes[1] else None,
+                     "train_of": full_sizes[0], "test_of": full_sizes[1]},
             "tuned_seeds": list(spec.tuned_seeds), "origin": spec.origin,
             "normalization": {"mean": normalization[0], "std": normalization[1]},
-            "model_source": source, "journey_source": journey, "tinymnist": __version__})
+            "model_source": source, "journey_source": journey, "tinymnist": __version__}
+        write_json(self / HEADER, header)
         write_atomic(self / METRICS, b"")
+        self._header, self._summary = _checked(header, self / HEADER, _HEADER_FIELDS), None
+
+    def _relative(self, model_file: Path | None, model: str) -> str:
+        """A user's FILE.py:NAME with FILE relative to the run directory (``recipe`` reads it back)."""
+        if model_file is None:
+            return model
+        return f"{os.path.relpath(model_file.resolve(), self.path.resolve())}:{model.rpartition('.py:')[2]}"
 
     def _keep_copy(self, origin: Path | None, name: str) -> dict | None:
-        """Copy a user's file into the run as ``name``; its record: where it came from and its SHA-256."""
+        """Copy a user's file into the run as ``name``; its record: its SHA-256 and where it came from, relative
+        to the run directory (a record names no one's home directory)."""
         if origin is None:
             return None
-        from tinymnist.models import file_sha256
 
         write_atomic(self / name, origin.read_bytes())
-        return {"file": name, "origin": str(origin.resolve()), "sha256": file_sha256(self / name)}
+        where = os.path.relpath(origin.resolve(), self.path.resolve())
+        return {"file": name, "origin": where, "sha256": file_sha256(self / name)}
 
     def header(self) -> dict:
-        raw = read_json(self / HEADER)
-        if raw.get("schema", 1) >= SCHEMA:
-            return raw
-        return _upgrade_header(raw, read_json(self / RUN_SUMMARY) if self.finished() else None)
+        """recipe.json in the current schema, validated (read once)."""
+        if self._header is None:
+            raw = _checked(read_json(self / HEADER), self / HEADER, ())
+            summary = _checked(read_json(self / RUN_SUMMARY), self / RUN_SUMMARY, ()) if self.finished() else None
+            try:
+                header, summary = upgrade(raw, summary)
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise CheckpointError(f"{self / HEADER} of schema {raw.get('schema', 1)!r} cannot be read ({e!r}); "
+                                      f"the run record is damaged.") from None
+            self._header = _checked(header, self / HEADER, _HEADER_FIELDS)
+            if summary is not None:
+                self._summary = _upgrade_summary(_checked(summary, self / RUN_SUMMARY, _SUMMARY_FIELDS))
+        return self._header
 
     def step(self) -> str:
         return current("step", self.header().get("step", ""))
@@ -198,53 +396,92 @@ class RunRecord:
         journey = header.get("journey_source")
         return RunSpec(self.recipe(), self.options(), self.step(), header["held_out"], train, test,
                        tuple(header["tuned_seeds"]), header.get("overrides") or {}, header.get("origin"),
-                       journey["origin"] if journey else None)
+                       str(self.path / journey["origin"]) if journey else None)
 
     def recipe(self) -> Recipe:
-        return recipe_from_dict(self.header().get("recipe", {}))
+        """The recipe; a user's model file by its absolute path (recorded relative to the run directory)."""
+        recipe = recipe_from_dict(self.header()["recipe"])
+        if is_user_model(recipe.model) and self.header().get("upgraded_from", SCHEMA) >= SCHEMA:
+            file, _, name = recipe.model.rpartition(".py:")
+            where = os.path.normpath(self.path.resolve() / f"{file}.py")  # an absolute FILE stays itself
+            recipe = dataclasses.replace(recipe, model=f"{where}:{name}")
+        return recipe
 
     def options(self) -> Options:
-        """The options the run trains with. Runs record the precision and compile setting they resolved to; one
-        recorded as 'auto' (tinymnist 0.3.0 and earlier) keeps what 'auto' meant then, and one from before
-        --compile existed resumes uncompiled, as it began."""
-        recorded = self.header().get("options", {})
-        options = _from_dict(Options, {"compile": "off", **recorded})  # runs from before --compile trained eager
-        if options.precision == "auto":
-            from tinymnist.machine import earlier_auto, pick_device
-
-            options = dataclasses.replace(options, precision=earlier_auto(pick_device(options.device)))
-        return options
+        """The options the run trains with, as it resolved them (``upgrade`` says what older records meant)."""
+        return _from_dict(Options, self.header()["options"])
 
     def data_sizes(self) -> tuple[int | None, int | None]:
         """(training images, test images) the run used; None where it used the whole split."""
         data = self.header()["data"]
         return data["train_images"], data["test_images"]
 
-    def model_source(self, trust: bool = False) -> Path | None:
-        """Where a user model's code is read from: its original file when that is present and unchanged (same
-        SHA-256), else, only when ``trust`` is given, the copy this run kept (code the user did not necessarily
-        write). None for a registered model."""
-        source = self.header().get("model_source")
-        if not source:
-            return None
-        from tinymnist.models import file_sha256
+    def data_line(self) -> str:
+        """The images the run trained on, in words: '2,000 of 60,000 training images', 'all 60,000 training
+        images' (without the total for a record of an earlier version, which did not hold it)."""
+        data = self.header()["data"]
+        return _images(data["train_images"], data.get("train_of"), "training images")
 
-        kept, origin = self / source["file"], Path(source["origin"])
-        if origin.is_file() and file_sha256(origin) == source["sha256"]:
-            return origin
-        if not kept.is_file() or file_sha256(kept) != source["sha256"]:
+    def identity(self) -> dict:
+        """This run's identity (the shape ``identity`` gives); parts an earlier record lacks are UNKNOWN (the
+        model file's hash) or None (the full splits' sizes: not compared)."""
+        header, recipe = self.header(), self.recipe()
+        source = header.get("model_source")
+        data = header["data"]
+        run = RunSpec(recipe, self.options(), held_out=header["held_out"])
+        found = _identity(run, (0, 0), (0, 0), source["sha256"] if source else None)
+        found["data"] = {"held_out": header["held_out"], "train_images": data["train_images"],
+                         "train_of": data.get("train_of"), "test_images": data["test_images"],
+                         "test_of": data.get("test_of")}
+        return found
+
+    def differs_from(self, other: dict) -> list[str]:
+        """The parts of the identity ``other`` (from ``identity``) this run differs in, in words ("model file's
+        code (its SHA-256 differs)", "data (2,000 of 60,000 training images ... here, ... asked)"); empty when it
+        is the same run. A part this record does not know differs: an old run is never reused for a user's file
+        whose hash it lacks."""
+        return _differences(self.identity(), other)
+
+    def model_source(self, trust: bool = False) -> Path | None:
+        """The one trust rule: where a user model's code may be imported from, or one sentence refusing. The
+        record never chooses code: its origin is used only when it resolves (symlinks followed) to a regular file
+        outside this run directory (and outside any other) whose SHA-256 is the recorded one; the copy this run
+        kept only with ``trust`` (--trust-remote-code). A relative origin of a record before schema 4 (read
+        against whatever folder the command ran in), an origin inside a run directory, or a user model with no
+        recorded source is refused. None for a registered model."""
+        model = self.recipe().model
+        if not is_user_model(model):
+            return None
+        source = self.header().get("model_source")
+        if not source or source["file"] != MODEL_FILE:
+            raise UsageError(f"{self.path} names the model file {model} but records no kept copy and hash of it; "
+                             f"a run record never chooses code to run: train your model file again.")
+        kept, run_dir = self / MODEL_FILE, self.path.resolve()
+        origin, why = Path(source["origin"]), None
+        if not origin.is_absolute() and self.header().get("upgraded_from", SCHEMA) < SCHEMA:
+            why = f"records its model file as the relative path {origin}"
+        else:
+            origin = (run_dir / origin).resolve()  # an absolute origin stays itself
+            if origin == run_dir or run_dir in origin.parents or any((d / HEADER).exists() for d in origin.parents):
+                why = f"records its model file as {origin}, inside a run directory"
+            elif origin.is_file() and file_sha256(origin) == source["sha256"]:
+                return origin
+            else:
+                why = f"records the model file {origin}, which {'has changed' if origin.exists() else 'is gone'}"
+        if kept.is_symlink() or not kept.is_file() or file_sha256(kept) != source["sha256"]:
             raise CheckpointError(f"{kept} is missing or differs from the model file this run recorded "
                                   f"(SHA-256 {source['sha256'][:12]}...); the run record is damaged.")
         if trust:
             return kept
-        why = "has changed since this run" if origin.exists() else "is gone"
-        raise UsageError(f"the model file {origin} {why}; using this run means running the copy of it kept in "
-                         f"{kept}, code you may not have written: read it, then pass --trust-remote-code.")
+        raise UsageError(f"{self.path} {why}; using this run means running the copy of it kept in {kept}, code "
+                         f"you may not have written: read it, then pass --trust-remote-code.")
 
     def record_normalization(self, mean: float, std: float) -> None:
         """Write the normalization into a header that lacks it (an unfinished run of schema 1, resumed), in the
         current schema. Call with the lock held."""
-        write_json(self / HEADER, {**self.header(), "normalization": {"mean": mean, "std": std}})
+        header = {**self.header(), "normalization": {"mean": mean, "std": std}}
+        write_json(self / HEADER, header)
+        self._header = header
 
     def normalization(self) -> tuple[float, float] | None:
         """The mean and std the run normalizes its inputs with; None for an unfinished run of schema 1, which
@@ -255,26 +492,55 @@ class RunRecord:
     # --- metrics and checkpoints ---------------------------------------------------------------------------
 
     def append_metrics(self, metrics: dict) -> None:
-        with open(self / METRICS, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_regular(self / METRICS, (json.dumps(metrics) + "\n").encode())
 
-    def metrics(self) -> list[dict]:
-        """Every complete line of metrics.jsonl; a torn last line (a crash mid-write) is skipped."""
+    def _logged(self) -> tuple[list[dict], bool]:
+        """The complete lines of metrics.jsonl, and whether a torn last line (a crash mid-write) was left out."""
         try:
-            lines = (self / METRICS).read_text().splitlines()
+            lines = read_regular(self / METRICS).decode(errors="replace").splitlines()
         except FileNotFoundError:
-            return []
+            return [], False
         rows = []
         for i, line in enumerate(lines):
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
+                row = None
+            if not isinstance(row, dict) or not _number(row.get("test_acc")):
                 if i == len(lines) - 1:
-                    break
-                raise CheckpointError(f"{self / METRICS} line {i + 1} is corrupt; the run record is damaged.") from None
+                    return rows, True
+                raise CheckpointError(f"{self / METRICS} line {i + 1} is corrupt; the run record is damaged.")
+            rows.append(row)
+        return rows, False
+
+    def metrics(self) -> list[dict]:
+        """Every epoch's metrics. A log behind its checkpoint (missing, emptied or torn: state.json holds every
+        checkpointed epoch) is rewritten from state.json when the directory can be written, with a Note; a torn
+        last line that state.json does not hold is left out, with a Note."""
+        rows, torn = self._logged()
+        behind = self.finished() and len(rows) < self.summary()["epochs"]
+        history = self._state_history() if torn or behind else None
+        if history is not None and len(history) > len(rows) and history[:len(rows)] == rows:
+            try:
+                write_atomic(self / METRICS, "".join(json.dumps(m) + "\n" for m in history).encode())
+                how = "rewrote it"
+            except OSError:
+                how = "read them from there (the directory is read-only)"
+            warnings.warn(Note(f"{self / METRICS} held {len(rows)} of the {len(history)} epochs in "
+                               f"{self / STATE_JSON}; {how}."), stacklevel=2)
+            return history
+        if torn:
+            warnings.warn(Note(f"{self / METRICS} ends in a torn line (a crash while writing it), left out; "
+                               f"{len(rows)} epochs read."), stacklevel=2)
         return rows
+
+    def _state_history(self) -> list[dict] | None:
+        try:
+            state = read_json(self / STATE_JSON)
+        except UsageError:  # no state.json
+            return None
+        history = state.get("history") if isinstance(state, dict) else None
+        return history if isinstance(history, list) else None
 
     def test_accs(self) -> list[float]:
         return [m["test_acc"] for m in self.metrics()]
@@ -287,16 +553,16 @@ class RunRecord:
 
         if weights is None:
             weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        model = _weights_name(model)
         write_atomic(self / WEIGHTS, st_save(weights, metadata={"model": model, "epoch": str(len(history))}))
         write_atomic(self / STATE, st_save(tensors, metadata={"model": model, "epoch": str(len(history))}))
         write_json(self / STATE_JSON, {"epoch": len(history), "history": history})
         # metrics.jsonl follows the checkpoint: one line appended per epoch; rewritten whole from the history
         # when a crash left it torn, behind or ahead.
-        raw = (self / METRICS).read_bytes() if (self / METRICS).exists() else b""
-        intact = not raw or raw.endswith(b"\n")
-        if intact and len(self.metrics()) == len(history) - 1:
+        rows, torn = self._logged()
+        if not torn and len(rows) == len(history) - 1:
             self.append_metrics(history[-1])
-        elif not intact or len(self.metrics()) != len(history):
+        elif torn or len(rows) != len(history):
             write_atomic(self / METRICS, "".join(json.dumps(m) + "\n" for m in history).encode())
 
     def load_checkpoint(self, model: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -304,11 +570,23 @@ class RunRecord:
         if state is None:
             return {}, []
         tensors = read_safetensors(self / STATE, model)
-        history = state.get("history", [])
-        if len(history) != state.get("epoch"):
-            raise CheckpointError(f"{self / STATE_JSON} is inconsistent (epoch {state.get('epoch')}, "
-                                  f"{len(history)} history rows); the checkpoint is damaged.")
+        history = state.get("history", []) if isinstance(state, dict) else None
+        if not isinstance(history, list) or len(history) != state.get("epoch"):
+            raise CheckpointError(f"{self / STATE_JSON} is inconsistent (its epoch and its history disagree); the "
+                                  f"checkpoint is damaged.")
         return tensors, history
+
+    def discard(self) -> None:
+        """Remove this run's directory: a run that failed before its first epoch was recorded (nothing to
+        resume), so a retry starts clean. Refused (left as it is) once an epoch is checkpointed."""
+        if self.started():
+            return
+        levels = len(self.step().split("/")) if self.exists() else 0  # ROOT/STEP/seed-N: STEP's own folders
+        shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.path.parents[:levels]:
+            with contextlib.suppress(OSError):  # one left empty only
+                parent.rmdir()
+        self._header = self._summary = None
 
     # --- the end -------------------------------------------------------------------------------------------
 
@@ -324,7 +602,9 @@ class RunRecord:
             "model": self.recipe().model, "params": params, "epochs": len(history),
             "best_train_acc": max(m["train_acc"] for m in history), "last_train_acc": history[-1]["train_acc"],
             "best_test_acc": max(test_accs), "last_test_acc": test_accs[-1],
-            f"min_test_acc_last_{last_k}": min(test_accs[-last_k:]),
+            # the same keys whatever window was judged: the exercise's last LAST_K epochs, and the judged window
+            f"min_test_acc_last_{LAST_K}": min(test_accs[-LAST_K:]), "last_k": last_k,
+            "min_test_acc_last_k": min(test_accs[-last_k:]),
             "first_epoch_holding": first_epoch_holding, "verdict": verdict,
             "torch": torch.__version__, "device": device, "precision": precision, "platform": platform.platform(),
             "cpu": cpu_name(),  # bf16 kernels differ between CPUs (AVX512-BF16, AMX): so do the numbers
@@ -334,10 +614,18 @@ class RunRecord:
             "train_seconds": sum(m["train_seconds"] for m in history),
         }
         write_json(self / RUN_SUMMARY, summary)
+        self._summary = _upgrade_summary(summary)
         return summary
 
     def summary(self) -> dict:
-        return _upgrade_summary(read_json(self / RUN_SUMMARY))
+        """summary.json, upgraded and validated (read once)."""
+        if self._summary is None:
+            self._header = None  # the summary is read with its header: schema 1 kept the normalization there
+            self.header()
+            if self._summary is None:
+                raise UsageError(f"{self.path} is not finished (no {RUN_SUMMARY}); finish it with: tinymnist train "
+                                 f"--resume {self.path}")
+        return self._summary
 
     # --- one writer at a time ------------------------------------------------------------------------------
 
@@ -349,6 +637,14 @@ class RunRecord:
 
 
 # --- weights ---------------------------------------------------------------------------------------------------
+
+def _weights_name(model: str) -> str:
+    """The model name weights carry: a user's file by its name alone (where it lies is no part of the model)."""
+    if not is_user_model(model):
+        return model
+    file, _, name = model.rpartition(".py:")
+    return f"{Path(file).name}.py:{name}"
+
 
 def read_safetensors(path: Path, model: str) -> dict[str, torch.Tensor]:
     """Load a safetensors file written for ``model``; a clear CheckpointError on anything wrong."""
@@ -363,6 +659,7 @@ def read_safetensors(path: Path, model: str) -> dict[str, torch.Tensor]:
     except (SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is corrupt.") from None
     recorded = metadata.get("model")
-    if current("model", recorded or "", note=False) != current("model", model, note=False):
+    recorded_name, name = (current("model", m, note=False).rpartition(".py:")[2] for m in (recorded or "", model))
+    if recorded_name != name:  # a user's file by the name in it: the file's own name and place may change
         raise CheckpointError(f"{path} holds weights of model {recorded!r}, not {model!r}.")
     return tensors

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from tinymnist.data import MNIST, load_mnist
-from tinymnist.errors import CheckpointError, TrainingError, UsageError
+from tinymnist.errors import CheckpointError, TinyMnistError, TrainingError, UsageError
 from tinymnist.machine import cpu_cores
-from tinymnist.models import count_params, create_model
+from tinymnist.models import count_params, create_model, is_user_model, split_user_model
+from tinymnist.models.user import USER_MODULE
+from tinymnist.runs import records
 from tinymnist.runs.records import RunRecord, run_dir
 from tinymnist.runs.supervise import Supervisor
 from tinymnist.targets import LAST_K, first_epoch_holding, judge, over_seeds
@@ -54,6 +57,13 @@ class RecordSink(Sink):
             precision=trainer.precision, compiled=trainer.compiled, wall_seconds=time.perf_counter() - self.started)
 
 
+def identity(spec: RunSpec, data: MNIST) -> dict:
+    """What a run of ``spec`` on ``data`` would be, with its options resolved as a new run records them (compare
+    it with ``RunRecord.differs_from``)."""
+    images = (spec.train_images or len(data.train_labels)) * spec.recipe.epochs
+    return records.identity(dataclasses.replace(spec, options=resolve_options(spec.options, images)), data)
+
+
 def create_run(run: RunRecord, spec: RunSpec, data: MNIST) -> None:
     """Write a new run's header (its spec, the images it trains on, their normalization), under its lock."""
     data = cut(spec, data)
@@ -80,7 +90,9 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
               sinks: tuple[Sink, ...] = ()) -> dict:
     """Train the run recorded in ``run`` to its end, continuing from its checkpoint when it has one, with the
     spec it records (``data`` is cut to its images); return its summary. A finished run is returned as it is.
-    All of it happens under the run's lock: no second process writes the same run."""
+    All of it happens under the run's lock: no second process writes the same run. A training that fails
+    before its first epoch is checkpointed leaves no directory behind (Ctrl-C aside: it keeps the run to resume);
+    an exception raised in a user's model file is one sentence naming its file and line."""
     if run.finished():
         return run.summary()
     if not run.exists():
@@ -92,24 +104,46 @@ def train_run(run: RunRecord, data: MNIST, on_epoch: EpochCallback | None = None
         record = RecordSink(run, last_k)
         checkpoint, source = run.load_checkpoint(run.recipe().model), run.model_source(trust)
         teacher = load_teacher(run.recipe().teacher, trust)
+        spec = dataclasses.replace(run.spec(), normalization=run.normalization(), model_source=source)
         try:
-            spec = dataclasses.replace(run.spec(), normalization=run.normalization(), model_source=source)
             execute(spec, data, [record, Callbacks(on_epoch, on_batch), *sinks], resume=checkpoint, teacher=teacher)
         except CheckpointError as e:  # the checkpoint does not fit the model: say which run
+            run.discard()
             raise CheckpointError(f"{run.path}: {e}") from None
+        except TinyMnistError:
+            run.discard()
+            raise
+        except Exception as e:
+            run.discard()
+            where = user_frame(e)
+            if where is None:
+                raise
+            raise UsageError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'} "
+                             f"(raised by your model during training); fix the model file.") from None
         return record.summary
+
+
+def user_frame(error: BaseException) -> str | None:
+    """'FILE line N' of the innermost frame of ``error``'s traceback that runs a user's model file, or None."""
+    found = None
+    for frame, line in traceback.walk_tb(error.__traceback__):
+        if str(frame.f_globals.get("__name__", "")).startswith(USER_MODULE):
+            found = f"{frame.f_code.co_filename} line {line}"
+    return found
 
 
 # --- many seeds ------------------------------------------------------------------------------------------
 
-def seed_runs(root: Path, spec: RunSpec, seeds: list[int]) -> dict[int, RunRecord]:
-    """The run of each seed under ``root``; a directory holding another recipe of the step is refused before
-    anything trains (a finished one is reused, an unfinished one resumed)."""
+def seed_runs(root: Path, spec: RunSpec, seeds: list[int], data: MNIST) -> dict[int, RunRecord]:
+    """The run of each seed under ``root``; a directory holding a run of another identity (model file, recipe,
+    data, options) is refused before anything trains, naming what differs (one of the same identity is reused
+    when finished, resumed when not)."""
     runs = {}
     for seed in seeds:
         run = RunRecord(run_dir(root, spec.step, seed))
-        if run.exists() and run.recipe() != spec.with_seed(seed).recipe:
-            raise UsageError(f"{run.path} holds a different recipe of {spec.step}; choose another --out.")
+        if run.exists() and (differs := run.differs_from(identity(spec.with_seed(seed), data))):
+            raise UsageError(f"{run.path} holds a run that differs in its {' and its '.join(differs)}; train into "
+                             f"a new --runs folder, or delete {run.path} to replace it.")
         runs[seed] = run
     return runs
 
@@ -125,9 +159,9 @@ def run_seeds(spec: RunSpec, seeds: list[int], root: Path, data: MNIST,
     if jobs > 1:
         threads = spec.options.threads or max(1, cpu_cores() // jobs)
         spec = dataclasses.replace(spec, options=dataclasses.replace(spec.options, threads=threads))
-    runs = seed_runs(root, spec, seeds)
+    runs = seed_runs(root, spec, seeds, data)
     for seed, run in runs.items():
-        if not run.exists():
+        if not run.started():
             create_run(run, spec.with_seed(seed), data)
     if jobs > 1:
         train_parallel(runs, data, jobs, on_epoch, last_k, trust)
@@ -143,8 +177,12 @@ def confirmation_runs(root: Path, step: str, spec: RunSpec, exclude: set[int]) -
     """The finished runs of ``spec``'s recipe under ``root`` on seeds outside ``exclude`` (its tuning seeds, and
     those a report already shows): the step's confirmation, in seed order."""
     found = [RunRecord(p.parent) for p in run_dir(root, step, 0).parent.glob("seed-*/summary.json")]
+    model = spec.recipe.model  # a user's file: a run records it by its absolute path
+    if is_user_model(model):
+        model = f"{split_user_model(model)[0].resolve()}:{model.rpartition('.py:')[2]}"
+    recipe = dataclasses.replace(spec.recipe, model=model)
     return sorted((r for r in found if r.recipe().seed not in exclude
-                   and r.recipe() == spec.with_seed(r.recipe().seed).recipe), key=lambda r: r.recipe().seed)
+                   and r.recipe() == dataclasses.replace(recipe, seed=r.recipe().seed)), key=lambda r: r.recipe().seed)
 
 
 def train_parallel(runs: dict[int, RunRecord], data: MNIST, jobs: int,
