@@ -45,9 +45,11 @@ def test_search_doc_is_rendered_from_the_committed_study_exports(tmp_path: Path,
     exports = [Path("evidence/studies") / p.name for p in sorted((ROOT / "evidence" / "studies").glob("*.json"))]
     assert exports, "evidence/studies/ holds no study export"
     command = (f"tinymnist search-doc {' '.join(map(str, exports))} --runs evidence/runs --out docs/search.md "
-               f"--figure docs/images/search-frontier.png --bar baseline-compact-step4")
+               f"--figure docs/images/search-frontier.png --bar baseline-compact-step4 "
+               f"--folds evidence/studies/front-5k.jsonl --baseline band-4k-6k:10")
     text = search_markdown(read_exports(exports), Path("evidence/runs"), tmp_path / "docs" / "images" / "f.png",
-                           tmp_path / "docs" / "search.md", command, "baseline-compact-step4")
+                           tmp_path / "docs" / "search.md", command, "baseline-compact-step4",
+                           Path("evidence/studies/front-5k.jsonl"), "band-4k-6k:10")
     text = text.replace("](images/f.png)", "](images/search-frontier.png)").replace(
         "](images/f-pass-rate.png)", "](images/search-frontier-pass-rate.png)")
     assert (ROOT / "docs" / "search.md").read_text() == text, (

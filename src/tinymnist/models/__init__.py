@@ -3,6 +3,7 @@ user's own model file (``user``), the layer table with parameters, receptive fie
 
 The rest of the package imports the names below from here; importing the package registers the zoo."""
 
+from tinymnist.modelnames import file_sha256, format_args, is_user_model, parse_args, split_user_model
 from tinymnist.models.registry import (
     count_params,
     create_model,
@@ -13,16 +14,7 @@ from tinymnist.models.registry import (
     register_family,
     register_model,
 )
-from tinymnist.models.user import (
-    file_sha256,
-    fixed_trial,
-    format_args,
-    is_user_model,
-    parse_args,
-    prepare_model,
-    split_user_model,
-    user_space,
-)
+from tinymnist.models.user import fixed_trial, prepare_model, user_space
 from tinymnist.models.zoo import Net, conv, separable, tiny, tiny_fits, tiny_params
 
 __all__ = ["Net", "conv", "count_params", "create_model", "family_model", "file_sha256", "fixed_trial",

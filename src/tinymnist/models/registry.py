@@ -11,7 +11,8 @@ from pathlib import Path
 from torch import nn
 
 from tinymnist.errors import UsageError, unknown_name
-from tinymnist.models.user import build_user_model, is_user_model, parse_args, split_user_model
+from tinymnist.modelnames import is_user_model, parse_args, split_user_model
+from tinymnist.models.user import build_user_model
 from tinymnist.names import current
 
 _REGISTRY: dict[str, Callable[[], nn.Module]] = {}
