@@ -2,18 +2,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import CPU, fit, start_run
-from tinymnist.errors import TrainingError
+from tinymnist.errors import Note, TrainingError
 from tinymnist.runs.loading import load_weights
 from tinymnist.runs.runner import train_run
 from tinymnist.steps.builtin import get_step
 from tinymnist.training.engine import Trainer
-from tinymnist.training.recipes import Recipe
+from tinymnist.training.recipes import Recipe, RunSpec
 from tinymnist.training.schedule import lr_at
 
 
@@ -73,7 +74,7 @@ def test_short_run_writes_complete_readable_run_directory(small_mnist, tmp_path:
     assert summary["last_test_acc"] == run.metrics()[-1]["test_acc"]
     assert summary["verdict"]["met"] is False  # two epochs cannot show five consistent ones
     model = load_weights(run / "weights.safetensors", "original_step4")
-    trainer = Trainer(recipe, data, CPU)
+    trainer = Trainer(RunSpec(recipe=recipe, options=CPU), data)
     trainer.model.load_state_dict(model.state_dict())
     assert trainer.evaluate()["test_acc"] == summary["last_test_acc"]
 
@@ -170,7 +171,7 @@ def _fit_compiled(small_mnist, compile: str, images: int = 640, epochs: int = 2,
 
     recipe = Recipe(model="compact_7k4", epochs=epochs, batch_size=batch_size, lr=0.05, seed=5, rotate=7, shift=0.05)
     options = dataclasses.replace(CPU, compile=compile, channels_last=channels_last)
-    return execute(RunSpec(recipe, options), small_mnist.subset(images, 500))
+    return execute(RunSpec(recipe=recipe, options=options), small_mnist.subset(images, 500))
 
 
 @pytest.mark.integration
@@ -192,10 +193,12 @@ def test_without_a_compiler_the_run_says_so_once_and_trains_uncompiled(
         small_mnist, capfd: pytest.CaptureFixture) -> None:
     import torch._inductor.config as inductor
 
-    with inductor.patch({"cpp.cxx": (None, "/nonexistent/g++")}):  # the config's own patch: undone exactly
+    with inductor.patch({"cpp.cxx": (None, "/nonexistent/g++")}), warnings.catch_warnings(record=True) as noted:
+        warnings.simplefilter("always")
         broken = _fit_compiled(small_mnist, "on")
-    err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "training goes on uncompiled" in err[0] and "compact_7k4" in err[0], err
+    notes = [str(w.message) for w in noted if issubclass(w.category, Note)]
+    assert len(notes) == 1 and "training goes on uncompiled" in notes[0] and "compact_7k4" in notes[0], notes
+    assert capfd.readouterr().err == ""  # the engine prints nothing: the CLI shows the Note
     assert not broken.compiled and broken.compile_failure
     strip = lambda h: [{k: v for k, v in m.items() if "seconds" not in k} for m in h]  # noqa: E731
     assert strip(broken.history) == strip(_fit_compiled(small_mnist, "off").history)  # exactly the uncompiled run
@@ -217,9 +220,11 @@ def test_every_compiled_training_of_a_process_runs_compiled_and_a_silent_fallbac
     assert dynamo_frames()[1] == before[1] + 1
     assert capfd.readouterr().err == ""
     monkeypatch.setattr(torch.compiler, "reset", lambda: None)
-    third = _fit_compiled(small_mnist, "on", 96, 1, batch_size=32)  # over the limit of 1: dynamo runs it eager
-    err = capfd.readouterr().err.strip().splitlines()
-    assert not third.compiled and len(err) == 1 and "gave it up and ran it eager" in err[0], err
+    with warnings.catch_warnings(record=True) as noted:
+        warnings.simplefilter("always")
+        third = _fit_compiled(small_mnist, "on", 96, 1, batch_size=32)  # over the limit of 1: dynamo runs it eager
+    notes = [str(w.message) for w in noted if issubclass(w.category, Note)]
+    assert not third.compiled and len(notes) == 1 and "gave it up and ran it eager" in notes[0], notes
 
 
 def test_distilling_from_itself_costs_nothing_and_a_teacher_changes_the_training(small_mnist) -> None:
@@ -238,7 +243,8 @@ def test_distilling_from_itself_costs_nothing_and_a_teacher_changes_the_training
     assert abs(float(same.detach())) < 1e-6
     data = small_mnist.subset(600, 200)
     recipe = Recipe(model="compact_7k4", epochs=1, batch_size=32, lr=0.05, seed=4)
-    plain = execute(RunSpec(recipe, CPU), data).history[0]
+    plain = execute(RunSpec(recipe=recipe, options=CPU), data).history[0]
     teacher = Teacher(create_model("compact_8k7"), data.mean, data.std)
-    taught = execute(RunSpec(dataclasses.replace(recipe, teacher="a run"), CPU), data, teacher=teacher).history[0]
+    taught = execute(RunSpec(recipe=dataclasses.replace(recipe, teacher="a run"), options=CPU), data,
+                     teacher=teacher).history[0]
     assert taught["train_loss"] != plain["train_loss"]

@@ -191,9 +191,10 @@ class RunRecord:
         header = self.header()
         train, test = self.data_sizes()
         journey = header.get("journey_source")
-        return RunSpec(self.recipe(), self.options(), self.step(), header["held_out"], train, test,
-                       tuple(header["tuned_seeds"]), header.get("overrides") or {}, header.get("origin"),
-                       journey["origin"] if journey else None)
+        return RunSpec(recipe=self.recipe(), options=self.options(), step=self.step(), held_out=header["held_out"],
+                       train_images=train, held_out_images=test, tuned_seeds=tuple(header["tuned_seeds"]),
+                       overrides=header.get("overrides") or {}, origin=header.get("origin"),
+                       journey_file=journey["origin"] if journey else None)
 
     def recipe(self) -> Recipe:
         return recipe_from_dict(self.header().get("recipe", {}))

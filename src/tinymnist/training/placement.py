@@ -4,11 +4,13 @@ and whether the training step is compiled (the policy the engine and the run rec
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from contextlib import AbstractContextManager
 
 import torch
+from torch import nn
 
-from tinymnist.errors import UsageError
+from tinymnist.errors import Note, UsageError
 from tinymnist.machine import pick_device
 from tinymnist.training.recipes import Options
 
@@ -58,6 +60,54 @@ def resolve_compile(compile: str, device: torch.device, threads: int, images: in
         return compile
     wanted = device.type == "cpu" and threads >= 2 and images >= COMPILE_MIN_IMAGES
     return "on" if wanted and cpp_compiler() else "off"
+
+
+class CompiledForward:
+    """A model's training forward pass, through torch.compile when ``mode`` is 'on' for full batches of
+    ``batch_size`` (an epoch's last, smaller batch runs uncompiled rather than compiling a second graph). A model
+    torch.compile cannot compile (no compiler, an operation it does not support) is noted once and runs
+    uncompiled from then on; ``failure`` says why."""
+
+    def __init__(self, model: nn.Module, mode: str, batch_size: int, name: str) -> None:
+        self.model, self.mode, self.batch_size, self.name = model, mode, batch_size, name
+        self.failure: str | None = None
+        self._compiled: nn.Module | None = None
+        self._checked = False  # whether the first compiled step has run and been checked
+        if mode == "on":
+            # Dynamo keeps at most `recompile_limit` (8) graphs of one forward() per process and runs any further
+            # model or batch size uncompiled, silently: the ninth compiled training of a benchmark, a search
+            # worker or a notebook trained eager. A compiled training starts from an empty in-process cache.
+            torch.compiler.reset()
+            self._compiled = torch.compile(model, dynamic=False)
+
+    @property
+    def compiled(self) -> bool:
+        """Asked for, seen to run compiled (a first full batch has been trained), and not given up."""
+        return self.mode == "on" and self._checked and self.failure is None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is None or x.shape[0] != self.batch_size:
+            return self.model(x)
+        if self._checked:
+            return self._compiled(x)
+        before = dynamo_frames()
+        try:
+            out = self._compiled(x)
+        except Exception as e:  # whatever the compiler raises, training goes on without it
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            self._give_up(f"{type(e).__name__}: {reason}")
+            return self.model(x)
+        self._checked = True
+        tried, compiled = (after - was for after, was in zip(dynamo_frames(), before, strict=True))
+        if tried and not compiled:  # dynamo tried, gave the model up and ran it eager
+            self._give_up("torch.compile gave it up and ran it eager; TORCH_LOGS=recompiles says why")
+        return out
+
+    def _give_up(self, why: str) -> None:
+        self._compiled = None
+        self.failure = why
+        warnings.warn(Note(f"torch.compile could not compile model {self.name!r} ({why}); training goes on "
+                           f"uncompiled."), stacklevel=3)
 
 
 def cpp_compiler() -> str | None:
