@@ -24,7 +24,7 @@ from tinymnist.models import create_model, is_user_model
 from tinymnist.training.placement import CompiledForward, autocast, placement, resolve_compile
 from tinymnist.training.recipes import Recipe, RunSpec
 from tinymnist.training.schedule import lr_at
-from tinymnist.training.user_models import PROBE_IMAGES, model_failure, safe_memory_format, source_file
+from tinymnist.training.user_models import PROBE_IMAGES, model_failure, model_file, safe_memory_format
 
 SCORE_PREFIX = {"test": "test", "validation": "val"}  # a metric's key names what it was measured on
 EVAL_BATCH = 500  # images per evaluation forward: bounds the activations held at once
@@ -71,8 +71,9 @@ class Trainer:
         self.train_labels = data.train_labels.to(self.device)
         torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
         model = (build() if build else create_model(recipe.model, spec.model_source)).to(self.device)
-        self.user_file = None if build is None and not is_user_model(recipe.model) else source_file(model)
-        self.memory_format = wanted_format if self.user_file is None and build is None else safe_memory_format(
+        self.user_file = model_file(recipe.model, spec.model_source, model, built=build is not None)
+        built_in = build is None and not is_user_model(recipe.model)  # registered: layout-agnostic, tested
+        self.memory_format = wanted_format if built_in else safe_memory_format(
             model, wanted_format, normalize(self.train_images[:PROBE_IMAGES], self.mean, self.std))
         self.model = model.to(memory_format=self.memory_format)
         self.optimizer = make_optimizer(recipe, self.model)

@@ -8,11 +8,13 @@ import copy
 import inspect
 import os
 import traceback
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from tinymnist.errors import UsageError
+from tinymnist.models import is_user_model, split_user_model
 
 PROBE_IMAGES = 8  # a batch small enough to cost nothing, large enough for a batch-shaped bug to show
 
@@ -21,13 +23,24 @@ class ModelError(UsageError):
     """A user's model failed inside its own code (its forward, its layers' shapes); the sentence names the line."""
 
 
-def source_file(model: nn.Module) -> str | None:
-    """The file a model's class is written in, or None when Python cannot say (a class typed at a prompt)."""
+def model_file(name: str, source: Path | None, model: nn.Module, built: bool = False) -> tuple[str, str] | None:
+    """Where a model the project did not write comes from, as (the file its code runs from, the path to name in
+    an error): for ``FILE.py:NAME`` the user's file (or ``source``, a run's kept copy; a file of the same bytes
+    loaded earlier in this process is where the code runs from), for a model ``built`` by a caller's own function
+    its class's file. None for a built-in model, or when Python cannot say (a class typed at a prompt)."""
     try:
         path = inspect.getsourcefile(type(model))
     except (TypeError, OSError):
+        path = None
+    code = os.path.realpath(path) if path else None
+    if code and code.startswith(os.path.realpath(os.path.dirname(torch.__file__))):
+        code = None  # a torch container a factory returned: no line of it is the user's
+    if built:
+        return (code, code) if code else None
+    if not is_user_model(name):
         return None
-    return os.path.realpath(path) if path else None
+    shown = str(source or split_user_model(name)[0])
+    return (code or os.path.realpath(shown), shown)
 
 
 def safe_memory_format(model: nn.Module, wanted: torch.memory_format, probe: torch.Tensor) -> torch.memory_format:
@@ -51,14 +64,16 @@ def safe_memory_format(model: nn.Module, wanted: torch.memory_format, probe: tor
     return wanted if same else torch.contiguous_format
 
 
-def model_failure(error: Exception, path: str, where: str) -> ModelError | None:
-    """The one sentence for ``error`` raised inside the model file ``path`` (``where``: when, e.g. "at epoch 2
-    of training"), naming the innermost line of that file it passed through; None when it never did."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.realpath(f.filename) == path]
+def model_failure(error: Exception, file: tuple[str, str], where: str) -> ModelError | None:
+    """The one sentence for ``error`` raised inside a model's file (``file``: as model_file gives it; ``where``:
+    when, e.g. "at epoch 2, batch 1 of training"), naming the innermost line of that file it passed through;
+    None when it never did."""
+    code, shown = file
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.realpath(f.filename) == code]
     if not frames:
         return None
     frame = frames[-1]
     reason = (str(error).strip().splitlines() or [""])[0][:300]
     what = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
-    return ModelError(f"{frame.filename}:{frame.lineno}: the model's forward raised {what} {where} "
+    return ModelError(f"{shown}:{frame.lineno}: the model's forward raised {what} {where} "
                       f"(in `{(frame.line or '').strip()}`); fix that line of the model and train again.")
