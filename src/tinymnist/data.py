@@ -1,6 +1,6 @@
 """MNIST: find, download, verify and parse the IDX files; hold the set in memory as uint8 tensors.
 
-The whole data set lives in memory (about 55 MB as uint8) and is handed out as normalized float batches,
+The whole data set lives in memory as uint8 and is handed out as normalized float batches,
 so the training path does no per-image Python work.
 """
 

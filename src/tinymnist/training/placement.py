@@ -14,16 +14,11 @@ from tinymnist.errors import Note, UsageError
 from tinymnist.machine import pick_device
 from tinymnist.training.recipes import Options
 
-# `--compile auto` compiles a CPU training of at least this many images (epochs x training images) on two or more
-# threads: ten epochs of MNIST, about what it takes for a step's saving to pay back the compiler's warm-up with an
-# empty cache on 2 cores (docs/performance.md, the speed matrices; docs/speed.md has the full-recipe pairs).
-COMPILE_MIN_IMAGES = 600_000
+COMPILE_MIN_IMAGES = 600_000  # epochs x training images below which `--compile auto` leaves the compiler's warm-up out
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> fp32 on every device. bf16 is asked for by name: paired over fresh seeds it was not shown to
-    cost accuracy, nor shown not to (docs/findings.md, "Precision"), and it saves about a tenth of an epoch on the CPUs
-    measured, against a target that seeds miss by hundredths of a point."""
+    """'auto' -> fp32 on every device; bf16 is asked for by name (docs/findings.md, "Precision", says why)."""
     if precision == "auto":
         return "fp32"
     if precision not in ("fp32", "bf16"):
@@ -52,8 +47,7 @@ def resolve_options(options: Options, images: int) -> Options:
 
 def resolve_compile(compile: str, device: torch.device, threads: int, images: int) -> str:
     """'auto' -> 'on' for a CPU training of at least COMPILE_MIN_IMAGES images on two or more threads with a C++
-    compiler at hand, else 'off'. On two cores the compiled step was faster; on one thread it was no faster; on
-    a GPU it is unmeasured (docs/performance.md)."""
+    compiler at hand, else 'off': where the compiled step was measured faster (docs/performance.md)."""
     if compile not in ("auto", "on", "off"):
         raise UsageError(f"unknown --compile {compile!r}; use auto, on or off.")
     if compile != "auto":
@@ -74,10 +68,7 @@ class CompiledForward:
         self._compiled: nn.Module | None = None
         self._checked = False  # whether the first compiled step has run and been checked
         if mode == "on":
-            # Dynamo keeps at most `recompile_limit` (8) graphs of one forward() per process and runs any further
-            # model or batch size uncompiled, silently: the ninth compiled training of a benchmark, a search
-            # worker or a notebook trained eager. A compiled training starts from an empty in-process cache.
-            torch.compiler.reset()
+            torch.compiler.reset()  # past dynamo's recompile limit a process's next model would run eager, silently
             self._compiled = torch.compile(model, dynamic=False)
 
     @property

@@ -107,8 +107,7 @@ class Options:
     arithmetic, so a seed's numbers come back only with all three."""
 
     device: str = "auto"
-    channels_last: bool = True  # faster on CPU at one thread (docs/performance.md); uncompiled, its BatchNorm
-    # gradients are less exact than NCHW's (docs/speed.md)
+    channels_last: bool = True  # NHWC where a model is proven unchanged by it: faster on CPU (docs/performance.md)
     precision: str = "auto"  # auto | fp32 | bf16 (autocast: convolutions in bf16, BN, loss and weights in fp32)
     threads: int | None = None  # CPU threads; None = torch's default (one per core)
     compile: str = "auto"  # auto | on | off: the training step through torch.compile (placement.resolve_compile)
