@@ -8,6 +8,7 @@ test files are never opened.
 
     python bench/front_study.py --out evidence/studies/front-5k.jsonl            # every job, in order
     python bench/front_study.py --out evidence/studies/front-5k.jsonl --list     # what is done and what is left
+    python bench/front_study.py --out ... --plan plan.json    # the order of a JSON list of [recipe, fold, seed]
 
 Candidates use the levers of small public models at about trial 10's size (5,480 parameters); the calibration
 recipes are those whose fresh-seed test outcome is committed (evidence/studies/calibrate-*.json and the
@@ -37,12 +38,11 @@ from tinymnist.training.recipes import Options, Recipe, RunSpec
 
 LAST_K = 5
 FOLDS = (0, 1, 2)
-# trial 10 of band-4k-6k: compact_step4's augmentation, weight averaging, SGD one-cycle at 0.2
-BAND_RECIPE = {"epochs": 15, "batch_size": 64, "lr": 0.2, "cycle_epochs": 11, "rotate": 7.0, "shift": 0.05,
-               "scale": 0.05, "ema": 0.999}
-CANDIDATES = {  # name -> model, each with BAND_RECIPE; the lever beside the tiny layout of its size
+BASELINE = ("band-4k-6k", 10)  # 5,480 params: compact_step4's augmentation, weight averaging, SGD one-cycle at 0.2
+CANDIDATES = {  # name -> model, each with the recipe of BASELINE; the lever beside the tiny layout of its size
     "pad": "tiny:w=8.32.24.24.24,pool=2,sep=3,sq=0,pad=2",  # 5,480: trial 10 with padding 1 in layers 1-2
     "share": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3",  # 5,528: the last separable block applied 3 times
+    "share-bn": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3,repbn=1",  # 5,656: the same, a BatchNorm per application
     "fact": "tiny:w=12.40.24.24.24,pool=2,sep=3,sq=0,fact=2",  # 5,372: layer 2 factorized 3x1 + 1x3
     "pad-share": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3,pad=2",  # 5,528: both
 }
@@ -56,10 +56,9 @@ CALIBRATION = {  # name -> (study export, trial): recipes with committed fresh-s
 
 
 def recipe_of(name: str, exports: Path) -> Recipe:
-    if name in CANDIDATES:
-        return Recipe(model=CANDIDATES[name], **BAND_RECIPE)
-    study, trial = CALIBRATION[name]
-    return trial_recipe(read_exports([exports / f"{study}.json"])[0], trial)
+    study, trial = BASELINE if name in CANDIDATES else CALIBRATION[name]
+    recipe = trial_recipe(read_exports([exports / f"{study}.json"])[0], trial)
+    return dataclasses.replace(recipe, model=CANDIDATES[name]) if name in CANDIDATES else recipe
 
 
 def plan() -> list[tuple[str, int, int]]:
@@ -70,6 +69,14 @@ def plan() -> list[tuple[str, int, int]]:
     jobs += [(c, f, 1) for c in CANDIDATES for f in (1, 2)]
     jobs += [(c, f, 1) for c in ("frontier_sep_3k8", "frontier-2k5 trial 59") for f in (1, 2)]
     return jobs
+
+
+def ordered(plan_file: Path | None) -> list[tuple[str, int, int]]:
+    """The jobs in the order ``plan_file`` (JSON: [[recipe, fold, seed], ...]) gives, read again before every job
+    so that a running study can be steered; plan() when there is none."""
+    if plan_file is None or not plan_file.exists():
+        return plan()
+    return [(name, int(fold), int(seed)) for name, fold, seed in json.loads(plan_file.read_text())]
 
 
 def done(out: Path) -> set[tuple[str, int, int]]:
@@ -104,14 +111,15 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per finished job (appended)")
     p.add_argument("--exports", type=Path, default=Path("evidence/studies"), help="where the study exports are")
     p.add_argument("--data-dir", default=os.environ.get("TINYMNIST_DATA"))
+    p.add_argument("--plan", type=Path, help="JSON list of [recipe, fold, seed], read before each job")
     p.add_argument("--list", action="store_true", help="say what is done and what is left, train nothing")
     args = p.parse_args()
-    for job in plan():
-        finished = job in done(args.out)
-        if args.list or finished:
-            print(("done  " if finished else "left  ") + " ".join(map(str, job)))
-            continue
-        row = train(*job, args.exports, args.data_dir)
+    if args.list:
+        for job in ordered(args.plan):
+            print(("done  " if job in done(args.out) else "left  ") + " ".join(map(str, job)))
+        return 0
+    while left := [job for job in ordered(args.plan) if job not in done(args.out)]:
+        row = train(*left[0], args.exports, args.data_dir)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{row['name']} fold {row['fold']}: level {row['level']:.3f}, {row['params']:,} params, "

@@ -16,6 +16,7 @@ from bench_grad_error import render_grad_error
 from bench_matrix import render_matrix
 from bench_serve import render_serve
 from bench_stacked import render_stacked
+from bench_startup import render_startup
 from bench_train import render_parallel, render_profile, render_train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,10 +26,10 @@ def render(results: list[dict]) -> str:
     """docs/performance.md from benchmark JSON files."""
     lines = (ROOT / "docs" / "templates" / "performance.md").read_text().split("\n")
     order = {None: 0, "before_after": 1, "matrix": 2, "floor": 3, "grad_error": 4, "profile": 5, "parallel": 6,
-             "stacked": 7, "serve": 8}
+             "stacked": 7, "serve": 8, "startup": 9}
     renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve,
                  "matrix": render_matrix, "floor": render_floor, "stacked": render_stacked,
-                 "grad_error": render_grad_error, "before_after": render_before_after}
+                 "grad_error": render_grad_error, "startup": render_startup, "before_after": render_before_after}
     for r in sorted(results, key=lambda r: (order[r.get("kind")], bool(r.get("overrides")),
                                             -r["threads"] if r.get("kind") == "matrix" else 0)):
         if r.get("kind") in renderers:

@@ -188,9 +188,34 @@ def test_a_closed_output_pipe_ends_quietly(argv: list[str]) -> None:
     assert proc.wait(60) == 141 and err == ""
 
 
+# Commands that only read records, as a user types them: each must start and end without torch.
+READING = {"version": ["--version"], "show": ["show", "tests/fixtures/run_0_2_0/run"],
+           "check": ["check", "compact", "--runs", "evidence/runs"], "results": ["results", "--runs", "evidence/runs"]}
+
+
+@pytest.mark.parametrize("name", list(READING))
+def test_commands_that_read_records_load_no_torch(name: str, tmp_path: Path) -> None:
+    """`tinymnist --version`, `show`, `check` and `results` in a fresh process: torch, numpy and the training
+    loop are not in sys.modules when the command has run (tests/test_architecture.py checks the imports of
+    every cli module; this checks what the commands do). `steps` and `models` count parameters by building
+    each model, so they load torch."""
+    import subprocess
+    import sys
+
+    argv = READING[name] + (["--out", str(tmp_path / "results.md")] if name == "results" else [])
+    code = ("import sys\nfrom tinymnist.cli.main import main\ntry:\n    code = main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    code = e.code\nloaded = {'torch', 'numpy', 'tinymnist.training.engine', "
+            "'tinymnist.runs.runner'} & set(sys.modules)\nprint('LOADED', sorted(loaded), file=sys.stderr)\n"
+            "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and done.stderr.splitlines()[-1] == "LOADED []", (done.stdout, done.stderr)
+
+
 def test_the_cli_is_a_thin_shell() -> None:
     """The cli/ modules parse, call the library and print: none of them imports torch or the training machinery
-    (module level or inside a function), and the accuracy target is written only where it is defined."""
+    (module level or inside a function; what they load through the library is test_architecture's), and the
+    accuracy target is written only where it is defined."""
     import ast
     import re
 
@@ -207,3 +232,24 @@ def test_the_cli_is_a_thin_shell() -> None:
             assert len([line for line in lines if "TARGET_ACC, LAST_K = " in line]) == 1
         else:
             assert not lines, (path.name, lines)
+
+
+def test_one_list_of_recipe_overrides() -> None:
+    """settings.OVERRIDES is the one list: every training command takes its flags, and a results row's flags
+    (results_doc.OPTION_FLAGS), given back to the command line, are the overrides the run recorded."""
+    from dataclasses import fields
+
+    from tinymnist.cli.common import recipe_overrides
+    from tinymnist.cli.main import build_parser
+    from tinymnist.reports.results_doc import OPTION_FLAGS
+    from tinymnist.settings import OVERRIDES
+    from tinymnist.training.recipes import Recipe
+
+    assert {o.field for o in OVERRIDES} <= {f.name for f in fields(Recipe)}
+    given = {"count": ("3", 3), "positive": ("0.5", 0.5), "number": ("0.25", 0.25), "run": ("runs/a/seed-1",) * 2}
+    flags = [text for o in OVERRIDES for text in (OPTION_FLAGS[o.field], given[o.takes][0])]
+    recorded = {o.field: given[o.takes][1] for o in OVERRIDES}
+    for command in (["train", "compact_step4"], ["consistency", "compact_step4"],
+                    ["search-confirm", "study.json", "--trial", "1"]):
+        assert recipe_overrides(build_parser().parse_args([*command, *flags])) == recorded, command
+    assert recipe_overrides(build_parser().parse_args(["train", "compact_step4", "--seed", "7"])) == {"seed": 7}

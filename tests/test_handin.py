@@ -147,3 +147,92 @@ def test_the_flagship_in_plain_pytorch_runs_alone(mnist_dir: Path) -> None:
                          capture_output=True, text=True, check=True, timeout=300).stdout
     assert "compact_7k4: 7,432 parameters" in out and "epoch  1: test accuracy" in out
     assert "does not hold 99.40% in each of the last 5" in out  # one epoch cannot hold five
+
+
+PLAIN = '''import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super(Net, self).__init__()
+        self.conv = nn.Conv2d(1, 8, 3, stride=2)
+        self.fc = nn.Linear(8 * 13 * 13, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+'''
+
+
+def four_steps(models: list[str], extra: str = "") -> str:
+    return extra + "".join(f'\n[[step]]\nname = "s{i}"\nmodel = "{m}"\ntarget = "t{i}"\nepochs = 1\n'
+                           for i, m in enumerate(models, 1))
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    ("def oops(:\n", "step 4 (s4): "),
+    ("import torch\n\n\ndef Net():\n    return torch.nn.Conv2d(1, 10, 28)\n", "(2, 10, 1, 1)"),
+    ("import torch\n\n\ndef Net():\n    return torch.nn.Linear(10, 10)\n", "late.py")])
+def test_the_whole_journey_is_checked_before_anything_trains(broken: str, says: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """A syntax error in step 4's file appeared after steps 1-3 had trained."""
+    monkeypatch.chdir(tmp_path)
+    Path("plain.py").write_text(PLAIN)
+    Path("late.py").write_text(broken)
+    Path("j.toml").write_text(four_steps(["plain.py:Net"] * 3 + ["late.py:Net"]))
+    code = main(["report", "j.toml", "--data-dir", str(tmp_path / "no-data"), "--no-download"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("tinymnist: error: step 4 (s4): ") and says in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out and not Path("runs").exists()
+
+
+@pytest.mark.integration
+def test_a_quick_pass_is_marked_and_the_authors_analysis_is_the_analysis(mnist_dir: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    work = tmp_path / "my-exercise"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    Path("plain.py").write_text(PLAIN)
+    journey = four_steps(["plain.py:Net"] * 4).replace('target = "t1"', 'target = "fewer | more"')
+    journey = journey.replace('name = "s2"', 'name = "s2"\nanalysis = """Mine: the line is flat.\nTruly."""')
+    Path("journey.toml").write_text(journey)
+    Path("taken").write_text("a file where the report's folder would go")
+    args = ["report", "journey.toml", "--epochs", "1", "--subset", "500", "--data-dir", str(mnist_dir),
+            "--no-channels-last"]  # x.view after a convolution: channels_last is another issue's fix
+    assert main([*args, "--out", "taken/report"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinymnist: error: cannot write the report into taken/report (") and "--out" in err
+    assert len(err.strip().splitlines()) == 1 and not Path("runs").exists()  # said before anything trains
+    assert main(args) == 0
+    report = Path("report/report.md").read_text()
+    assert report.startswith("# my-exercise: 4 steps") and "Journey `journey`" not in report
+    assert "**A quick pass**: every step trained 1 epoch instead of its recipe's own" in report
+    assert "| 1. `s1` | fewer \\| more |" in report
+    s2 = report.split("## Step 2")[1].split("## Step 3")[0]
+    assert "**Analysis** (the author's).\n\nMine: the line is flat.\nTruly.\n\n**Measured**" in s2
+    assert "Against step `s1`" in s2 and "Notes:" not in s2
+    assert "- Data: 500 of 60,000 training images" in s2
+    Path("journey.toml").write_text('title = "Tiny | CNN"\n' + journey)
+    assert main(args) == 0
+    assert Path("report/report.md").read_text().startswith("# Tiny | CNN: 4 steps")
+
+
+def test_one_step_of_a_journey_trains_alone_with_its_own_recipe(mnist_dir: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """`train models.py:Step1 --epochs 2` used compact_step4's recipe (peak LR 0.2), sat at chance, and said
+    nothing; a journey's step could not be trained alone."""
+    monkeypatch.chdir(tmp_path)
+    Path("plain.py").write_text(PLAIN)
+    Path("j.toml").write_text(four_steps(["plain.py:Net"] * 4).replace('target = "t2"', 'target = "t2"\nlr = 1e-6'))
+    assert main(["train", "j.toml:s3x", "--data-dir", str(mnist_dir)]) == 2
+    assert "j.toml has no step named 's3x'; did you mean 's3'?" in capsys.readouterr().err
+    code = main(["train", "j.toml:s2", "--subset", "300", "--data-dir", str(mnist_dir), "--no-channels-last"])
+    out = capsys.readouterr().out
+    assert code == 0 and "recipe: 1 epochs, batch 64, SGD lr 1e-06, momentum 0.9" in out
+    assert Path("runs/user/j/s2/seed-121/summary.json").is_file()
+    assert "Did not learn: final test accuracy" in out and "near chance (10%)" in out

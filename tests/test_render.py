@@ -55,3 +55,35 @@ def test_paired_rows_compare_two_rows_of_a_step_on_their_common_seeds() -> None:
     [row] = paired_rows(groups)
     # seeds 1 and 2 ran both: worst of last 5 99.38 -> 99.48 and 99.50 -> 99.60, mean +0.100, no spread
     assert row.startswith("| `s` | as defined, fp32 | --ema 0.999, fp32 | 1-2 | 1 / 2 | +0.100 | +0.100 to +0.100 |")
+
+
+def test_changes_list_only_settings_that_act_in_the_journey_files_terms() -> None:
+    from tinymnist.reports.handin import changes
+    from tinymnist.training.recipes import Recipe
+
+    plain = Recipe(model="compact_7k4")
+    assert changes(plain, Recipe(model="compact_7k4", step_size=5), None) == []  # constant schedule: no effect
+    assert changes(plain, Recipe(model="compact_7k4", schedule="step", step_size=5), None) == [
+        'schedule: "constant" -> "step"', "step_size: 10 -> 5"]
+    assert changes(plain, Recipe(model="compact_7k4", nesterov=True), None) == ["nesterov: false -> true"]
+    no_momentum = Recipe(model="compact_7k4", momentum=0.0)
+    assert changes(no_momentum, Recipe(model="compact_7k4", momentum=0.0, nesterov=True), None) == []
+    adam = Recipe(model="compact_7k4", optimizer="adam", lr=0.001)
+    assert changes(adam, Recipe(model="compact_7k4", optimizer="adam", lr=0.001, momentum=0.8), None) == [
+        "momentum (Adam's beta1): 0.9 -> 0.8"]
+
+
+def test_recipe_line_names_adams_beta1_and_no_idle_nesterov() -> None:
+    from tinymnist.reports.render import recipe_line
+    from tinymnist.training.recipes import Recipe
+
+    adam = recipe_line(Recipe(model="compact_7k4", optimizer="adam", lr=0.001))
+    assert "ADAM lr 0.001, beta1 0.9," in adam and "momentum" not in adam
+    assert "Nesterov" not in recipe_line(Recipe(model="compact_7k4", momentum=0.0, nesterov=True))
+    assert "momentum 0.9 (Nesterov)" in recipe_line(Recipe(model="compact_7k4", nesterov=True))
+
+
+def test_a_table_cell_escapes_its_bars() -> None:
+    from tinymnist.reports.render import md
+
+    assert md("fewer params | more epochs\nand more") == "fewer params \\| more epochs and more"

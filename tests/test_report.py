@@ -8,7 +8,7 @@ import torch
 from conftest import start_run
 from tinymnist.models import count_params, create_model, list_models
 from tinymnist.models.layers import flops_per_image, layer_table
-from tinymnist.reports.render import analyse
+from tinymnist.reports.render import analyse, did_not_learn
 from tinymnist.reports.report import write_report
 from tinymnist.runs.records import RunRecord
 from tinymnist.targets import judge
@@ -51,25 +51,45 @@ def history(test: list[float], train: list[float]) -> list[dict]:
 def test_analysis_names_over_and_underfitting_and_consistency() -> None:
     steady = [98.0] * 10 + [99.45, 99.41, 99.50, 99.47, 99.44]
     over = analyse([history(steady, [100.0] * 15)], 7_000)
-    assert over[0].startswith("Overfitting") and over[1].startswith("Consistent") and "bonus" in over[2]
+    assert over[0].startswith("Overfits") and over[1].startswith("Consistent") and "bonus" in over[2]
     under = analyse([history(steady, [98.9] * 15)], 9_000)
-    assert under[0].startswith("Underfitting") and "66" not in under[2] and "1,001 too many" in under[2]
+    assert under[0].startswith("Underfits") and "66" not in under[2] and "1,001 too many" in under[2]
     swinging = [98.0] * 10 + [99.45, 99.10, 99.50, 99.20, 99.44]
     fine = analyse([history(swinging, [99.5] * 15)], 12_000)
-    assert fine[0].startswith("Neither over- nor underfitting") and fine[1].startswith("Not consistent")
+    assert fine[0].startswith("Fits") and fine[1].startswith("Not consistent")
     assert "swing 0.40" in fine[1] and "2,001 over" in fine[2]
+
+
+@pytest.mark.parametrize(("train", "test", "word"), [(64.0, 63.5, "Underfits"), (53.0, 60.0, "Underfits"),
+                                                     (99.9, 98.0, "Overfits"), (99.6, 99.5, "Fits")])
+def test_the_word_follows_the_numbers(train: float, test: float, word: str) -> None:
+    """A model at 64% train accuracy was 'neither over- nor underfitting', one at 53% 'overfitting'."""
+    fit = analyse([history([test] * 6, [train] * 6)], 7_000)[0]
+    assert fit.split(":")[0] == word and f"{train:.2f}%" in fit and f"{test:.2f}%" in fit
+
+
+def test_a_run_near_chance_says_it_did_not_learn() -> None:
+    assert did_not_learn(history([9.58] * 2, [10.1] * 2)).startswith("Did not learn: final test accuracy 9.58%")
+    assert did_not_learn(history([97.0] * 2, [97.0] * 2)) is None
+
+
+def test_a_run_still_rising_is_settling() -> None:
+    rising = analyse([history([98.0, 98.5, 98.9, 99.1, 99.3, 99.45], [99.6] * 6)], 7_000)
+    assert rising[1].startswith("Settling: test accuracy still rose over the last 5 epochs (98.50% -> 99.45%)")
+    flat = analyse([history([98.0, 99.5, 99.45, 99.5, 99.46, 99.47], [99.6] * 6)], 7_000)
+    assert not any(s.startswith("Settling") for s in flat)
 
 
 def test_a_gap_shown_the_same_is_judged_the_same() -> None:
     """Two steps whose train-test gap shows as 0.30 points got opposite words; now the shown (rounded) gap is
     judged, against a margin of 0.50 points."""
-    test = [99.0] * 15
-    words = {analyse([history(test, [99.0 + gap] * 15)], 7_000)[0].split(":")[0]
+    test = [99.5] * 15
+    words = {analyse([history(test, [99.5 + gap] * 15)], 7_000)[0].split(":")[0]
              for gap in (0.2996, 0.30, 0.3004)}
-    assert words == {"Neither over- nor underfitting"}
-    assert "+0.30 points" in analyse([history(test, [99.3004] * 15)], 7_000)[0]
-    assert analyse([history(test, [99.4996] * 15)], 7_000)[0].startswith("Overfitting")  # shown as 0.50
-    assert analyse([history(test, [99.4949] * 15)], 7_000)[0].startswith("Neither")  # shown as 0.49
+    assert words == {"Fits"}
+    assert "gap +0.30 points" in analyse([history(test, [99.8004] * 15)], 7_000)[0]
+    assert analyse([history(test, [99.9996] * 15)], 7_000)[0].startswith("Overfits")  # shown as 0.50
+    assert analyse([history(test, [99.9949] * 15)], 7_000)[0].startswith("Fits")  # shown as 0.49
 
 
 def fake_run(root: Path, step: str, model: str, seed: int, test: list[float], data) -> RunRecord:
@@ -110,3 +130,114 @@ def test_report_on_fake_runs_has_every_section_and_figure(small_mnist, tmp_path:
     assert "± " in text and "0 of 2 seeds" in text  # two seeds: mean ± std, and seeds meeting the targets
     assert (tmp_path / "out" / "figures" / "test-accuracy.png").is_file()
     assert text.count("**Confirmation on fresh seeds** (seeds 1001") == 2 and "1 of 1 (95% interval 2-100%)" in text
+
+
+TINY = '''from torch import nn
+
+
+class A(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 10, 3, stride=2))
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+
+
+class B(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 12, 3, stride=2), nn.ReLU(), nn.Conv2d(12, 10, 3, stride=2))
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+'''
+
+TINY_JOURNEY = '''[recipe]
+epochs = 1
+lr = 0.05
+seed = 1
+
+[[step]]
+name = "a"
+model = "tiny.py:A"
+target = "A."
+
+[[step]]
+name = "a-fast"
+model = "tiny.py:A"
+target = "A, faster."
+lr = 0.1
+
+[[step]]
+name = "b"
+model = "tiny.py:B"
+target = "B."
+
+[[step]]
+name = "b-fast"
+model = "tiny.py:B"
+target = "B, faster."
+lr = 0.1
+'''
+
+
+def step_sections(report: Path) -> dict[str, str]:
+    sections = report.read_text().split("\n## Step ")[1:]
+    return {s.split("`")[1]: s for s in sections}
+
+
+@pytest.mark.integration
+def test_report_reuses_only_the_same_run_like_make(mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """`report --subset 3000` then `report` reused the subset runs under a command line without --subset;
+    after an edit of models.py every step said "(finished: reused)"."""
+    from tinymnist.cli.main import main
+
+    data = mnist_dir
+    monkeypatch.chdir(tmp_path)
+    Path("tiny.py").write_text(TINY)
+    Path("journey.toml").write_text(TINY_JOURNEY)
+    args = ["report", "journey.toml", "--data-dir", str(data), "--no-download", "--threads", "1"]
+    assert main([*args, "--subset", "2000"]) == 0
+    assert capsys.readouterr().out.count("seed 1 trained") == 4
+    assert "- Data: 2,000 of 60,000 training images" in step_sections(Path("report/report.md"))["a"]
+
+    Path("tiny.py").write_text(TINY.replace("nn.Conv2d(1, 12, 3, stride=2), nn.ReLU(), nn.Conv2d(12, 10",
+                                            "nn.Conv2d(1, 16, 3, stride=2), nn.ReLU(), nn.Conv2d(16, 10"))
+    assert main([*args, "--subset", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "user/journey/a: seed 1 reused" in out and "user/journey/a-fast: seed 1 reused" in out
+    assert "user/journey/b: seed 1 retrained: model code changed (B in tiny.py)" in out
+    sections = step_sections(Path("report/report.md"))
+    new_params = 16 * 9 + 16 + 16 * 10 * 9 + 10  # the edited B: 1,610 parameters (1,210 before)
+    assert f"- Params: {new_params:,}; model `tiny.py:B`" in sections["b"] and "1,210" not in sections["b"]
+    assert "- Run: retrained: model code changed (B in tiny.py)" in sections["b-fast"]
+    assert "- Run: reused" in sections["a"]
+
+    assert main(args) == 0  # all the images: every step anew
+    out = capsys.readouterr().out
+    assert out.count("seed 1 retrained: trained on 2,000 images, this report uses 60,000") == 4
+    sections = step_sections(Path("report/report.md"))
+    assert all("- Data: all 60,000 training images" in s for s in sections.values())
+
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("seed 1 reused") == 4
+    assert all("- Run: reused" in s for s in step_sections(Path("report/report.md")).values())
+
+
+@pytest.mark.integration
+def test_consistency_reuses_only_the_same_run(full_synthetic_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    from tinymnist.cli.main import main
+
+    args = ["consistency", "original_step4", "--seed-list", "3", "--epochs", "1", "--last-k", "1", "--device", "cpu",
+            "--data-dir", str(full_synthetic_dir), "--runs", str(tmp_path)]
+    assert main([*args, "--subset", "300"]) == 0
+    assert "original_step4: seed 3 trained" in capsys.readouterr().out
+    assert main([*args, "--subset", "300"]) == 0
+    assert "original_step4: seed 3 reused" in capsys.readouterr().out
+    assert main([*args, "--subset", "400"]) == 0
+    assert "seed 3 retrained: trained on 300 images, this consistency uses 400" in capsys.readouterr().out
+    assert main([*args, "--subset", "400", "--lr", "0.05"]) == 0
+    assert "seed 3 retrained: recipe changed: lr" in capsys.readouterr().out

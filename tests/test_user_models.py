@@ -228,7 +228,9 @@ def test_a_good_journey_file_reads_into_steps(model_file: Path, tmp_path: Path) 
     assert [s.name for s in steps] == [f"user/j/s{i}" for i in range(1, 5)]
     assert steps[3].recipe.lr == 0.05 and steps[0].recipe.lr == 0.01 and {s.recipe.epochs for s in steps} == {3}
     assert steps[3].recipe.model == f"{model_file.resolve()}:TinyNet"
-    assert steps[3].notes == ("The author's analysis: mine",)
+    from tinymnist.steps.journey_file import journey_entries
+
+    assert journey_entries(path).entries[3].analysis == "mine"
 
 
 # --- the guide's "Your own model" section, command by command ------------------------------------------------
@@ -287,7 +289,7 @@ def test_the_readme_your_own_model_section_works(mnist_dir: Path, tmp_path: Path
     assert "95% interval" in printed["consistency"] and "matches the recorded" in printed["eval"]
     report = Path("my_report/report.md").read_text()
     assert all(f"`{name}`" in report for name in ("plain", "onecycle", "augmented", "held"))
-    assert "The author's analysis: My own reading of the numbers goes here." in report
+    assert "**Analysis** (the author's).\n\nMy own reading of the numbers goes here." in report
     journey_copy = Path("runs/user/my_journey/held/seed-1/journey.toml")
     assert journey_copy.read_text() == Path("my_journey.toml").read_text()
     assert printed["predict"].startswith(str(ROOT / "docs/examples/three.png"))

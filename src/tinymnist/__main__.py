@@ -1,5 +1,5 @@
 import sys
 
-from tinymnist.cli.main import main
+from tinymnist.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -7,19 +7,24 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from tinymnist.data import MNIST, load_mnist
 from tinymnist.errors import UsageError
-from tinymnist.models import create_model, is_user_model, list_models
 from tinymnist.names import current
 from tinymnist.reports.render import HEADER, epoch_row, model_line, recipe_line, run_lines
 from tinymnist.runs.records import RunRecord
-from tinymnist.runs.runner import check_options, run_seeds, train_run
+from tinymnist.settings import OVERRIDES, SEED
 from tinymnist.steps.builtin import DEFAULT_RECIPE, all_steps, get_step, user_model_step
 from tinymnist.targets import LAST_K
 from tinymnist.training.recipes import Options, RunSpec, Step
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from tinymnist.data import MNIST
+
+# Commands that only read records start without torch: what trains, builds models or reads MNIST is imported
+# inside the functions that do it (tests/test_cli.py holds the command line to it).
 
 EXIT_OK, EXIT_TARGETS, EXIT_USAGE, EXIT_CHECK, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 130, 141
 
@@ -70,6 +75,8 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is None:
+            from tqdm import tqdm
+
             self.bar = tqdm(total=total, leave=False, unit="batch", dynamic_ncols=True, desc="epoch")
         self.bar.update(done - self.bar.n)
         if done == total:
@@ -84,23 +91,24 @@ class Progress:
 # --- shared pieces -------------------------------------------------------------------------------------
 
 def load_data(args: argparse.Namespace, subset: int | None = None) -> MNIST:
+    from tinymnist.data import load_mnist
+
     data = load_mnist(args.data_dir, not args.no_download)
     return data.subset(subset) if subset else data
 
 
 def run_options(args: argparse.Namespace) -> Options:
+    from tinymnist.runs.runner import check_options
+
     options = Options(device=args.device, channels_last=not args.no_channels_last, precision=args.precision,
                       threads=args.threads, compile=args.compile)
     check_options(options)  # a bad --device, --precision or --compile fails before anything is written
     return options
 
 
-# recipe settings a training command may change
-OVERRIDES = ("epochs", "lr", "batch_size", "ema", "elastic", "teacher", "distill", "seed")
-
-
 def recipe_overrides(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
+    """The recipe settings the command line changed (settings.OVERRIDES and the seed), as a run records them."""
+    return {k: getattr(args, k) for k in (*(o.field for o in OVERRIDES), SEED) if getattr(args, k, None) is not None}
 
 
 def parse_seeds(args: argparse.Namespace, default: list[int]) -> list[int]:
@@ -117,6 +125,8 @@ def parse_seeds(args: argparse.Namespace, default: list[int]) -> list[int]:
 
 def step_to_train(args: argparse.Namespace) -> Step:
     """The step named on the command line, or a user's FILE.py:NAME with the recipe of --recipe."""
+    from tinymnist.models import is_user_model
+
     if is_user_model(args.step):
         return user_model_step(args.step, args.recipe or DEFAULT_RECIPE)
     if args.recipe:
@@ -127,6 +137,8 @@ def step_to_train(args: argparse.Namespace) -> Step:
 def model_of(name: str) -> str:
     """The model a name stands for where a model is wanted (`layers`): a step's or recipe's name gives its
     model; a model's name, a family's or a user's FILE.py:NAME stays as it is."""
+    from tinymnist.models import list_models
+
     if ":" in name or name in list_models():
         return name
     step = current("step", name)
@@ -145,6 +157,8 @@ def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = (), 
                 quiet: bool = False, sinks: tuple = ()) -> dict:
     """Train ``run`` with a word on what it trains first, then a row per epoch (a bar with the epoch's ETA on a
     terminal); ``quiet``: nothing until the verdict."""
+    from tinymnist.runs.runner import train_run
+
     progress = Progress(enabled=not quiet)
     if not quiet:
         say(*introduction(run, trust), HEADER + (f" {'original':>9}" if published else ""))
@@ -163,6 +177,8 @@ def train_shown(run: RunRecord, data: MNIST, published: tuple[float, ...] = (), 
 
 def introduction(run: RunRecord, trust: bool = False) -> list[str]:
     """What a training is about to do, before its first epoch: the run, the model, the recipe, the data."""
+    from tinymnist.models import create_model
+
     recipe = run.recipe()
     model = create_model(recipe.model, run.model_source(trust))
     done = len(run.metrics())
@@ -176,6 +192,8 @@ def introduction(run: RunRecord, trust: bool = False) -> list[str]:
 def seeds_shown(spec: RunSpec, seeds: list[int], root: Path, data: MNIST, last_k: int = LAST_K, jobs: int = 1,
                 trust: bool = False) -> dict | None:
     """``run_seeds`` with a header per seed, a row per epoch and progress bars; None when interrupted."""
+    from tinymnist.runs.runner import run_seeds
+
     progress = Progress()
     step = spec.step
 
@@ -216,22 +234,15 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
 
 
+# what each kind of value an override takes (settings.Override.takes) is read with
+VALUE_TYPES = {"count": positive_int, "positive": positive_float, "number": float, "run": str}
+
+
 def add_run_args(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     """How runs are executed and where they go; with ``overrides``, the recipe settings a command may change."""
     if overrides:
-        p.add_argument("--epochs", type=positive_int, help="override the recipe's epochs")
-        p.add_argument("--lr", type=positive_float, help="override the recipe's (peak) learning rate")
-        p.add_argument("--batch-size", type=positive_int, help="override the recipe's batch size")
-        p.add_argument("--ema", type=float, metavar="DECAY",
-                       help="keep an exponential moving average of the weights with this decay per batch (e.g. "
-                            "0.999; 0: none), scored and saved in place of the trained weights")
-        p.add_argument("--teacher", metavar="RUN", help="distill from this finished run's model (reported apart: "
-                                                        "extra training the exercise does not count)")
-        p.add_argument("--distill", type=float, metavar="SHARE", help="with --teacher: the teacher's share of the "
-                                                                       "loss (default 0.5)")
-        p.add_argument("--elastic", type=float, metavar="ALPHA",
-                       help="add an elastic distortion of strength ALPHA pixels to the augmentation (e.g. 16; "
-                            "0: none)")
+        for o in OVERRIDES:
+            p.add_argument(o.flag, type=VALUE_TYPES[o.takes], metavar=o.metavar, help=o.help)
     p.add_argument("--subset", type=positive_int, help="train on the first N training images only (quick checks)")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],

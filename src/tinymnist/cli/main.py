@@ -36,9 +36,7 @@ from tinymnist.cli.common import (
 from tinymnist.cli.journey import add_journey_commands
 from tinymnist.cli.search import add_search_commands
 from tinymnist.cli.use import add_use_commands
-from tinymnist.data import load_mnist
 from tinymnist.errors import NameNote, Note, TinyMnistError, UsageError
-from tinymnist.models import count_params, create_model, list_models
 from tinymnist.names import current
 from tinymnist.reports.render import (
     csv_lines,
@@ -49,15 +47,18 @@ from tinymnist.reports.render import (
     seed_list,
     verdict_lines,
 )
-from tinymnist.reports.results_doc import headline_readme, results_markdown
+from tinymnist.reports.results_doc import headline_readme, results_markdown, table_rows
 from tinymnist.runs.records import RunRecord, run_dir
-from tinymnist.runs.runner import create_run
 from tinymnist.steps.builtin import DEFAULT_RECIPE, JOURNEYS, RECIPES
 from tinymnist.targets import LAST_K, TARGET, fresh_seeds
+
+# Parsing, `--version` and the commands that read records load no torch: the models, MNIST and the training
+# loop are imported inside the commands that use them (tests/test_cli.py).
 
 # --- subcommands ---------------------------------------------------------------------------------------
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from tinymnist.data import load_mnist
     from tinymnist.reports.report import digit_grid  # matplotlib only when a figure is asked for
 
     data = load_mnist(args.data_dir, not args.no_download)
@@ -81,6 +82,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from tinymnist.models import count_params, create_model, list_models
+
     say(f"{'model':<18} {'params':>7}")
     for name in list_models():
         say(f"{name:<18} {count_params(create_model(name)):>7,}")
@@ -89,6 +92,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_steps(args: argparse.Namespace) -> int:
     import textwrap
+
+    from tinymnist.models import count_params, create_model  # the parameter counts build each model
 
     def lines(i: str, step) -> list[str]:
         params = count_params(create_model(step.recipe.model))
@@ -103,6 +108,9 @@ def cmd_steps(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from tinymnist.models import create_model
+    from tinymnist.runs.runner import create_run
+
     if args.resume:
         run = RunRecord(args.resume)
         if not run.exists():
@@ -114,8 +122,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.step:
             raise UsageError("name a step to train (see `tinymnist steps`), or --resume RUN_DIR.")
-        step = step_to_train(args)
-        spec = spec_for(args, step, run_options(args))
+        journey = None
+        if ".toml:" in args.step:  # a journey's step alone, with its own recipe
+            from tinymnist.steps.journey_file import journey_step
+
+            if args.recipe:
+                raise UsageError(f"{args.step} is a journey's step, trained with its own recipe; drop --recipe.")
+            step, journey = journey_step(args.step)
+        else:
+            step = step_to_train(args)
+        spec = spec_for(args, step, run_options(args), journey)
         create_model(spec.recipe.model)  # a wrong model file or name is the likelier mistake: before MNIST
         data = load_data(args, args.subset)
         run = RunRecord(run_dir(args.runs, step.name, spec.recipe.seed))
@@ -131,11 +147,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         say("", f"interrupted; {run.path} holds every completed epoch. Resume with: "
                 f"tinymnist train --resume {run.path}")
         return EXIT_INTERRUPTED
-    say("", *verdict_lines(summary))
+    from tinymnist.reports.render import did_not_learn
+
+    say("", *verdict_lines(summary), *filter(None, [did_not_learn(run.metrics())]))
     return EXIT_TARGETS if args.require_targets and not summary["verdict"]["met"] else EXIT_OK
 
 
 def cmd_consistency(args: argparse.Namespace) -> int:
+    from tinymnist.models import create_model
+
     step = step_to_train(args)
     spec = spec_for(args, step, run_options(args))
     seeds = parse_seeds(args, fresh_seeds(args.seeds, step.tuned_seeds))
@@ -145,6 +165,10 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     create_model(spec.recipe.model)
     data = load_data(args, args.subset)
     spec.recipe.check(train_size=len(data.train_labels))
+    from tinymnist.cli.journey import renew_runs  # like make: a run of another identity trains anew, said why
+
+    said = renew_runs(Path(args.runs), spec, seeds, data, "this consistency")
+    say(f"{step.name}: " + ", ".join(f"seed {s} {h}" for s, h in zip(seeds, said, strict=True)))
     figures = seeds_shown(spec, seeds, Path(args.runs), data, args.last_k, args.jobs, args.trust_remote_code)
     if figures is None:
         return EXIT_INTERRUPTED
@@ -174,6 +198,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from tinymnist.models import create_model
+
     current("command", args.command)
     say(*layer_lines(create_model(model_of(args.model))))
     return EXIT_OK
@@ -188,15 +214,18 @@ def cmd_results(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot rewrite {readme} ({e.strerror}).") from None
         say(f"wrote the headline table of {readme} from the run records under {args.runs}")
         return EXIT_OK
-    text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {args.out}")
-    out = Path(args.out)
+    out = Path(args.out or "docs/results.md")
+    if args.out is None and not out.parent.is_dir():  # not in a checkout: say what is needed, write nothing
+        raise UsageError("there is no docs/ folder here to hold docs/results.md: run `tinymnist results` in a "
+                         "checkout of tinymnist, or say where to write with --out FILE (and where the run records "
+                         "are with --runs DIR).")
+    text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {out}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     except OSError as e:
         raise UsageError(f"cannot write {out} ({e.strerror}).") from None
-    rows = sum(line.startswith("| ") and not line.startswith("| step") for line in text.splitlines())
-    say(f"wrote {out}: {rows} table rows from the run records under {args.runs}")
+    say(f"wrote {out}: {table_rows(text)} table rows from the run records under {args.runs}")
     return EXIT_OK
 
 
@@ -215,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("steps", help="list journeys, their steps, targets and tuning seeds").set_defaults(func=cmd_steps)
 
     p = sub.add_parser("train", help="train one step (or recipe) and judge it against the targets")
-    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`), or your own model as "
-                                           "FILE.py:NAME")
+    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`), your own model as "
+                                           "FILE.py:NAME, or a step of your journey as JOURNEY.toml:STEP (its "
+                                           "own recipe)")
     p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in this directory")
@@ -243,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="docs/results.md from run records")
     p.add_argument("--runs", default="evidence/runs", help="where the runs are (default: evidence/runs)")
-    p.add_argument("--out", default="docs/results.md", help="markdown file to write")
+    p.add_argument("--out", help="markdown file to write (default: docs/results.md, in a checkout)")
     p.add_argument("--readme", metavar="FILE", help="instead, regenerate the headline table of FILE (README.md)")
     p.set_defaults(func=cmd_results)
 

@@ -23,7 +23,7 @@ from tinymnist.cli.common import (
 )
 from tinymnist.errors import UsageError
 from tinymnist.reports.render import over_seeds_lines
-from tinymnist.search.space import DESIGN, SPACES
+from tinymnist.settings import DESIGN, SPACES
 from tinymnist.targets import LAST_K, fresh_seeds
 from tinymnist.training.recipes import RunSpec
 

@@ -15,7 +15,6 @@ from tinymnist.cli.common import (
     add_data_args,
     add_trust_arg,
     load_data,
-    positive_int,
     say,
 )
 from tinymnist.errors import UsageError
@@ -104,8 +103,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         sizes = export_web(loaded, Path(args.web), run.summary().get("last_test_acc"))
         say(f"wrote {args.web}/: the draw-a-digit page, no server needed ({sum(sizes.values()) / 1024:.1f} KB: "
             + ", ".join(f"{name} {size / 1024:.1f} KB" for name, size in sizes.items()) + ")",
-            f"open {Path(args.web) / 'index.html'} in a browser, or put the folder on any static host "
-            f"(docs/deploy.md, 'GitHub Pages')")
+            f"open {Path(args.web) / 'index.html'} in a browser, or put the folder on any static host (GitHub "
+            f"Pages: commit it under docs/ and choose 'Deploy from a branch', /docs, in Settings -> Pages)")
     if args.onnx or args.int8:
         ok = _export_onnx(args, loaded)
     return EXIT_OK if ok else EXIT_CHECK
@@ -152,12 +151,17 @@ def _export_onnx(args: argparse.Namespace, loaded: object) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from tinymnist.use.serve import serve
+        from tinymnist.use.serve import bind, create_app, serve
     except ImportError:
         raise UsageError("serving needs the [serve] extra: pip install \"tinymnist[serve]\"") from None
     RunRecord(args.run).require()
-    say(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    serve(args.run, args.host, args.port, args.data_dir, args.trust_remote_code)
+    sock = bind(args.host, args.port)  # before loading anything: a port in use is the likelier mistake
+    try:
+        app = create_app(args.run, args.data_dir, args.trust_remote_code, [args.host, *args.allow_host])
+        say(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+        serve(app, sock)
+    finally:
+        sock.close()
     return EXIT_OK
 
 
@@ -182,7 +186,7 @@ def add_use_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", metavar="FILE", help="write the fp32 ONNX file, checked against onnxruntime")
     p.add_argument("--int8", metavar="FILE", nargs="?", const="model.int8.onnx",
                    help="write an int8 ONNX file (default model.int8.onnx) and FILE.json with its size and "
-                        "full-test-set accuracy against fp32 (docs/deploy.md)")
+                        "full-test-set accuracy against fp32")
     p.add_argument("--web", metavar="DIR", help="write the draw-a-digit page as a static folder that runs the model "
                                                 "in the browser (a new or empty folder)")
     add_trust_arg(p)
@@ -192,7 +196,10 @@ def add_use_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="a page to draw a digit on and an HTTP API, for one trained run")
     p.add_argument("run", help="a run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a name the Host header may give besides localhost, 127.0.0.1, ::1 and --host (for a "
+                        "server reached by name; '*' answers any); repeatable")
     p.add_argument("--data-dir", help="MNIST files for the test-digit button (default: $TINYMNIST_DATA, else "
                                       "./data/MNIST/raw; never downloaded)")
     add_trust_arg(p)

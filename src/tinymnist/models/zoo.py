@@ -121,15 +121,25 @@ def factorized(cin: int, cout: int, padding: int = 0) -> nn.Sequential:
 
 
 class Repeat(nn.Module):
-    """One block applied ``times`` times in a row with the same weights (its parameters exist, and count, once)."""
+    """One block applied ``times`` times in a row with the same weights (its parameters exist, and count, once);
+    with ``own_norms``, each application after the first normalizes with BatchNorms of its own (their statistics
+    differ from one depth to the next), sharing every other weight."""
 
-    def __init__(self, block: nn.Module, times: int) -> None:
+    def __init__(self, block: nn.Sequential, times: int, own_norms: bool = False) -> None:
         super().__init__()
         self.block, self.times = block, times
+        norms = [m for m in block if isinstance(m, nn.BatchNorm2d)] if own_norms else []
+        self.norms = nn.ModuleList(nn.BatchNorm2d(n.num_features, momentum=n.momentum)
+                                   for _ in range(times - 1) for n in norms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(self.times):
-            x = self.block(x)
+        x = self.block(x)
+        for i in range(self.times - 1):
+            if not self.norms:
+                x = self.block(x)
+                continue
+            for m in self.block:
+                x = self.norms[i](x) if isinstance(m, nn.BatchNorm2d) else m(x)
         return x
 
 
@@ -162,14 +172,15 @@ def compact_3k8() -> nn.Module:
 
 @register_family
 def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0, pad: int = 0, rep: int = 1,
-         fact: int = 0) -> nn.Module:
+         repbn: int = 0, fact: int = 0) -> nn.Module:
     """The family every design above belongs to, by its arguments: 3x3 padding-0 layers of widths ``w``
     (dot-separated, e.g. ``8.16.24.24.24``), a 2x2 max-pool after layer ``pool``, a 1x1 squeeze to ``sq``
     channels after the pool (0: none), a second 2x2 max-pool after layer ``pool2`` (0: none; after ``pool``),
     layers from number ``sep`` on depthwise-separable (the first layer is always plain), then global average
     pooling and a 1x1 head. The levers of small public models: the first ``pad`` layers keep their map size
     (padding 1), the last layer is applied ``rep`` times with shared weights (its input width must be its
-    output width), layer number ``fact`` (a plain one) is factorized into 3x1 and 1x3 convolutions.
+    output width; ``repbn=1``: each application with BatchNorms of its own), layer number ``fact`` (a plain
+    one) is factorized into 3x1 and 1x3 convolutions.
     ``tiny:w=8.16.24.24.24,pool=2,sep=2`` is sep_2k8, ``tiny:w=8.16.16.16.16,pool=2,sq=8`` is compact_7k4."""
     try:
         widths = [int(x) for x in str(w).split(".")]
@@ -198,7 +209,7 @@ def tiny(w: str, pool: int = 2, sep: int = 99, sq: int = 0, pool2: int = 0, pad:
             layer = separable(cin, cout, padding)
         else:
             layer = conv(cin, cout, 3, padding=padding, bn_momentum=BN_MOMENTUM)
-        layers.append(Repeat(layer, rep) if i == len(widths) and rep > 1 else layer)
+        layers.append(Repeat(layer, rep, bool(repbn)) if i == len(widths) and rep > 1 else layer)
         cin = cout
         if i == pool:
             layers.append(nn.MaxPool2d(2))

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 
 from tinymnist.reports.render import pass_count, seed_list
-from tinymnist.reports.results_doc import HOLDS_SHARE, RunGroup, fresh
+from tinymnist.reports.results_doc import HOLDS_SHARE, RunGroup, fresh_seeds_of
 from tinymnist.reports.search_figures import pass_rate_figure
 from tinymnist.runs.records import RunRecord, recipe_from_dict
 from tinymnist.search.analysis import by_recipe, screens, trained, trial_of
@@ -25,7 +25,7 @@ def pass_rates(groups: dict[RunGroup, dict[int, RunRecord]]) -> list[dict]:
     (passes and the 95% interval of the pass rate)."""
     rows = []
     for (name, flags, precision, cpu), runs in groups.items():
-        seeds = fresh(runs)
+        seeds = fresh_seeds_of(runs)
         if len(seeds) < FRONT_SEEDS or "--subset" in flags:
             continue
         figures = over_seeds(seeds, [runs[s].metrics() for s in seeds], runs[seeds[0]].summary()["params"])
@@ -74,7 +74,7 @@ def calibration_rows(exports: list[dict], groups: dict[RunGroup, dict[int, RunRe
             if one:
                 mine = _settings(next(t for t in trained(export) if t["number"] == g["trials"][0])["recipe"])
             for (name, flags, precision, cpu), runs in groups.items():
-                seeds = fresh(runs)
+                seeds = fresh_seeds_of(runs)
                 if not seeds or ("--subset" in flags and not subsets):
                     continue
                 first = runs[seeds[0]]

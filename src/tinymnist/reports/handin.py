@@ -7,15 +7,12 @@ import ast
 import dataclasses
 import inspect
 import os
-import statistics
 from pathlib import Path
 
 from tinymnist.models import create_model, family_model, is_user_model, split_user_model
-from tinymnist.reports.render import epoch_table, layer_lines
+from tinymnist.reports.render import LEARNED, epoch_table, layer_lines
 from tinymnist.targets import LAST_K, TARGET, first_epoch_holding
 from tinymnist.training.recipes import Recipe
-
-LEARNED = 20.0  # percent test accuracy under which a model is said not to have learned (chance is 10%)
 
 
 def shown_model(model: str, base: Path | None) -> str:
@@ -90,15 +87,40 @@ def _figures(metrics: list[dict], last_k: int) -> dict:
             "first": first_epoch_holding(accs), "final": accs[-1]}
 
 
+def toml_value(value: object) -> str:
+    """A setting as a journey file writes it: true / false, "text", 0.05."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def acting(recipe: Recipe) -> dict[str, object]:
+    """The recipe's settings that change what it trains (seed aside): a schedule's own settings only with that
+    schedule, Nesterov only with momentum, the distillation share only with a teacher."""
+    settings = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(Recipe) if f.name not in ("seed",)}
+    idle = {"step": ("warmup", "final_lr", "cycle_epochs"), "onecycle": ("step_size", "gamma"),
+            "constant": ("step_size", "gamma", "warmup", "final_lr", "cycle_epochs")}[recipe.schedule]
+    idle += () if recipe.optimizer == "sgd" and recipe.momentum > 0 else ("nesterov",)
+    idle += () if recipe.teacher else ("distill",)
+    return {k: v for k, v in settings.items() if k not in idle}
+
+
 def changes(before: Recipe, after: Recipe, base: Path | None) -> list[str]:
-    """What differs between two steps' recipes (the model included), as 'field: old -> new'."""
+    """What differs between two steps' recipes (the model included), as 'setting: old -> new' in the journey
+    file's terms; only settings that act in the later step (step_size on a constant schedule changes nothing)."""
+    old, new = acting(before), acting(after)
     out = []
-    for field in dataclasses.fields(Recipe):
-        a, b = getattr(before, field.name), getattr(after, field.name)
-        if a != b and field.name != "seed":
-            if field.name == "model":
-                a, b = shown_model(a, base), shown_model(b, base)
-            out.append(f"{field.name}: {a} -> {b}")
+    for key, b in new.items():
+        a = old.get(key, getattr(before, key))
+        if a == b:
+            continue
+        if key == "model":
+            out.append(f"model: {shown_model(a, base)} -> {shown_model(b, base)}")
+        else:
+            name = "momentum (Adam's beta1)" if key == "momentum" and after.optimizer == "adam" else key
+            out.append(f"{name}: {toml_value(a)} -> {toml_value(b)}")
     return out
 
 
@@ -111,7 +133,7 @@ def compare_lines(before: tuple[str, Recipe, list[dict], int], after: tuple[Reci
     r1, m1, p1 = after
     f0, f1 = _figures(m0, last_k), _figures(m1, last_k)
     changed = changes(r0, r1, base)
-    what = "; ".join(changed) if changed else "nothing in the recipe or model (another seed only)"
+    what = "; ".join(changed) if changed else "no setting that acts, and not the model (another seed at most)"
     size = f"{p1:,} parameters ({p1 - p0:+,})" if p1 != p0 else f"the same {p1:,} parameters"
     lines = [f"Against step `{name}`: changed {what}; {size}."]
     if f1["final"] < LEARNED or f0["final"] < LEARNED:  # did_not_learn says so; its figures compare nothing
@@ -132,13 +154,3 @@ def compare_lines(before: tuple[str, Recipe, list[dict], int], after: tuple[Reci
     lines.append(f"So the change {verdict}" + (", and the target is now held earlier" if f1["first"] and (
         not f0["first"] or f1["first"] < f0["first"]) else "") + ".")
     return lines
-
-
-def did_not_learn(metrics: list[dict]) -> str | None:
-    """A sentence for a model that did not learn (final test accuracy under LEARNED percent), else None."""
-    final = metrics[-1]["test_acc"]
-    if final >= LEARNED:
-        return None
-    mean_train = statistics.fmean(m["train_acc"] for m in metrics)
-    return (f"Did not learn: final test accuracy {final:.2f}% (chance is 10%; train accuracy averaged "
-            f"{mean_train:.2f}%); fit and consistency are not judged until it does.")

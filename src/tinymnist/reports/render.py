@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Iterable
 
 from tinymnist.runs.records import RunRecord
-from tinymnist.targets import BONUS_PARAMS, LAST_K, MAX_PARAMS, TARGET, holds_last_k
+from tinymnist.targets import BONUS_PARAMS, LAST_K, MAX_PARAMS, TARGET, TARGET_ACC, holds_last_k
 
 HEADER = f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'test loss':>9} {'test acc':>8} {'lr':>9} {'seconds':>7}"
 COLUMNS = ("epoch", "train loss", "train acc", "test loss", "test acc", "lr", "seconds")
@@ -67,7 +67,8 @@ def run_lines(run: RunRecord) -> list[str]:
 
 
 def recipe_line(r: object) -> str:
-    """A recipe in one line: epochs, batch, optimizer, schedule, augmentation (a Recipe)."""
+    """A recipe in one line: epochs, batch, optimizer, schedule, augmentation (a Recipe); only settings that act
+    (no Nesterov without momentum; Adam's beta1 by its name)."""
     cycle_end = f"by epoch {r.cycle_epochs}, then held" if r.cycle_epochs else "at the end"
     schedule = {"constant": "constant LR", "step": f"StepLR({r.step_size}, gamma {r.gamma}) per epoch",
                 "onecycle": f"one-cycle (warm-up {r.warmup:.0%} of the cycle, down to {r.final_lr:g} x peak "
@@ -77,9 +78,10 @@ def recipe_line(r: object) -> str:
                     if r.augmented else "none")
     ema = f"; weight average (decay {r.ema:g} per batch)" if r.ema else ""
     ema += f"; distilled from {r.teacher} (share {r.distill:g})" if r.teacher else ""
-    return (f"{r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}"
-            f"{' (Nesterov)' if r.nesterov else ''}, momentum {r.momentum:g}, weight decay {r.weight_decay:g}, "
-            f"{schedule}; augmentation: {augmentation}{ema}")
+    moment = (f"beta1 {r.momentum:g}" if r.optimizer == "adam" else
+              f"momentum {r.momentum:g}{' (Nesterov)' if r.nesterov and r.momentum > 0 else ''}")
+    return (f"{r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}, {moment}, weight decay "
+            f"{r.weight_decay:g}, {schedule}; augmentation: {augmentation}{ema}")
 
 
 def model_line(model: object) -> str:
@@ -158,23 +160,59 @@ def layer_lines(model: object) -> list[str]:
 # --- the analysis a report writes under each step ------------------------------------------------------
 
 GAP_MARGIN = 0.50  # points between train and test accuracy before a gap is called over- or underfitting
+LEARNED = 20.0  # percent test accuracy under which a model is said not to have learned (chance is 10%)
+
+
+def did_not_learn(metrics: list[dict]) -> str | None:
+    """A sentence for a model that did not learn (final test accuracy under LEARNED percent), else None."""
+    final = metrics[-1]["test_acc"]
+    if final >= LEARNED:
+        return None
+    mean_train = statistics.fmean(m["train_acc"] for m in metrics)
+    return (f"Did not learn: final test accuracy {final:.2f}%, near chance (10%), and train accuracy averaged "
+            f"{mean_train:.2f}%; fit and consistency are not judged until it learns (a learning rate too high or "
+            f"too low, or too few epochs, are the usual causes).")
+
+
+def md(text: str) -> str:
+    """Text for a markdown table cell: a `|` escaped, lines joined."""
+    return " ".join(text.split("\n")).replace("|", "\\|")
+
+
+def fit_sentence(histories: list[list[dict]]) -> str:
+    """The word the numbers earn: underfits when test leads train by GAP_MARGIN or more, overfits when train leads
+    test by as much and by more than the training error itself (64% train is no overfitting), underfits when
+    train accuracy itself is under the target, else fits. The gap
+    is rounded to the two decimals it is shown with before it is judged: the same shown gap, the same word."""
+    train = statistics.fmean(h[-1]["train_acc"] for h in histories)
+    test = statistics.fmean(h[-1]["test_acc"] for h in histories)
+    gap = round(train - test, 2)
+    measured = f"final train accuracy {train:.2f}%, test {test:.2f}% (gap {gap:+.2f} points)"
+    if gap <= -GAP_MARGIN:
+        return (f"Underfits: {measured}: test leads train by at least {GAP_MARGIN:.2f} points (train accuracy is "
+                f"measured on augmented batches in train mode), so the model has room to learn more.")
+    if gap >= GAP_MARGIN and (gap >= round(100 - train, 2) or round(train, 2) >= TARGET_ACC):
+        return f"Overfits: {measured}: train leads test by at least {GAP_MARGIN:.2f} points."
+    if round(train, 2) < TARGET_ACC:
+        return (f"Underfits: {measured}: the model does not reach {TARGET} even on its training images, so it "
+                f"needs more capacity or more training.")
+    return f"Fits: {measured}: train and test within ±{GAP_MARGIN:.2f} points."
+
+
+def settling_sentence(histories: list[list[dict]], last_k: int = LAST_K) -> str | None:
+    """'Settling' when test accuracy still climbs to its best at the last epoch (first seed), else None."""
+    accs = [m["test_acc"] for m in histories[0][-last_k:]]
+    if len(accs) < 2 or accs[-1] < max(accs) or accs[-1] - accs[0] < 0.10:
+        return None
+    return (f"Settling: test accuracy still rose over the last {len(accs)} epochs ({accs[0]:.2f}% -> "
+            f"{accs[-1]:.2f}%), best at the last: more epochs may take it higher.")
 
 
 def analyse(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> list[str]:
-    """Sentences on fit (train-test gap), consistency (last-K epochs, swings) and size (the limits).
-
-    The gap is rounded to the two decimals it is shown with before it is judged, and only a gap of at least
-    GAP_MARGIN points (50 test images) is called over- or underfitting: two steps showing the same gap always
-    get the same word."""
-    gap = round(statistics.fmean(h[-1]["train_acc"] - h[-1]["test_acc"] for h in histories), 2)
-    measured = f"final train accuracy minus test accuracy is {gap:+.2f} points"
-    if gap >= GAP_MARGIN:
-        fit = f"Overfitting: {measured}, at least {GAP_MARGIN:.2f}."
-    elif gap <= -GAP_MARGIN:
-        fit = (f"Underfitting: {measured} (train accuracy is measured on augmented batches in train mode), so "
-               f"the model has room to learn more.")
-    else:
-        fit = f"Neither over- nor underfitting: {measured}, within ±{GAP_MARGIN:.2f}."
+    """Sentences on fit (fit_sentence, then settling when it applies), consistency (last-K epochs, swings) and
+    size (the limits)."""
+    fit = fit_sentence(histories)
+    settling = settling_sentence(histories, last_k)
     tails = [[m["test_acc"] for m in h[-last_k:]] for h in histories]
     swing = max(max(abs(b - a) for a, b in zip(t, t[1:], strict=False)) if len(t) > 1 else 0.0 for t in tails)
     passing = sum(holds_last_k([m["test_acc"] for m in h], last_k) for h in histories)
@@ -197,7 +235,7 @@ def analyse(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> l
                 f"the bonus.")
     else:
         size = f"Size: {params:,} parameters, {params - MAX_PARAMS + 1:,} over the {MAX_PARAMS:,} limit."
-    return [fit, consistency, size]
+    return [fit, *([settling] if settling else []), consistency, size]
 
 
 def trial_line(trial) -> str:  # an optuna FrozenTrial

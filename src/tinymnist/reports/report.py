@@ -4,6 +4,7 @@ records."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import torch
 from matplotlib.figure import Figure
 
 from tinymnist.data import MNIST
-from tinymnist.reports.handin import code_block, compare_lines, did_not_learn, layer_block, log_block, shown_model
-from tinymnist.reports.render import analyse, over_seeds_lines, pass_count, recipe_line, seed_list
+from tinymnist.models import is_user_model
+from tinymnist.reports.check import data_line, model_code_change
+from tinymnist.reports.handin import code_block, compare_lines, layer_block, log_block, shown_model
+from tinymnist.reports.render import analyse, did_not_learn, md, over_seeds_lines, pass_count, recipe_line, seed_list
 from tinymnist.runs.records import RunRecord
 from tinymnist.targets import LAST_K, TARGET, TARGET_ACC, first_epoch_holding, judge, over_seeds
-from tinymnist.training.recipes import Step
+from tinymnist.training.recipes import Recipe, RunSpec, Step
 
 
 def digit_grid(images: torch.Tensor | np.ndarray, captions: list[str] | list[int], path: Path, title: str,
@@ -114,6 +117,35 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+# --- which run a report may reuse ----------------------------------------------------------------------
+
+def same_run(record: RunRecord, spec: RunSpec, data: MNIST, asking: str = "this report") -> list[str]:
+    """What differs between the run in ``record`` and the one ``spec`` would train on ``data``, in words (empty:
+    the same run, to reuse): the model (a user's by its code: another class of the same file may change), each
+    recipe setting, the images trained and scored on. The one seam where the run record's own identity (model
+    hash, recipe, data subset, options) takes over once it records one."""
+    header, was, now = record.header(), record.recipe(), spec.recipe
+    out = []
+    if is_user_model(was.model) and is_user_model(now.model) and shown_model(was.model, None) == shown_model(
+            now.model, None):
+        if (why := model_code_change(now.model, header, record.path)) is not None:
+            out.append(why)
+    elif was.model != now.model:
+        out.append(f"model changed: {shown_model(was.model, None)} -> {shown_model(now.model, None)}")
+    changed = [f.name for f in dataclasses.fields(Recipe) if f.name != "model"
+               and getattr(was, f.name) != getattr(now, f.name)]
+    if changed:
+        out.append(f"recipe changed: {', '.join(changed)}")
+    (train, test), full = record.data_sizes(), data.full_sizes
+    had = (train or full[0], test or full[1])
+    wants = (spec.train_images or len(data.train_labels), spec.held_out_images or len(data.held_out_labels))
+    if had[0] != wants[0]:
+        out.append(f"trained on {had[0]:,} images, {asking} uses {wants[0]:,}")
+    if had[1] != wants[1]:
+        out.append(f"scored on {had[1]:,} test images, {asking} uses {wants[1]:,}")
+    return out
+
+
 # --- the report ----------------------------------------------------------------------------------------
 
 def _stat(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -157,6 +189,18 @@ def _label(step: Step) -> str:
     return step.name.rsplit("/", 1)[-1]
 
 
+def scored(run: RunRecord, data: MNIST) -> str:
+    test = run.data_sizes()[1]
+    return f"{test:,} of {data.full_sizes[1]:,}" if test else f"all {data.full_sizes[1]:,}"
+
+
+def _how(said: list[str], runs: list[RunRecord]) -> str:
+    """What became of each seed's run: 'reused' for one seed, 'seed 1 reused; seed 2 trained' for several."""
+    if len(said) == 1:
+        return said[0]
+    return "; ".join(f"seed {run.recipe().seed} {h}" for run, h in zip(runs, said, strict=True))
+
+
 def _weight_figures(label: str, data: MNIST, figures: Path,
                     predictions: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
     """The confusion matrix and the most confident mistakes, from a run's (confidence, predicted digit) per test
@@ -175,32 +219,39 @@ def _weight_figures(label: str, data: MNIST, figures: Path,
     return True
 
 
-def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]], data: MNIST, out: Path,
+def write_report(title: str, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]], data: MNIST, out: Path,
                  command: str, last_k: int = LAST_K, fresh: dict[str, list[RunRecord]] | None = None,
                  trust: bool = False, base: Path | None = None,
-                 predictions: dict[str, tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> Path:
+                 predictions: dict[str, tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+                 how: dict[str, list[str]] | None = None, analyses: dict[str, str | None] | None = None,
+                 quick: int | None = None) -> Path:
     """report.md and figures for a journey whose runs are finished: ``runs[step.name]`` lists one run per seed;
     ``fresh[step.name]``, when given, the step's finished runs on seeds it was not tuned on (its confirmation);
     ``base``, the journey file's folder, that a user's model files are shown relative to; ``predictions[step.name]``
     the first run's (confidence, predicted digit) per test image, for the figures that need its weights (the
-    caller evaluates: a report trains and evaluates nothing)."""
+    caller evaluates: a report trains and evaluates nothing); ``how[step.name]`` what became of each seed's run
+    (reused, trained, retrained and why); ``analyses[step.name]`` the author's own analysis, which is the step's
+    Analysis, the measured comparison under it; ``quick``: the epochs of a quick pass (every step's recipe cut
+    to them), said at the top."""
     figures = out / "figures"
     seeds = len(next(iter(runs.values())))
-    lines = [f"# Journey `{journey}`: {len(steps)} steps", "",
+    quick_note = [f"**A quick pass**: every step trained {quick} epoch{'s' * (quick != 1)} instead of its recipe's "
+                  f"own: a look at the journey, not its result.", ""] if quick else []
+    lines = [f"# {title}: {len(steps)} steps", "",
              f"Generated by `{command}` from the run records; nothing here is typed by hand.",
              f"{'Figures are from the first seed; table' if seeds > 1 else 'Table'} figures are "
              f"{'mean ± std over ' + str(seeds) + ' seeds' if seeds > 1 else 'from one seed'}.", "",
-             *_tuning_note(steps, runs),
+             *quick_note, *_tuning_note(steps, runs),
              f"| Step | Target | Params | Best train acc | Best test acc | Min test acc, last {last_k} epochs | "
              f"First epoch holding {TARGET} | Targets met |", "|---|---|---|---|---|---|---|---|"]
     histories = {s.name: [r.metrics() for r in runs[s.name]] for s in steps}
     params = {s.name: runs[s.name][0].summary()["params"] for s in steps}
     for i, step in enumerate(steps, 1):
         c = step_rows(histories[step.name], params[step.name], last_k)
-        lines.append(f"| {i}. `{_label(step)}` | {step.target} | {c['params']} | {c['best_train']} | {c['best_test']} "
-                     f"| {c['min_last']} | {c['first_holding']} | {c['met']} |")
+        lines.append(f"| {i}. `{_label(step)}` | {md(step.target)} | {c['params']} | {c['best_train']} | "
+                     f"{c['best_test']} | {c['min_last']} | {c['first_holding']} | {c['met']} |")
     compare_curves({_label(s): histories[s.name][0] for s in steps}, figures / "test-accuracy.png",
-                   f"journey {journey}: test accuracy per epoch (first seed)")
+                   f"{title}: test accuracy per epoch (first seed)")
     lines += ["", "![test accuracy of the four steps](figures/test-accuracy.png)", ""]
     for i, step in enumerate(steps, 1):
         run = runs[step.name][0]
@@ -216,11 +267,15 @@ def write_report(journey: str, steps: tuple[Step, ...], runs: dict[str, list[Run
                   f"- Lowest test accuracy over the last {last_k} epochs: {c['min_last']}%; first epoch from which "
                   f"every later one holds {TARGET}: {c['first_holding']}",
                   f"- Targets met: {c['met']}; trained on {summary['device']} ({summary.get('precision', 'fp32')}), "
-                  f"{summary['wall_seconds']:.0f} s wall for seed {r.seed}", "",
+                  f"{summary['wall_seconds']:.0f} s wall for seed {r.seed}",
+                  f"- Data: {data_line(run.header(), data.full_sizes[0])}, scored on {scored(run, data)} test images",
+                  *([f"- Run: {_how(how[name], runs[name])}"] if how and name in how else []), "",
                   "Layers (output shape, parameters, receptive field):", "",
                   *layer_block(r.model, run.model_source(trust)), "", *log_block(histories[name][0]), "",
-                  "Model code:", "", *code_block(r.model, run.model_source(trust), out), "",
-                  "**Analysis** (generated from the measurements).", ""]
+                  "Model code:", "", *code_block(r.model, run.model_source(trust), out), ""]
+        own = (analyses or {}).get(name)
+        lines += (["**Analysis** (the author's).", "", own, "", "**Measured** (generated from the run records).", ""]
+                  if own else ["**Analysis** (generated from the measurements).", ""])
         sentences = analyse(histories[name], params[name], last_k)
         if (failed := did_not_learn(histories[name][0])) is not None:
             sentences = [failed, sentences[-1]]  # fit and consistency mean nothing yet; the size still does

@@ -9,6 +9,7 @@ from pathlib import Path
 from tinymnist.errors import UsageError
 from tinymnist.reports.render import pass_count, seed_list
 from tinymnist.runs.records import RunRecord
+from tinymnist.settings import OVERRIDES
 from tinymnist.steps.builtin import all_steps
 from tinymnist.targets import LAST_K, TARGET, holds_last_k, mean_interval, over_seeds
 
@@ -106,8 +107,7 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
         tuning, ""])
 
 
-OPTION_FLAGS = {"epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size", "ema": "--ema",
-                "elastic": "--elastic", "teacher": "--teacher", "distill": "--distill"}
+OPTION_FLAGS = {o.field: o.flag for o in OVERRIDES}  # a row's overrides as the flags that reproduce them
 
 
 def run_groups(root: Path) -> dict[RunGroup, dict[int, RunRecord]]:
@@ -132,7 +132,7 @@ def run_groups(root: Path) -> dict[RunGroup, dict[int, RunRecord]]:
     return dict(sorted(groups.items(), key=lambda g: (order.get(g[0][0], len(order)), g[0][:3], g[0][3] or "")))
 
 
-def fresh(runs: dict[int, RunRecord]) -> list[int]:
+def fresh_seeds_of(runs: dict[int, RunRecord]) -> list[int]:
     """The seeds of ``runs`` that played no part in choosing their recipe (not among its tuning seeds)."""
     tuned = set(next(iter(runs.values())).header()["tuned_seeds"])
     return sorted(s for s in runs if s not in tuned)
@@ -168,6 +168,14 @@ def results_markdown(root: Path, command: str) -> str:
                      for (name, *_), runs in ordered.items()}
     rows = [results_row(*row) for row in result_groups(root)]
     return results_document(rows, tuned_by_step, command, paired_rows(ordered))
+
+
+def table_rows(markdown: str) -> int:
+    """The body rows of every table in ``markdown``: a header (the line above a |---| line) is not a row."""
+    lines = markdown.splitlines()
+    separators = {i for i, line in enumerate(lines) if line.startswith("|---") or line.startswith("| ---")}
+    return sum(line.startswith("|") and i not in separators and i + 1 not in separators
+               for i, line in enumerate(lines))
 
 
 HOLDS_SEEDS, HOLDS_SHARE = 10, 0.9  # a recipe holds when at least 90% of at least 10 fresh seeds pass (9 of 10)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tinymnist.errors import UsageError
 from tinymnist.reports.calibration import calibration_lines, calibration_rows, front_lines, rule_lines
+from tinymnist.reports.folds import folds_lines, read_folds
 from tinymnist.reports.render import pass_count, seed_list
 from tinymnist.reports.results_doc import run_groups
 from tinymnist.reports.search_figures import frontier_figure
@@ -154,35 +155,47 @@ def study_section(export: dict, confirmed: dict[int, dict], top: int = 8,
         *TRIALS_HEAD, *map(trial_row, best),
     ]
     lines += exploration_lines(export)
-    rescored = [g for g in by_recipe(export) if len(g["levels"]) > 1]
-    if rescored:
-        lines += ["", f"Re-scored over seeds (`tinymnist search-rescore`), by mean level of the last {k} "
-                      f"validation epochs:", "",
-                  "| Screened trial | Params | Model | Seeds | Level per seed | Mean ± sd |",
-                  "|---|---|---|---|---|---|"]
-        for g in rescored:
-            seeds = sorted(g["levels"])
-            levels = " ".join(f"{g['levels'][x]:.2f}" for x in seeds)
-            lines.append(f"| {g['screen']} | {g['n_params']:,} | `{g['model']}` | {seed_list(seeds)} | {levels} | "
-                         f"{g['mean']:.3f} ± {g['sd']:.3f} |")
+    lines += rescored_lines(export, k)
     if bar and bar[0] != export["study"] and c.get("score", "worst") == "worst":  # a level has its own rule
         lines += bar_lines(done, bar)
     front = pareto(done)
     lines += ["", "Frontier (complete trials no smaller trial beats): " + ", ".join(
         f"{t['n_params']:,} params {t['value']:.2f}% (trial {t['number']})" for t in front) + "."]
-    if confirmed:
-        lines += ["", f"Confirmed on fresh seeds: the full 60,000 training images, judged on the test set "
-                      f"(>= {TARGET} in each of the last {k} epochs):", "",
-                  "| Trial | Params | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K | "
-                  "Wall seconds per run (median) | Command |", "|---|---|---|---|---|---|---|---|"]
-        for number, f in sorted(confirmed.items()):
-            seeds = [s["seed"] for s in f["seeds"]]
-            wall = f["wall_seconds"][len(f["wall_seconds"]) // 2]
-            lines.append(f"| {number} | {f['params']:,} | {seed_list(seeds)} | {pass_count(f)} | "
-                         f"{f['final_mean']:.2f} ± {f['final_std']:.2f} | {f['min_last_k']:.2f} | {wall:.0f} | "
-                         f"`tinymnist search-confirm {export['path']} --trial {number} --seed-list "
-                         f"{','.join(map(str, seeds))} --jobs 2{' ' + f['flags'] if f['flags'] else ''}` |")
-    return lines + [""]
+    return lines + confirmed_lines(export, confirmed, k) + [""]
+
+
+def rescored_lines(export: dict, k: int) -> list[str]:
+    """The study's recipes trained on more than one seed, by mean level."""
+    rescored = [g for g in by_recipe(export) if len(g["levels"]) > 1]
+    if not rescored:
+        return []
+    lines = ["", f"Re-scored over seeds (`tinymnist search-rescore`), by mean level of the last {k} validation "
+                 f"epochs:", "", "| Screened trial | Params | Model | Seeds | Level per seed | Mean ± sd |",
+             "|---|---|---|---|---|---|"]
+    for g in rescored:
+        seeds = sorted(g["levels"])
+        levels = " ".join(f"{g['levels'][x]:.2f}" for x in seeds)
+        lines.append(f"| {g['screen']} | {g['n_params']:,} | `{g['model']}` | {seed_list(seeds)} | {levels} | "
+                     f"{g['mean']:.3f} ± {g['sd']:.3f} |")
+    return lines
+
+
+def confirmed_lines(export: dict, confirmed: dict[int, dict], k: int) -> list[str]:
+    """The study's trials confirmed on fresh test seeds, with the command that trains them."""
+    if not confirmed:
+        return []
+    lines = ["", f"Confirmed on fresh seeds: the full 60,000 training images, judged on the test set "
+                 f"(>= {TARGET} in each of the last {k} epochs):", "",
+             "| Trial | Params | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K | "
+             "Wall seconds per run (median) | Command |", "|---|---|---|---|---|---|---|---|"]
+    for number, f in sorted(confirmed.items()):
+        seeds = [s["seed"] for s in f["seeds"]]
+        wall = f["wall_seconds"][len(f["wall_seconds"]) // 2]
+        lines.append(f"| {number} | {f['params']:,} | {seed_list(seeds)} | {pass_count(f)} | "
+                     f"{f['final_mean']:.2f} ± {f['final_std']:.2f} | {f['min_last_k']:.2f} | {wall:.0f} | "
+                     f"`tinymnist search-confirm {export['path']} --trial {number} --seed-list "
+                     f"{','.join(map(str, seeds))} --jobs 2{' ' + f['flags'] if f['flags'] else ''}` |")
+    return lines
 
 
 SCREEN_EPOCHS = (3, 5, 8, 10)  # epochs after which a shorter screen would stop
@@ -214,10 +227,11 @@ def screen_lines(exports: list[dict]) -> list[str]:
 
 
 def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, command: str,
-                    bar: str | None = None) -> str:
+                    bar: str | None = None, folds: Path | None = None, baseline: str = "band-4k-6k:10") -> str:
     """``out`` (docs/search.md): how trials are chosen, the frontier figure (written to ``figure``), and a
     section per study; with ``bar`` (a study's name), each other study lists its trials that reached that
-    study's best validation score, fastest first."""
+    study's best validation score, fastest first; with ``folds`` (a fold study's JSON lines), the cross-validated
+    levels, their calibration and the candidates paired with ``baseline`` (STUDY:TRIAL)."""
     confirmed = {e["study"]: confirmations(e, root) for e in exports}
     frontier_figure(exports, confirmed, figure)
     head = (files("tinymnist") / "reports" / "templates" / "search.md").read_text()
@@ -225,7 +239,10 @@ def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, co
     groups = run_groups(root)  # every run record, read once for the front and the calibration
     lines += front_lines(root, groups, figure.with_name(f"{figure.stem}-pass-rate{figure.suffix}"), out)
     rows = calibration_rows(exports, groups)
-    lines += calibration_lines(rows) + rule_lines(exports, rows, confirmed) + screen_lines(exports)
+    lines += calibration_lines(rows) + rule_lines(exports, rows, confirmed)
+    if folds:
+        lines += folds_lines(read_folds(folds), exports, rows, str(folds), baseline)
+    lines += screen_lines(exports)
     lines += ["## Summary", ""]
     for export in exports:
         done = [t for t in screens(export) if t["state"] == "complete"]

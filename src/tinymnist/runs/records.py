@@ -28,19 +28,20 @@ import platform
 import subprocess
 from dataclasses import asdict, fields
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING
 
 from tinymnist import __version__
 from tinymnist.errors import CheckpointError, UsageError
 from tinymnist.files import exclusive, read_json, write_atomic, write_json
-from tinymnist.machine import cpu_name, earlier_auto, pick_device
-from tinymnist.models import file_sha256, is_user_model, split_user_model
 from tinymnist.names import current
 from tinymnist.steps.builtin import all_steps
 from tinymnist.training.recipes import Options, Recipe, RunSpec
+
+if TYPE_CHECKING:
+    import torch
+
+# Reading a record loads neither torch nor the models (`tinymnist show`, `results`, `check` start fast): what
+# writes weights, builds a user's model or asks the device imports them where it does so.
 
 HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK, MODEL_FILE, JOURNEY_FILE = (
     "recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json", "summary.json",
@@ -156,6 +157,8 @@ class RunRecord:
                    else "choose another --out")
             what = "this same recipe" if same else "a different run"
             raise UsageError(f"{self.path} already holds {what}; {how}.")
+        from tinymnist.models import is_user_model, split_user_model
+
         train, test = data_sizes
         model_file = split_user_model(spec.recipe.model)[0] if is_user_model(spec.recipe.model) else None
         journey_file = Path(spec.journey_file) if spec.journey_file else None
@@ -174,6 +177,8 @@ class RunRecord:
         """Copy a user's file into the run as ``name``; its record: where it came from and its SHA-256."""
         if origin is None:
             return None
+        from tinymnist.models import file_sha256
+
         write_atomic(self / name, origin.read_bytes())
         return {"file": name, "origin": str(origin.resolve()), "sha256": file_sha256(self / name)}
 
@@ -206,6 +211,8 @@ class RunRecord:
         recorded = self.header().get("options", {})
         options = _from_dict(Options, {"compile": "off", **recorded})  # runs from before --compile trained eager
         if options.precision == "auto":
+            from tinymnist.machine import earlier_auto, pick_device
+
             options = dataclasses.replace(options, precision=earlier_auto(pick_device(options.device)))
         return options
 
@@ -221,6 +228,8 @@ class RunRecord:
         source = self.header().get("model_source")
         if not source:
             return None
+        from tinymnist.models import file_sha256
+
         kept, origin = self / source["file"], Path(source["origin"])
         if origin.is_file() and file_sha256(origin) == source["sha256"]:
             return origin
@@ -275,6 +284,8 @@ class RunRecord:
                         weights: dict[str, torch.Tensor] | None = None) -> None:
         """Weights (``weights``: the model a run saves, default the trained one in ``tensors``) and training
         state at the end of an epoch; state.json is written last and names the epoch."""
+        from safetensors.torch import save as st_save
+
         if weights is None:
             weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         write_atomic(self / WEIGHTS, st_save(weights, metadata={"model": model, "epoch": str(len(history))}))
@@ -305,6 +316,10 @@ class RunRecord:
     def finish(self, *, params: int, history: list[dict], verdict: dict, first_epoch_holding: int | None,
                last_k: int, device: str, precision: str, compiled: bool, wall_seconds: float) -> dict:
         """Write summary.json (the judged figures come from the caller: the record does not judge)."""
+        import torch
+
+        from tinymnist.machine import cpu_name
+
         test_accs = [m["test_acc"] for m in history]
         summary = {
             "model": self.recipe().model, "params": params, "epochs": len(history),
@@ -338,6 +353,8 @@ class RunRecord:
 
 def read_safetensors(path: Path, model: str) -> dict[str, torch.Tensor]:
     """Load a safetensors file written for ``model``; a clear CheckpointError on anything wrong."""
+    from safetensors import SafetensorError, safe_open
+
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist; the run has no checkpoint yet.")
     try:

@@ -22,11 +22,11 @@ from tinymnist.models import (
     tiny_params,
     user_space,
 )
+from tinymnist.settings import DESIGN, SPACES  # written there so the command line shows them without torch
 from tinymnist.steps.builtin import get_step
 from tinymnist.targets import LAST_K
 from tinymnist.training.recipes import Recipe
 
-DESIGN = 16  # trials of a new study's initial design (the built-in space)
 PROBE = 300  # models sampled from a space before a study starts: the space works and fits --max-params
 OVER_BUDGET = "over_budget"  # the user attribute of a sampled model above --max-params (pruned untrained)
 
@@ -42,7 +42,6 @@ SECOND_POOL = (0, 1, 2)  # 0: none; k: after the layer k past the first pool (wh
 WEIGHT_DECAYS, SMOOTHINGS, EMAS = (0.0, 1e-5, 5e-5, 1e-4, 5e-4), (0.0, 0.05, 0.1), (0.0, 0.99, 0.995, 0.999)
 FINAL_LR_RANGE, WARMUP_RANGE = (0.001, 0.05), (0.1, 0.4)
 ROTATE_RANGE, SHIFT_RANGE, SCALE_RANGE = (0.0, 12.0), (0.0, 0.12), (0.0, 0.12)
-SPACES = ("builtin-2", "builtin")  # the first is the default; a study keeps the space it was created with
 
 
 def optuna_module():  # optuna, imported on first use (an optional extra)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tinymnist.errors import Note, UsageError, unknown_name
-from tinymnist.models import model_name
 
 SCHEDULES = ("constant", "step", "onecycle")
 OPTIMIZERS = ("sgd", "adam")
@@ -72,6 +71,8 @@ class Recipe:
         """Raise UsageError, naming the setting, for any value training cannot use (``model=False``: the model
         is built by other means than its name)."""
         if model:
+            from tinymnist.models import model_name  # the zoo loads torch: only when a model is checked
+
             model_name(self.model)  # an unknown model name fails here, naming the closest one
         if self.epochs < 1:
             raise UsageError(f"epochs must be at least 1 (got {self.epochs}).")

@@ -23,7 +23,7 @@ from torch import nn
 from tinymnist.data import MNIST
 from tinymnist.models import count_params, create_model, prepare_model
 from tinymnist.reports.render import epoch_table, layer_lines, over_seeds_lines, verdict_lines
-from tinymnist.steps.builtin import get_step
+from tinymnist.steps.builtin import DEFAULT_RECIPE, get_step
 from tinymnist.targets import LAST_K, Verdict, first_epoch_holding, fresh_seeds, judge, over_seeds
 from tinymnist.training.executor import Callbacks, execute
 from tinymnist.training.recipes import Options, Recipe, RunSpec
@@ -31,7 +31,7 @@ from tinymnist.training.recipes import Options, Recipe, RunSpec
 ModelLike = type[nn.Module] | Callable[[], nn.Module] | str
 
 
-def recipe(step: str = "compact_step4", **settings: object) -> Recipe:
+def recipe(step: str = DEFAULT_RECIPE, **settings: object) -> Recipe:
     """The recipe of a built-in step, with ``settings`` changed (checked as on the command line)."""
     return get_step(step).recipe.with_overrides(**settings)
 
@@ -107,7 +107,7 @@ def train(model: ModelLike, recipe: Recipe | None = None, data: MNIST | None = N
     from tinymnist.data import load_mnist
 
     name, build = _builder(model)
-    spec = RunSpec(recipe=dataclasses.replace(recipe or get_step("compact_step4").recipe, model=name),
+    spec = RunSpec(recipe=dataclasses.replace(recipe or get_step(DEFAULT_RECIPE).recipe, model=name),
                    options=options or Options())
     trainer = execute(spec, data or load_mnist(), [Callbacks(on_epoch)], build=build)
     return Result(spec.recipe, trainer.history, count_params(trainer.model), trainer.saved_model)
@@ -131,7 +131,7 @@ def consistency(model: ModelLike, recipe: Recipe | None = None, data: MNIST | No
 
     data = data or load_mnist()
     seeds = fresh_seeds(seeds) if isinstance(seeds, int) else list(seeds)
-    base = recipe or get_step("compact_step4").recipe
+    base = recipe or get_step(DEFAULT_RECIPE).recipe
     results = {seed: train(model, base.with_overrides(seed=seed), data, options) for seed in seeds}
     figures = over_seeds(seeds, [r.history for r in results.values()], next(iter(results.values())).params, last_k)
     return Consistency(results, figures)
