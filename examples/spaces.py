@@ -40,7 +40,8 @@ def compact_step4(trial) -> tuple[nn.Module, dict]:  # a space of one point
 # --- one-point spaces of recipes whose fresh-seed test outcome is committed: the search's calibration ----------
 # tinymnist search --study calibrate-frontier-sep-3k8 --space examples/spaces.py:frontier_sep_3k8 \
 #     --max-params 4000 --trials 1 --design 0 --workers 1
-# tinymnist search-rescore --study calibrate-frontier-sep-3k8 --top 1 --seeds 2,3,4 --workers 2
+# tinymnist search-rescore --study calibrate-frontier-sep-3k8 --top 1 --seeds 2,3,4 --workers 2 \
+#     --space examples/spaces.py:frontier_sep_3k8
 
 def frontier_sep_3k8(trial) -> tuple[nn.Module, dict]:  # a space of one point
     """tinymnist's frontier_sep_3k8 (sep_3k8, 3,768 parameters, and its recipe)."""

@@ -36,6 +36,51 @@ for (let i = 0; i < px.length / 784; i++) out.push(Array.from(T.forward(model, p
 console.log(JSON.stringify(out));
 """
 
+# The exported page's own scripts (tinymnist.js, model.js, page.js) in Node, with a stand-in for the few DOM calls
+# page.js makes: `show` draws the ten rows exactly as in a browser, and what they say comes back.
+PAGE_IN_NODE = """
+const vm = require("vm"), fs = require("fs"), path = require("path");
+const folder = process.argv[2], images = JSON.parse(fs.readFileSync(process.argv[3], "utf8"));
+class Element {
+  constructor() { this.style = {}; this.dataset = {}; this.children = []; this.textContent = ""; this.width = 280;
+                  this.height = 280; this._html = ""; }
+  set innerHTML(v) { this._html = v; this.children = []; }
+  get innerHTML() { return this._html + this.children.map(c => c.innerHTML).join(""); }
+  appendChild(c) { this.children.push(c); }
+  addEventListener() {}
+  setPointerCapture() {}
+  getBoundingClientRect() { return {left: 0, top: 0, width: 280, height: 280}; }
+  getContext() {
+    return new Proxy({}, {get: (t, k) => k in t ? t[k] : k === "createImageData"
+      ? (w, h) => ({data: new Uint8ClampedArray(4 * w * h)}) : () => {}});
+  }
+}
+const elements = {};
+const context = {document: {getElementById: id => elements[id] || (elements[id] = new Element()),
+                            createElement: () => new Element(), body: new Element()},
+                 requestAnimationFrame: f => f(), performance: {now: () => 0}, atob};
+context.window = context;
+vm.createContext(context);
+for (const name of ["tinymnist.js", "model.js", "page.js"])
+  vm.runInContext(fs.readFileSync(path.join(folder, name), "utf8"), context, {filename: name});
+context.images = images;
+console.log(JSON.stringify(vm.runInContext(`images.map(px => {
+  show(px, TinyMNIST.forward(model, px));
+  const shown = document.getElementById("probs").innerHTML.match(/[0-9.]+%/g).map(t => parseFloat(t));
+  return {probabilities: window.tinymnistLast.probabilities, shown};
+})`, context)));
+"""
+
+
+def page_answers(folder: Path, images: np.ndarray, tmp_path: Path) -> list[dict]:
+    """What the exported page in ``folder`` shows for uint8 images (N, 28, 28): per image its ten probabilities and
+    the ten percentages it prints."""
+    (tmp_path / "page-in-node.js").write_text(PAGE_IN_NODE)
+    (tmp_path / "images.json").write_text(json.dumps(images.reshape(len(images), 784).tolist()))
+    out = subprocess.run([NODE, str(tmp_path / "page-in-node.js"), str(folder), str(tmp_path / "images.json")],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
 
 class UserNet(nn.Module):
     """A model with a forward of its own: a convolution, dropout, a linear head."""
@@ -205,3 +250,116 @@ def test_the_exported_page_runs_from_disk_and_agrees_with_predict(compact_run: P
     top = json.loads(capsys.readouterr().out)[0]["top3"][0]["digit"]
     assert top == int(np.argmax(last["probabilities"])) == int(expected.argmax())
 
+
+
+LOGITS_MODEL = """import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super(Net, self).__init__()
+        self.conv = nn.Conv2d(1, 8, 3)
+        self.fc = nn.Linear(8 * 13 * 13, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(nn.functional.relu(self.conv(x)), 2)
+        return self.fc(torch.flatten(x, 1))  # raw logits
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_the_page_shows_probabilities_for_a_model_that_returns_logits(small_mnist, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from tinymnist.runs.loading import load_model
+    from tinymnist.runs.records import RunRecord
+    from tinymnist.training.recipes import Recipe
+    from tinymnist.use.inference import predict_images
+
+    monkeypatch.chdir(tmp_path)
+    Path("logits.py").write_text(LOGITS_MODEL)
+    data = small_mnist.subset(200)
+    run = start_run(tmp_path / "runs", "logits", Recipe(model="logits.py:Net", epochs=1, seed=1), data)
+    train_run(run, data)
+    assert main(["export", str(run.path), "--web", "page"]) == 0
+    capsys.readouterr()
+    images = data.held_out_images[:5].numpy()
+    expected = predict_images(load_model(RunRecord(run.path)), images).numpy()
+    for answer, probs in zip(page_answers(Path("page"), images, tmp_path), expected, strict=True):
+        assert abs(sum(answer["probabilities"]) - 1) < 1e-6 and abs(sum(answer["shown"]) - 100) <= 0.5
+        assert np.abs(np.asarray(answer["probabilities"]) - probs).max() < 1e-4  # as `predict` says
+        assert answer["shown"] == [round(100 * p, 1) for p in answer["probabilities"]]
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder no file can be written in: chmod 555, or for root (whom permissions do not stop) /sys, which the
+    kernel refuses new files in."""
+    import os
+
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize("flag", ["--onnx", "--int8", "--web"])
+def test_an_output_that_cannot_be_written_is_one_sentence(flag: str, compact_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    target = read_only_folder(tmp_path) / ("page" if flag == "--web" else "model.onnx")
+    assert main(["export", str(compact_run), flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert one_sentence(err) and flag in err and "cannot write" in err and not target.exists()
+
+
+def test_a_missing_folder_or_a_folder_for_a_file_is_one_sentence(compact_run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", str(compact_run), "--onnx", str(tmp_path / "no" / "such" / "m.onnx")]) == 2
+    assert one_sentence(err := capsys.readouterr().err) and "does not exist" in err
+    assert main(["export", str(compact_run), "--int8", str(tmp_path)]) == 2
+    assert one_sentence(err := capsys.readouterr().err) and "is a folder" in err
+
+
+@pytest.mark.integration
+def test_onnx_and_int8_are_written_beside_the_file_named_each_one_file(compact_run: Path, mnist_dir: Path,
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    from tinymnist.use.deploy import onnx_predictions
+
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(["export", str(compact_run), "--onnx", "../out/model.onnx", "--int8", "--data-dir",
+                 str(mnist_dir)]) == 0
+    capsys.readouterr()
+    assert list(Path().iterdir()) == []  # nothing in the current folder
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.int8.onnx", "model.int8.onnx.json",
+                                                                    "model.onnx"]
+    shared = tmp_path / "shared"  # each file alone, elsewhere, still runs: no FILE.data beside it
+    shared.mkdir()
+    x = np.zeros((2, 1, 28, 28), dtype=np.float32)
+    for name in ("model.onnx", "model.int8.onnx"):
+        (shared / name).write_bytes((tmp_path / "out" / name).read_bytes())
+        assert onnx_predictions(shared / name, x).shape == (2, 10)
+
+
+def test_the_fp32_onnx_is_one_file(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    pytest.importorskip("onnxscript", reason="the [onnx] extra is not installed")
+    from tinymnist.use.deploy import onnx_predictions
+    from tinymnist.use.inference import export_onnx
+
+    torch.manual_seed(0)
+    model = with_statistics(create_model("compact_7k4"))
+    (tmp_path / "here").mkdir()
+    export_onnx(model, tmp_path / "here" / "m.onnx")
+    assert [p.name for p in (tmp_path / "here").iterdir()] == ["m.onnx"]  # no m.onnx.data to lose
+    (tmp_path / "here" / "m.onnx").rename(tmp_path / "m.onnx")  # shared alone, it still runs, and the same
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(onnx_predictions(tmp_path / "m.onnx", x.numpy()) - expected).max() < 1e-4

@@ -46,14 +46,17 @@ def exported(storage: str, study: str, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def check_complete(data: dict, trained: int) -> None:
-    """Every trial number once, none left running or waiting, at least ``trained`` trained trials."""
+def check_complete(data: dict, trained: int, exactly: bool = False) -> None:
+    """Every trial number once, none left running or waiting, at least ``trained`` trained trials (``exactly``:
+    that many), and each point of the initial design enqueued once (a retry repeats its failed trial's)."""
     numbers = [t["number"] for t in data["trials"]]
     assert numbers == list(range(len(numbers)))
     states = [t["state"] for t in data["trials"]]
     assert "running" not in states and "waiting" not in states
     done = [t for t in data["trials"] if t["state"] in ("complete", "pruned") and not t["over_budget"]]
-    assert len(done) >= trained
+    assert len(done) == trained if exactly else len(done) >= trained
+    design = [json.dumps(t["params"], sort_keys=True) for t in data["trials"] if t["design"] and t["retry_of"] is None]
+    assert len(design) == len(set(design)), design
     for t in done:
         assert t["n_params"] <= data["config"]["max_params"]
         assert len(t["val_acc"]) >= 1 and t["model"].startswith("tiny:")
@@ -240,7 +243,7 @@ def test_two_workers_and_a_killed_one_leave_a_complete_study(storage: str, train
     assert proc.returncode == 0, err
     assert "stopped (exit code -9)" in out
     data = exported(storage, "killed", tmp_path)
-    check_complete(data, 6)
+    check_complete(data, 6, exactly=True)
     by_number = {t["number"]: t for t in data["trials"]}
     assert by_number[killed]["state"] == "fail"
     retries = [t for t in data["trials"] if t["retry_of"] == killed]
@@ -262,6 +265,100 @@ def test_search_reads_no_test_files_and_joins_an_existing_study(train_only: Path
     other = tinymnist("search", "--storage", storage, "--study", "s", "--trials", "5", *TINY[:-1], "2000",
                       data=train_only)
     assert other.returncode == 2 and "max_params = 3000" in other.stderr
+
+
+@pytest.mark.integration
+def test_a_search_killed_whole_is_finished_by_the_next_run_with_exactly_its_trials(storage: str, train_only: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The search and both its workers killed with SIGKILL mid-trial; the same command again fails the trials
+    they left running (their processes are gone), retries them, and ends with exactly --trials trained."""
+    args = ["search", "--storage", storage, "--study", "whole", "--workers", "2", "--trials", "4",
+            "--heartbeat", "1", *TINY, "--epochs", "3"]
+    env = {**os.environ, "TINYMNIST_DATA": str(train_only)}
+    proc = subprocess.Popen([sys.executable, "-m", "tinymnist", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    left = []
+    try:
+        deadline = time.monotonic() + 300
+        while not left and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                study = optuna.load_study(study_name="whole", storage=storage)
+            except KeyError:
+                continue
+            left = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                    if t.user_attrs.get("val_acc")]
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert left, "no trial was caught running"
+    again = tinymnist(*args, data=train_only)
+    assert again.returncode == 0, again.stderr
+    data = exported(storage, "whole", tmp_path)
+    check_complete(data, 4, exactly=True)
+    by_number = {t["number"]: t for t in data["trials"]}
+    for number in left:
+        assert by_number[number]["state"] == "fail"
+        assert [t["state"] for t in data["trials"] if t["retry_of"] == number] == ["complete"]
+
+
+@pytest.mark.integration
+def test_a_stale_trial_is_retried_by_the_next_run_even_when_the_count_is_met(train_only: Path,
+                                                                            tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'met.db'}"
+    first = tinymnist("search", "--storage", storage, "--study", "met", "--trials", "2", "--heartbeat", "1", *TINY,
+                      data=train_only)
+    assert first.returncode == 0, first.stderr
+    study = optuna.load_study(study_name="met", storage=search_study.open_storage(storage, heartbeat=1))
+    study.enqueue_trial(study.trials[0].params)
+    trial = study.ask()  # taken by a worker of another host that then stopped beating
+    trial.set_user_attr("worker", "elsewhere:1")
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(4)  # past the grace of 3 heartbeats (the database keeps whole seconds)
+    again = tinymnist("search", "--storage", storage, "--study", "met", "--trials", "2", "--heartbeat", "1", *TINY,
+                      data=train_only)
+    assert again.returncode == 0, again.stderr
+    data = exported(storage, "met", tmp_path)
+    check_complete(data, 3, exactly=True)  # the count was met: the retry is the only trial trained
+    assert data["trials"][trial.number]["state"] == "fail"
+    assert [t["state"] for t in data["trials"] if t["retry_of"] == trial.number] == ["complete"]
+
+
+CLAIM = """
+import sys
+from tinymnist.search.study import claim, open_storage
+storage = open_storage(sys.argv[1])
+print(" ".join(k for k in map(str, range(int(sys.argv[2]))) if claim(storage, "c", k)))
+"""
+
+
+def test_a_claim_is_granted_to_one_process_of_many(tmp_path: Path) -> None:
+    """Three processes claim the same 30 keys at once (as workers claim a design point or a start): each key is
+    granted once. A claim left by a process that never acted on it is taken over only once it is stale."""
+    url, keys = f"sqlite:///{tmp_path / 'c.db'}", 30
+    search_study.open_storage(url)
+    procs = [subprocess.Popen([sys.executable, "-W", "ignore", "-c", CLAIM, url, str(keys)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    granted = [int(k) for p in procs for k in p.communicate(timeout=300)[0].split()]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(granted) == list(range(keys))
+    storage = search_study.open_storage(url)
+    assert not search_study.claim(storage, "c", "0") and not search_study.claim(storage, "c", "0", stale_after=60)
+    assert search_study.claim(storage, "c", "0", stale_after=0)  # stale: taken over, once
+    assert search_study.claim(storage, "d", "0")  # another study's keys are its own
+
+
+def test_a_design_point_another_process_claimed_is_not_enqueued_again(tmp_path: Path) -> None:
+    """Two hosts that read the study before either enqueued: the second finds the first's claims."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    storage = search_study.open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="d", direction="maximize")
+    design = [{"x": 0}, {"x": 1}, {"x": 2}]
+    assert search_study.claim(storage, "d", "design:0")  # the other host's claim, its trial not yet enqueued
+    assert search_study.enqueue_design(study, storage, design, trials=2) == 2
+    assert search_study.enqueue_design(study, storage, design, trials=5) == 0  # each point once, whoever asks
+    assert [t.system_attrs["fixed_params"] for t in study.get_trials()] == [{"x": 1}, {"x": 2}]
 
 
 # --- a searched model loads without the study ------------------------------------------------------------------
@@ -303,6 +400,7 @@ def test_user_space_trials_confirm_and_reload_without_the_study(full_synthetic_d
     assert trial["model"].startswith("spaces.py:space:") and trial["recipe"]["lr"] == trial["params"]["lr"]
     (tmp_path / "u.db").unlink()  # the run records alone must rebuild the model
     confirm = tinymnist("search-confirm", str(tmp_path / "u.json"), "--trial", str(trial["number"]), "--seeds", "1",
+                        "--space", "spaces.py:space",
                         "--subset", "700", "--runs", "runs", "--data-dir", str(data_dir), cwd=tmp_path)
     assert confirm.returncode == 0, confirm.stderr
     run = tmp_path / "runs" / "search" / "u" / f"trial-{trial['number']}" / "seed-1001"
@@ -310,7 +408,8 @@ def test_user_space_trials_confirm_and_reload_without_the_study(full_synthetic_d
     evaluated = tinymnist("eval", str(run), "--data-dir", str(data_dir), cwd=tmp_path)
     assert evaluated.returncode == 0 and "matches the recorded" in evaluated.stdout, evaluated.stderr
     # a lever measured on the trial's exact recipe: the setting is applied and recorded as an override
-    lever = tinymnist("search-confirm", str(tmp_path / "u.json"), "--trial", str(trial["number"]), "--seed-list",
+    lever = tinymnist("search-confirm", str(tmp_path / "u.json"), "--trial", str(trial["number"]), "--space",
+                      "spaces.py:space", "--seed-list",
                       "1001", "--elastic", "8", "--subset", "700", "--runs", "levers", "--data-dir", str(data_dir),
                       cwd=tmp_path)
     assert lever.returncode == 0, lever.stderr
@@ -392,6 +491,84 @@ def test_a_new_study_starts_with_its_design_and_rescoring_trains_the_best_recipe
                        data=train_only)
     assert repeat.returncode == 0 and "nothing to add" in repeat.stdout
     check_complete(after, 2)
+
+
+@pytest.mark.integration
+def test_rescoring_on_folds_trains_the_best_recipe_on_other_held_out_images(train_only: Path,
+                                                                           existing: tuple[str, Path]) -> None:
+    storage, where = existing
+    before = exported(storage, "e", where)
+    best = max((t for t in before["trials"] if t["state"] == "complete" and t["rescore_of"] is None),
+               key=lambda t: t["value"])
+    result = tinymnist("search-rescore", "--storage", storage, "--study", "e", "--top", "1", "--folds", "3",
+                       data=train_only)
+    assert result.returncode == 0, result.stderr
+    after = exported(storage, "e", where)
+    folds = [t for t in after["trials"] if t["fold"]]
+    assert sorted((t["rescore_of"], t["seed"], t["fold"], t["state"]) for t in folds) == [
+        (best["number"], 1, 1, "complete"), (best["number"], 1, 2, "complete")]  # at the study's seed
+    assert all(t["recipe"] == best["recipe"] for t in folds)
+    assert "3 folds" in result.stdout and f"trial {best['number']}" in result.stdout
+    from tinymnist.search.analysis import by_recipe
+
+    group = next(g for g in by_recipe(after) if g["screen"] == best["number"])
+    assert sorted(group["folds"]) == [0, 1, 2] and group["folds"][0] == group["levels"][1]
+    assert set(group["fold_trials"]) == {t["number"] for t in folds} and not set(group["trials"]) & {
+        t["number"] for t in folds}  # the levels over seeds hold no fold
+    too_many = tinymnist("search-rescore", "--storage", storage, "--study", "e", "--top", "1", "--folds", "9",
+                         data=train_only)
+    assert too_many.returncode == 2 and "fold 8" in too_many.stderr and "Traceback" not in too_many.stderr
+
+
+def test_a_trial_of_a_fold_trains_on_that_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinymnist.search import workers
+    from tinymnist.training.recipes import Options
+
+    seen = []
+    monkeypatch.setattr(workers, "execute", lambda spec, data, sinks: seen.append(data))
+    monkeypatch.setattr(workers.TrialSink, "score", lambda self: 0.0)
+    run = workers.objective(search_space.SearchConfig(max_params=8000), lambda fold: f"fold {fold}", Options())
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({}, user_attrs={"fold": 2, "seed": 1, "rescore_of": 0})
+    study.optimize(run, n_trials=2)
+    assert seen == ["fold 2", "fold 0"]
+
+
+def test_levels_over_folds_are_kept_apart_from_levels_over_seeds() -> None:
+    """A recipe's levels over seeds (fold 0) and over folds (the study's seed) from a fake objective: neither
+    mixes in the other, and the fold plan skips what is trained."""
+    from tinymnist.search.analysis import by_recipe, rescore_plan
+
+    level = {(0, 1, 0): 99.6, (0, 2, 0): 99.2, (0, 1, 1): 99.0, (0, 1, 2): 99.1,
+             (1, 1, 0): 99.5, (1, 2, 0): 99.4, (1, 1, 1): 99.45, (1, 1, 2): 99.5}
+    config = search_space.SearchConfig(max_params=8000)
+
+    def fake(trial) -> float:
+        x, seed, fold = trial.suggest_int("x", 0, 1), trial.user_attrs.get("seed", 1), trial.user_attrs.get("fold")
+        accs = [level[x, seed, fold or 0]] * 5
+        for key, value in (("model", f"m{x}"), ("params", 1000 + x), ("seed", seed), ("val_acc", accs),
+                           ("recipe", {"model": f"m{x}", "lr": 0.1 * x, "seed": seed})):
+            trial.set_user_attr(key, value)
+        return config.value(accs)
+
+    study = optuna.create_study(direction="maximize")
+    for key, value in config.to_attrs().items():
+        study.set_user_attr(key, value)
+    for x in range(2):
+        study.enqueue_trial({"x": x})
+    study.optimize(fake, n_trials=2)
+    plan = rescore_plan(search_study.export(study), top=2, seeds=[2], folds=3)
+    assert sorted((p["x"], a["seed"], a.get("fold")) for p, a in plan) == [
+        (0, 1, 1), (0, 1, 2), (0, 2, None), (1, 1, 1), (1, 1, 2), (1, 2, None)]
+    for params, attrs in plan:
+        study.enqueue_trial(params, user_attrs=attrs)
+    study.optimize(fake, n_trials=len(plan))
+    assert rescore_plan(search_study.export(study), top=2, seeds=[2], folds=3) == []
+    m0, m1 = sorted(by_recipe(search_study.export(study)), key=lambda g: g["model"])
+    assert m0["levels"] == {1: 99.6, 2: 99.2} and m0["folds"] == {0: 99.6, 1: 99.0, 2: 99.1}
+    assert m0["mean"] == pytest.approx(99.4) and m0["fold_mean"] == pytest.approx((99.6 + 99.0 + 99.1) / 3)
+    assert m1["fold_mean"] == pytest.approx((99.5 + 99.45 + 99.5) / 3) and m1["fold_sd"] > 0
+    assert len(m0["trials"]) == 2 and len(m0["fold_trials"]) == 2
 
 
 @pytest.mark.integration
@@ -478,3 +655,81 @@ def test_the_prepared_gpu_study_runs_on_a_cpu_with_a_tiny_budget(mnist_dir: Path
     export = json.loads((tmp_path / "out" / "band-4k-6k-gpu.json").read_text())
     assert [t["state"] for t in export["trials"]] == ["complete"]
     assert 4000 < export["trials"][0]["n_params"] <= 6000 and (tmp_path / "out" / "band-4k-6k-gpu.db").is_file()
+
+
+# --- a study from elsewhere never chooses the code that runs ---------------------------------------------------
+
+PAYLOAD = '''
+from pathlib import Path
+
+Path("MARKER").write_text("the payload ran")
+
+
+def space(trial):
+    raise SystemExit("never reached")
+'''
+
+
+def payload_export(where: Path) -> Path:
+    """A downloaded study export whose trial's model is built by ``payload.py``, which writes MARKER on import."""
+    import dataclasses
+
+    from tinymnist.training.recipes import Recipe
+
+    (where / "payload.py").write_text(PAYLOAD)
+    recipe = dataclasses.asdict(Recipe(model="payload.py:space:width=4", epochs=1))
+    config = search_space.SearchConfig(max_params=1000, space="payload.py:space").to_attrs()
+    trial = {"number": 0, "state": "complete", "value": 99.0, "params": {"width": 4}, "model": recipe["model"],
+             "n_params": 100, "recipe": recipe, "val_acc": [99.0], "over_budget": False, "seed": 1}
+    path = where / "downloaded.json"
+    path.write_text(json.dumps({"study": "downloaded", "config": config, "trials": [trial]}))
+    return path
+
+
+def test_search_confirm_never_runs_a_space_file_the_export_names(tmp_path: Path) -> None:
+    export = payload_export(tmp_path)
+    result = tinymnist("search-confirm", str(export), "--trial", "0", "--seeds", "1", "--data-dir", str(tmp_path),
+                       cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--space payload.py:space" in lines[0] and "--trust-remote-code" in lines[0]
+    assert not (tmp_path / "MARKER").exists()
+    other = tinymnist("search-confirm", str(export), "--trial", "0", "--seeds", "1", "--space", "spaces.py:space",
+                      "--data-dir", str(tmp_path), cwd=tmp_path)  # naming another file is not consent to this one
+    assert other.returncode == 2 and not (tmp_path / "MARKER").exists()
+
+
+def test_search_rescore_never_runs_a_space_file_the_storage_names(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinymnist.errors import UsageError
+    from tinymnist.search.workers import rescore
+
+    payload_export(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'downloaded.db'}"
+    study = optuna.create_study(storage=search_study.open_storage(url), study_name="d", direction="maximize")
+    for key, value in search_space.SearchConfig(max_params=1000, space="payload.py:space").to_attrs().items():
+        study.set_user_attr(key, value)
+    with pytest.raises(UsageError, match="--space payload.py:space"):
+        rescore(url, "d", 1, [2], data_dir=str(tmp_path))
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_a_space_file_runs_when_the_user_names_it_or_trusts_it(tmp_path: Path) -> None:
+    from tinymnist.errors import UsageError
+
+    check = search_space.check_named
+    check("tiny:w=8.16", None, False, "s")  # a built-in model runs no file
+    check(f"{tmp_path}/payload.py:space:width=4", f"{tmp_path}/x/../payload.py:space", False, "s")  # the same file
+    check("payload.py:space:width=4", None, True, "s")
+    for named in (None, "payload.py:other", "elsewhere/payload.py:space"):
+        with pytest.raises(UsageError, match="code named by the study"):
+            check("payload.py:space:width=4", named, False, "s")
+
+
+def test_a_confirmation_command_names_the_space_file_it_needs() -> None:
+    from tinymnist.search.analysis import space_flag
+
+    assert space_flag("examples/spaces.py:band_4k_6k:w1=8,lr=0.2") == " --space examples/spaces.py:band_4k_6k"
+    assert space_flag("examples/spaces.py:compact_step4:") == " --space examples/spaces.py:compact_step4"
+    assert space_flag("tiny:w=8.16,pool=2") == "" and space_flag(None) == ""

@@ -257,3 +257,36 @@ def test_a_trial_trained_again_on_another_machine_is_not_more_seeds(confirmed: P
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "cpu": "another CPU"}))
     figures = confirmations(export(), tmp_path)[2]
     assert figures["seeds_run"] == 2 and [s["seed"] for s in figures["seeds"]] == [1001, 1002]
+
+
+COMMITTED = [p for p in sorted((Path(__file__).resolve().parent.parent / "evidence" / "studies").glob("*.json"))
+             if "trials" in json.loads(p.read_text())]  # study exports (a fold study's plan is not one)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_every_committed_export_upgrades_to_the_current_format(path: Path) -> None:
+    """The one upgrade of the study-export format, on every committed export: what a setting the export lacks
+    meant is given (the score and design of studies made before them, each trial's seed and fold), the upgrade
+    leaves its input alone and is idempotent, and readers see the same recipes through it."""
+    import copy
+
+    from tinymnist.search.analysis import FORMAT, by_recipe, rescore_plan, upgrade_export
+    from tinymnist.search.space import SearchConfig
+
+    raw = json.loads(path.read_text())
+    kept = copy.deepcopy(raw)
+    new = upgrade_export(raw)
+    assert raw == kept and new["format"] == FORMAT and upgrade_export(new) is new
+    assert new["config"]["score"] in ("level", "worst") and isinstance(new["config"]["design"], int)
+    if "score" not in raw["config"]:  # made before the level was the score, and before the initial design
+        assert (new["config"]["score"], new["config"]["design"]) == ("worst", 0)
+    assert SearchConfig.from_attrs(raw["config"]) == SearchConfig.from_attrs(new["config"])
+    for before, after in zip(raw["trials"], new["trials"], strict=True):
+        assert {k: v for k, v in after.items() if k not in ("seed", "fold")} == \
+            {k: v for k, v in before.items() if k not in ("seed", "fold")}
+        assert after["seed"] == (before.get("seed") or (before.get("recipe") or {}).get("seed")
+                                 or raw["config"]["seed"])
+        assert after["fold"] is None
+    assert by_recipe(raw) == by_recipe(new)
+    assert rescore_plan(raw, 3, [2, 3]) == rescore_plan(new, 3, [2, 3])
+    assert read_exports([path])[0] == {**new, "path": str(path)}

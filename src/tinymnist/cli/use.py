@@ -85,15 +85,52 @@ def _need_onnx() -> None:
         raise UsageError("ONNX export needs the [onnx] extra: pip install \"tinymnist[onnx]\"") from None
 
 
+def _writable(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output that cannot be written: a folder given for a file, a folder that does
+    not exist, or one this user cannot write in (tried with a temporary file: permissions alone miss a
+    read-only file system)."""
+    import tempfile
+
+    if flag != "--web" and path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name in it, like {path / 'model.onnx'}.")
+    where = path if flag == "--web" and path.is_dir() else path.parent
+    while flag == "--web" and not where.exists() and where != where.parent:
+        where = where.parent  # --web creates the folders it needs
+    if not where.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {where} does not exist; create it or give another path.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".tinymnist-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write in {where} ({e.strerror}); give a path in a folder you "
+                         f"can write.") from None
+
+
+def _int8_path(args: argparse.Namespace) -> Path:
+    """--int8 FILE, else beside --onnx F as F's name with .int8.onnx, else model.int8.onnx."""
+    if args.int8:
+        return Path(args.int8)
+    if args.onnx:
+        fp32 = Path(args.onnx)
+        return fp32.with_name(f"{fp32.stem if fp32.suffix == '.onnx' else fp32.name}.int8.onnx")
+    return Path("model.int8.onnx")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from tinymnist.runs.loading import load_model
 
-    if not (args.onnx or args.int8 or args.web):
+    if not (args.onnx or args.int8 is not None or args.web):
         raise UsageError("say what to export: --onnx FILE, --int8 [FILE] and/or --web DIR.")
+    if args.int8 is not None:
+        args.int8 = str(_int8_path(args))
+    # before any work: a refused export writes nothing
+    for flag, value in (("--onnx", args.onnx), ("--int8", args.int8), ("--web", args.web)):
+        if value:
+            _writable(Path(value), flag)
     if args.web:
         from tinymnist.use.deploy import empty_folder
 
-        empty_folder(Path(args.web))  # before any work: a refused export writes nothing
+        empty_folder(Path(args.web))
     run = RunRecord(args.run).require(finished=True)
     loaded = load_model(run, args.trust_remote_code)
     ok = True
@@ -139,7 +176,10 @@ def _export_onnx(args: argparse.Namespace, loaded: object) -> bool:
     result |= {"run": str(args.run), "model": loaded.name, "params": loaded.params,
                "calibration_images": CALIBRATION_IMAGES, "int8_file": str(int8)}
     record = int8.with_name(int8.name + ".json")
-    record.write_text(json.dumps(result, indent=2) + "\n")
+    try:
+        record.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as e:
+        raise UsageError(f"cannot write {record} ({e.strerror}).") from None
     say(f"wrote {int8}: int8 (static, per-channel weights, QDQ), {result['int8_bytes']:,} bytes against "
         f"{result['fp32_bytes']:,} in fp32",
         f"full test set ({result['images']:,} images): fp32 {result['fp32_test_acc']:.2f}%, int8 "
@@ -184,9 +224,9 @@ def add_use_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="a run's model as ONNX (fp32 or int8) or as a page that needs no server")
     p.add_argument("run", help="a run directory")
     p.add_argument("--onnx", metavar="FILE", help="write the fp32 ONNX file, checked against onnxruntime")
-    p.add_argument("--int8", metavar="FILE", nargs="?", const="model.int8.onnx",
-                   help="write an int8 ONNX file (default model.int8.onnx) and FILE.json with its size and "
-                        "full-test-set accuracy against fp32")
+    p.add_argument("--int8", metavar="FILE", nargs="?", const="",
+                   help="write an int8 ONNX file (default: beside --onnx F as F.int8.onnx, else model.int8.onnx) "
+                        "and FILE.json with its size and full-test-set accuracy against fp32")
     p.add_argument("--web", metavar="DIR", help="write the draw-a-digit page as a static folder that runs the model "
                                                 "in the browser (a new or empty folder)")
     add_trust_arg(p)

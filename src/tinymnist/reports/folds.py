@@ -30,13 +30,16 @@ def cross_validated(folds: list[dict], exports: list[dict]) -> list[dict]:
     from ``folds``, fold 0 from the export trial that screened the same recipe on the search's split, if any.
     Each: name, model, params, the recipe's key, per-fold levels, their mean and spread, seconds trained here, and
     (study, trials) when the recipe is a study's."""
-    screened = {}
+    screened: dict[str, tuple] = {}  # recipe -> the screen of the study that re-scored it on the most seeds
     for e in exports:
         k = e["config"].get("last_k", 5)
+        seeds = {n: len(g["levels"]) for g in by_recipe(e) for n in g["trials"]}
         for t in trained(e):
             if t["state"] == "complete" and t.get("seed") == 1 and not t.get("fold") and \
                     e["config"].get("validation", 10_000) == 10_000:
-                screened.setdefault(recipe_key(t), (e, t, statistics.fmean(t["val_acc"][-k:])))
+                key = recipe_key(t)
+                if key not in screened or seeds.get(t["number"], 0) > screened[key][3]:
+                    screened[key] = (e, t, statistics.fmean(t["val_acc"][-k:]), seeds.get(t["number"], 0))
     recipes: dict[str, dict] = {}
     for row in folds:
         key = recipe_key(row)
@@ -46,7 +49,7 @@ def cross_validated(folds: list[dict], exports: list[dict]) -> list[dict]:
         r["levels"][row["fold"]] = row["level"]
         r["seconds"] += row["seconds"]
         if key in screened and r["study"] is None:
-            e, t, level = screened[key]
+            e, t, level, _ = screened[key]
             r["study"] = (e["study"], next(g["trials"] for g in by_recipe(e) if t["number"] in g["trials"]))
             r["levels"].setdefault(0, level)
     for r in recipes.values():

@@ -87,10 +87,10 @@ def recipe_line(r: object) -> str:
 def model_line(model: object) -> str:
     """A model in one line: parameters, receptive field, inference MFLOPs per image (an nn.Module)."""
     from tinymnist.models import count_params
-    from tinymnist.models.layers import flops_per_image, layer_table
+    from tinymnist.models.layers import final_rf_text, flops_per_image, layer_table
 
-    rf = layer_table(model)[-1].rf
-    return (f"{count_params(model):,} params, receptive field {rf}x{rf} px, {flops_per_image(model) / 1e6:.2f} "
+    rf = final_rf_text(layer_table(model))
+    return (f"{count_params(model):,} params, receptive field {rf}, {flops_per_image(model) / 1e6:.2f} "
             f"MFLOPs per image")
 
 
@@ -145,15 +145,15 @@ def over_seeds_lines(figures: dict, tuned: Iterable[int] = ()) -> list[str]:
 def layer_lines(model: object) -> list[str]:
     """The per-layer table of any nn.Module: output shape, parameters, receptive field, jump; then the totals."""
     from tinymnist.models import count_params
-    from tinymnist.models.layers import flops_per_image, layer_table
+    from tinymnist.models.layers import final_rf_text, flops_per_image, layer_table
 
     rows = layer_table(model)
     lines = [f"{'layer':<26} {'output':>12} {'params':>7} {'RF':>4} {'jump':>5}"]
     for row in rows:
         shape = "x".join(str(d) for d in row.shape)
-        lines.append(f"{row.name:<26} {shape:>12} {row.params:>7,} {row.rf:>4} {row.jump:>5}")
+        lines.append(f"{row.name:<26} {shape:>12} {row.params:>7,} {row.rf_text:>4} {row.jump_text:>5}")
     lines.append(f"total: {count_params(model):,} params, {flops_per_image(model) / 1e6:.2f} MFLOPs per image "
-                 f"(inference), final receptive field {rows[-1].rf}x{rows[-1].rf} px")
+                 f"(inference), final receptive field {final_rf_text(rows)}")
     return lines
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from tinymnist.errors import UsageError
 from tinymnist.reports.render import pass_count, seed_list
 from tinymnist.runs.records import RunRecord
+from tinymnist.search.analysis import space_flag
 from tinymnist.settings import OVERRIDES
 from tinymnist.steps.builtin import all_steps
 from tinymnist.targets import LAST_K, TARGET, holds_last_k, mean_interval, over_seeds
@@ -152,7 +153,8 @@ def result_groups(root: Path) -> Iterator[tuple[str, str, dict, dict, str | None
             summaries = {s: runs[s].summary() for s in seeds}
             figures = over_seeds(seeds, [runs[s].metrics() for s in seeds], summaries[seeds[0]]["params"])
             how = {s: (summaries[s].get("precision", "?"), summaries[s].get("threads")) for s in seeds}
-            cmd = (f"tinymnist search-confirm {origin['export']} --trial {origin['trial']}" if origin
+            cmd = (f"tinymnist search-confirm {origin['export']} --trial {origin['trial']}"
+                   f"{space_flag(header['recipe']['model'])}" if origin
                    else f"tinymnist consistency {name}") + f" --seed-list {','.join(map(str, seeds))}"
             cmd += f" {flags}" if flags else ""
             if len(set(how.values())) == 1:  # one precision and thread count: the command reproduces every seed

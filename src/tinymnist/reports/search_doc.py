@@ -15,7 +15,16 @@ from tinymnist.reports.folds import folds_lines, read_folds
 from tinymnist.reports.render import pass_count, seed_list
 from tinymnist.reports.results_doc import run_groups
 from tinymnist.reports.search_figures import frontier_figure
-from tinymnist.search.analysis import SCORED, by_recipe, confirmations, pareto, screen_ranking, screens, trained
+from tinymnist.search.analysis import (
+    SCORED,
+    by_recipe,
+    confirmations,
+    pareto,
+    screen_ranking,
+    screens,
+    space_flag,
+    trained,
+)
 from tinymnist.search.space import SearchConfig, builtin_2_architectures, builtin_architectures
 from tinymnist.targets import LAST_K, TARGET
 
@@ -188,12 +197,14 @@ def confirmed_lines(export: dict, confirmed: dict[int, dict], k: int) -> list[st
                  f"(>= {TARGET} in each of the last {k} epochs):", "",
              "| Trial | Params | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K | "
              "Wall seconds per run (median) | Command |", "|---|---|---|---|---|---|---|---|"]
+    models = {t["number"]: t["model"] for t in export["trials"]}
     for number, f in sorted(confirmed.items()):
         seeds = [s["seed"] for s in f["seeds"]]
         wall = f["wall_seconds"][len(f["wall_seconds"]) // 2]
         lines.append(f"| {number} | {f['params']:,} | {seed_list(seeds)} | {pass_count(f)} | "
                      f"{f['final_mean']:.2f} ± {f['final_std']:.2f} | {f['min_last_k']:.2f} | {wall:.0f} | "
-                     f"`tinymnist search-confirm {export['path']} --trial {number} --seed-list "
+                     f"`tinymnist search-confirm {export['path']} --trial {number}{space_flag(models[number])} "
+                     f"--seed-list "
                      f"{','.join(map(str, seeds))} --jobs 2{' ' + f['flags'] if f['flags'] else ''}` |")
     return lines
 

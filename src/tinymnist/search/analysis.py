@@ -14,7 +14,37 @@ from tinymnist.runs.records import RunRecord, recipe_from_dict
 from tinymnist.targets import LAST_K, over_seeds
 
 FINISHED = ("complete", "pruned")
-SCORED = {"level": "level (mean)", "worst": "worst"}  # a study's score; exports before 0.4.0 scored the worst
+SCORED = {"level": "level (mean)", "worst": "worst"}  # a study's score (SearchConfig.score) as the docs name it
+
+# --- the study-export format and its upgrade -------------------------------------------------------------------
+FORMAT = 2  # the study-export format search-export writes; upgrade_export reads every earlier one
+# What studies did before a setting was recorded: format 1 is every export without "format" (0.4.x and earlier).
+EARLIER_CONFIG = {"score": "worst", "design": 0}  # studies created by 0.3.0 or earlier: the worst, no design
+EARLIER_TRIAL = {"prune_from": 3}  # trials of 0.3.0 or earlier carry no pruning window: cut from epoch 3 on
+
+
+def upgrade_config(config: dict) -> dict:
+    """A study's recorded settings (in an export or in its storage) in the current format."""
+    return {**EARLIER_CONFIG, **config}
+
+
+def upgrade_trial_attrs(attrs: dict) -> dict:
+    """A live trial's user attributes in the current format (the pruner reads them)."""
+    return {**EARLIER_TRIAL, **attrs}
+
+
+def upgrade_export(data: dict) -> dict:
+    """A study export of any format in the current one, every compatibility branch here. Format 1 to 2: the
+    config gains what its study did before a setting existed (EARLIER_CONFIG); each trial its seed (before 0.4.0
+    a trial recorded none: its recipe's, else the study's) and its fold (none before folds: 0, the search's
+    split). An export in the current format is returned as it is; search-export writes its study through this
+    too, so a study made by an earlier version is exported in the current format."""
+    if data.get("format", 1) >= FORMAT:
+        return data
+    config = upgrade_config(data["config"])
+    trials = [{"fold": None, **t, "seed": t.get("seed") or (t.get("recipe") or {}).get("seed") or config["seed"]}
+              for t in data["trials"]]
+    return {**data, "format": FORMAT, "config": config, "trials": trials}
 
 
 def read_exports(paths: list[Path]) -> list[dict]:
@@ -29,11 +59,19 @@ def read_exports(paths: list[Path]) -> list[dict]:
             raise UsageError(f"{path} is not a readable study export ({e}).") from None
         if not isinstance(data, dict) or "trials" not in data or "config" not in data:
             raise UsageError(f"{path} is not a study export (no trials); tinymnist search-export writes one.")
-        data["path"] = str(path)
-        exports.append(data)
+        exports.append({**upgrade_export(data), "path": str(path)})
     if not exports:
         raise UsageError("no study exports given; tinymnist search-export writes them (evidence/studies/*.json).")
     return exports
+
+
+def space_flag(model: str | None) -> str:
+    """`` --space FILE.py:NAME`` when ``model`` is built by a space file (search-confirm runs one only when it is
+    named), else nothing: what a search-confirm command shown in the docs needs to run."""
+    if not model or ".py:" not in model:
+        return ""
+    path, _, rest = model.rpartition(".py:")
+    return f" --space {path}.py:{rest.partition(':')[0]}"
 
 
 def trained(export: dict) -> list[dict]:
@@ -87,11 +125,6 @@ def confirmations(export: dict, root: Path) -> dict[int, dict]:
     return found
 
 
-def trial_seed(t: dict, export: dict) -> int:
-    """The seed a trial trained (a re-scoring trial's own; exports before 0.4.0 did not record it: the study's)."""
-    return t.get("seed") or (t.get("recipe") or {}).get("seed") or export["config"]["seed"]
-
-
 def recipe_key(t: dict) -> str:
     """What makes two trials the same recipe: every setting but the seed, a setting added since a trial was
     exported read as its default (a screen exported before ``elastic`` existed is the same recipe as its
@@ -100,46 +133,67 @@ def recipe_key(t: dict) -> str:
     return json.dumps({k: v for k, v in settings.items() if k != "seed"}, sort_keys=True)
 
 
+def fold_of(t: dict) -> int:
+    """The fold of the training files a trial held out (fold 0, the search's split, unless it says another)."""
+    return t.get("fold") or 0
+
+
 def by_recipe(export: dict) -> list[dict]:
     """The complete trials grouped by recipe (every setting but the seed), each with the level (mean of the last
-    K validation epochs) of every seed it trained, their mean and spread; ranked by mean level, so that a
-    recipe's rank is its own and not one lucky draw's."""
-    k = export["config"].get("last_k", LAST_K)
+    K validation epochs) of every seed it trained on fold 0, their mean and spread, ranked by mean level, so that a
+    recipe's rank is its own and not one lucky draw's. A recipe trained on further folds (search-rescore --folds)
+    also has the level of each fold at the study's seed (``folds``, fold 0 its screen), their mean and spread
+    (``fold_mean``, ``fold_sd``): kept apart from the seeds, which all score on fold 0."""
+    export = upgrade_export(export)
+    k, first = export["config"].get("last_k", LAST_K), export["config"]["seed"]
     groups: dict[str, dict] = {}
     for t in trained(export):
         if t["state"] != "complete":
             continue
         g = groups.setdefault(recipe_key(t), {"model": t["model"], "n_params": t["n_params"], "trials": [],
-                                               "levels": {}, "screen": None})
-        seed = trial_seed(t, export)
+                                               "levels": {}, "screen": None, "folds": {}, "fold_trials": []})
+        seed, fold, level = t["seed"], fold_of(t), statistics.fmean(t["val_acc"][-k:])
+        if fold:
+            g["fold_trials"].append(t["number"])
+            g["folds"].setdefault(fold, level)
+            continue
         g["trials"].append(t["number"])
         # a seed trained twice (a failed trial's retry of a point TPE had sampled before) keeps its first trial
-        g["levels"].setdefault(seed, statistics.fmean(t["val_acc"][-k:]))
-        if seed == export["config"]["seed"] and g["screen"] is None:
+        g["levels"].setdefault(seed, level)
+        if seed == first and g["screen"] is None:
             g["screen"] = t["number"]
     for g in groups.values():
         levels = list(g["levels"].values())
         g["mean"] = statistics.fmean(levels)
         g["sd"] = statistics.stdev(levels) if len(levels) > 1 else 0.0
+        if g["folds"] and first in g["levels"]:
+            g["folds"][0] = g["levels"][first]
+        folds = [g["folds"][f] for f in sorted(g["folds"])]
+        g["folds"] = dict(sorted(g["folds"].items()))
+        g["fold_mean"] = statistics.fmean(folds) if folds else None
+        g["fold_sd"] = statistics.stdev(folds) if len(folds) > 1 else None
     return sorted(groups.values(), key=lambda g: (-g["mean"], -len(g["levels"])))
 
 
-def rescore_plan(export: dict, top: int, seeds: list[int]) -> list[tuple[dict, dict]]:
+def rescore_plan(export: dict, top: int, seeds: list[int], folds: int = 1) -> list[tuple[dict, dict]]:
     """(parameters, user attributes) of the trials that re-score the ``top`` best screened recipes (complete
-    trials of the study's own seed, best value first, one per recipe) on each of ``seeds``, leaving out the
-    seed/recipe pairs already trained or waiting (a pair pruned by the pruner of 0.4.0, which cut re-scoring
-    trials too, is queued again)."""
+    trials of the study's own seed on fold 0, best value first, one per recipe) on each of ``seeds``, and on
+    folds 1 to ``folds`` - 1 at the study's seed (fold 0 is the screen), leaving out the pairs already trained or
+    waiting (a pair that was pruned is queued again: it measured nothing)."""
+    export = upgrade_export(export)
     first = export["config"]["seed"]
-    screened = sorted((t for t in trained(export) if t["state"] == "complete" and trial_seed(t, export) == first),
-                      key=lambda t: -t["value"])
+    screened = sorted((t for t in trained(export) if t["state"] == "complete" and t["seed"] == first
+                       and not fold_of(t)), key=lambda t: -t["value"])
     chosen, keys = [], set()
     for t in screened:
         if recipe_key(t) not in keys and len(chosen) < top:
             keys.add(recipe_key(t))
             chosen.append(t)
-    have = {(t.get("rescore_of"), t.get("seed")) for t in export["trials"] if t["state"] not in ("fail", "pruned")}
-    return [(t["params"], {"seed": s, "rescore_of": t["number"]}) for t in chosen for s in seeds
-            if s != first and (t["number"], s) not in have]
+    have = {(t.get("rescore_of"), t.get("seed"), fold_of(t)) for t in export["trials"]
+            if t["state"] not in ("fail", "pruned")}
+    pairs = [(s, 0) for s in seeds if s != first] + [(first, f) for f in range(1, folds)]
+    return [(t["params"], {"seed": s, "rescore_of": t["number"], **({"fold": f} if f else {})})
+            for t in chosen for s, f in pairs if (t["number"], s, f) not in have]
 
 
 def pareto(trials: list[dict]) -> list[dict]:

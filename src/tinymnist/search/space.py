@@ -17,13 +17,15 @@ from tinymnist.models import (
     count_params,
     create_model,
     format_args,
+    is_user_model,
     split_user_model,
     tiny_fits,
     tiny_params,
     user_space,
 )
+from tinymnist.search.analysis import upgrade_config
 from tinymnist.settings import DESIGN, SPACES  # written there so the command line shows them without torch
-from tinymnist.steps.builtin import get_step
+from tinymnist.steps.builtin import DEFAULT_RECIPE, get_step
 from tinymnist.targets import LAST_K
 from tinymnist.training.recipes import Recipe
 
@@ -75,7 +77,7 @@ class SearchConfig:
     def from_attrs(cls, attrs: dict) -> SearchConfig:
         """The config a study recorded; a setting it lacks is what studies did before the setting existed."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in {**EARLIER, **attrs}.items() if k in fields}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in upgrade_config(attrs).items() if k in fields}
         return cls(**values)
 
     def value(self, accs: list[float]) -> float:
@@ -83,8 +85,6 @@ class SearchConfig:
         last = accs[-min(self.last_k, len(accs)):]
         return statistics.fmean(last) if self.score == "level" else min(last)
 
-
-EARLIER = {"score": "worst", "design": 0}  # what a study created by tinymnist 0.3.0 or earlier did
 
 
 # --- spaces ---------------------------------------------------------------------------------------------------
@@ -135,6 +135,21 @@ def builtin_space_2(trial, epochs: tuple[int, ...]) -> tuple[str, dict]:  # an o
 
 BUILTIN = {"builtin-2": builtin_space_2, "builtin": builtin_space}
 
+
+def check_named(model: str, named: str | None, trust: bool, study: str) -> None:
+    """Refuse to import the space file a study names (in ``model``: a trial's model, or the study's space) unless
+    the user named the same file and function (``named``, their --space) or allowed it (--trust-remote-code):
+    a study export or storage from elsewhere never chooses the code that runs."""
+    if not is_user_model(model) or trust:
+        return
+    path, attr, _ = split_user_model(model)
+    if named and is_user_model(named):
+        mine, their = split_user_model(named)[:2], (path, attr)
+        if mine[1] == their[1] and mine[0].resolve() == their[0].resolve():
+            return
+    raise UsageError(f"study {study!r} builds its models with {path}:{attr}, code named by the study and not by "
+                     f"you: read that file, then give --space {path}:{attr} (or --trust-remote-code) to run it.")
+
 BASE_RECIPE = Recipe(model="tiny:w=8", optimizer="sgd", momentum=0.9, nesterov=True, schedule="onecycle",
                      warmup=0.2, final_lr=0.005)
 
@@ -164,7 +179,7 @@ def sample(trial, config: SearchConfig) -> Recipe:
 
 # The initial design: the architecture axes crossed, each at its widest widths in budget, with the compact
 # journey's recipe (batch 64, peak LR 0.2, augmentation strength 1, the cycle ending 4 epochs before the end).
-_COMPACT = get_step("compact_step4").recipe
+_COMPACT = get_step(DEFAULT_RECIPE).recipe
 DESIGN_RECIPE = {"batch_size": _COMPACT.batch_size, "lr": _COMPACT.lr, "augment": 1.0}  # strength 1: ROTATE, ...
 DESIGN_HOLD = _COMPACT.epochs - _COMPACT.cycle_epochs
 DESIGN_RECIPE_2 = {k: getattr(_COMPACT, k) for k in ("batch_size", "lr", "final_lr", "warmup", "rotate", "shift",

@@ -3,11 +3,15 @@ what it has done (counts), and its export as plain JSON (evidence/studies/*.json
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import statistics
+import time
 import warnings
 
 from tinymnist.errors import UsageError
 from tinymnist.runs.records import recipe_from_dict
+from tinymnist.search.analysis import upgrade_export, upgrade_trial_attrs
 from tinymnist.search.space import OVER_BUDGET, SearchConfig, optuna_module
 from tinymnist.training.recipes import Recipe
 from tinymnist.training.schedule import lr_at
@@ -16,7 +20,7 @@ HEARTBEAT = 10  # seconds between a running trial's heartbeats; after 3 missed o
 MAX_RETRY = 2  # a failed trial is tried again this many times, each as a new trial linked to it
 DECAYED = 0.25  # a trial may be cut once its LR has fallen to this share of its peak, not before
 PRUNE_PEERS = 4  # finished trials of the same length needed before one is pruned
-EARLIER_PRUNE_FROM = 3  # the first epoch a trial could be cut at up to 0.3.0 (its trials carry no window)
+CLAIMS = "tinymnist_claims"  # the storage's table of claims: what only one process may do
 
 
 def shown_url(url: str) -> str:
@@ -145,8 +149,8 @@ def pruner():
 
     class LateMedianPruner(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:
-            step, attrs = trial.last_step, trial.user_attrs
-            if step is None or "rescore_of" in attrs or not attrs.get("prune_from", EARLIER_PRUNE_FROM) <= step \
+            step, attrs = trial.last_step, upgrade_trial_attrs(trial.user_attrs)
+            if step is None or "rescore_of" in attrs or not attrs["prune_from"] <= step \
                     <= attrs.get("prune_until", step):
                 return False  # a re-scoring trial measures a seed of a chosen recipe: cut, it would bias the mean
             epochs = attrs.get("epochs")
@@ -157,26 +161,79 @@ def pruner():
     return LateMedianPruner()
 
 
-def enqueue_design(study, design: list[dict]) -> bool:
-    """Enqueue the first trial of ``design`` the study does not have yet (trained, running or waiting); False
-    when it has them all. Workers enqueue one before each trial they start, so the design is trained first
-    and only as far as the study's --trials go."""
+@functools.lru_cache(maxsize=1)
+def _claims():  # a SQLAlchemy Table
+    import sqlalchemy as sa
+
+    return sa.Table(CLAIMS, sa.MetaData(), sa.Column("study", sa.String(512), primary_key=True),
+                    sa.Column("key", sa.String(255), primary_key=True), sa.Column("at", sa.Float, nullable=False))
+
+
+def claim(storage, study: str, key: str, stale_after: float | None = None) -> bool:
+    """Whether this process is the one to do ``key`` in ``study`` (an insert into a table keyed by study and key:
+    of the processes and hosts that ask at once, exactly one gets True). With ``stale_after``, a claim made that
+    many seconds ago by a process that did not act on it is taken over (compare-and-set on its time)."""
+    import sqlalchemy as sa
+
+    table, now = _claims(), time.time()
+    with contextlib.suppress(sa.exc.SQLAlchemyError):  # created by another process between check and create
+        table.create(storage.engine, checkfirst=True)
+    try:
+        with storage.engine.begin() as conn:
+            conn.execute(table.insert().values(study=study, key=key, at=now))
+        return True
+    except sa.exc.IntegrityError:
+        if stale_after is None:
+            return False
+    where = (table.c.study == study) & (table.c.key == key)
+    with storage.engine.begin() as conn:
+        at = conn.execute(sa.select(table.c.at).where(where)).scalar()
+        return at is not None and now - at > stale_after and \
+            conn.execute(table.update().where(where & (table.c.at == at)).values(at=now)).rowcount == 1
+
+
+def enqueue_design(study, storage, design: list[dict], trials: int) -> int:
+    """Enqueue the points of ``design`` the study does not have yet (trained, running or waiting), in order and
+    as many as its ``trials`` leave room for; each point is claimed first, so that it is enqueued once whatever
+    the number of workers and hosts. Returns how many were enqueued. The design is thus trained first, and only
+    as far as the study's --trials go."""
+    c = counts(study)
+    room = trials - c["trained"] - c["running"] - c["waiting"]
     have = [t.params or t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)
             if t.state != optuna_module().trial.TrialState.FAIL]
-    for params in design:
-        if not any(p.items() >= params.items() for p in have):
+    added = 0
+    for i, params in enumerate(design):
+        if added >= room:
+            break
+        if not any(p.items() >= params.items() for p in have) and claim(storage, study.study_name, f"design:{i}"):
             study.enqueue_trial(params, user_attrs={"design": True})
-            return True
-    return False
+            added += 1
+    return added
 
 
-def counts(study) -> dict[str, int]:
-    """Trials by state; ``trained``: complete or pruned after training (over-budget samples are not)."""
+def claim_start(study, storage, trials: int, grace: float) -> bool | None:
+    """Whether this worker may start the study's next trial now: a waiting one (a retry, a design or re-scoring
+    trial), else a new one while fewer than ``trials`` are trained, running or waiting. Every start claims the
+    study's state (trials in all, trials waiting), which each start changes, so two workers never both start
+    the last trial the count allows, nor both take one waiting trial. False: not now (another worker started
+    one; or trials still running may yet end untrained, over budget); None: nothing left to start."""
+    every = study.get_trials(deepcopy=False)
+    c = counts(study, every)
+    if not c["waiting"] and c["trained"] >= trials:
+        return None
+    if not c["waiting"] and c["trained"] + c["running"] >= trials:
+        return False
+    return claim(storage, study.study_name, f"start:{len(every)}:{c['waiting']}", grace)
+
+
+def counts(study, trials: list | None = None) -> dict[str, int]:
+    """Trials by state (of ``trials``: the study's, by default); ``trained``: complete or pruned after training
+    (over-budget samples are not)."""
     optuna = optuna_module()
     states = optuna.trial.TrialState
     result = {s.name.lower(): 0 for s in states}
     result["trained"] = 0
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False) if trials is None else trials:
         result[t.state.name.lower()] += 1
         if t.state in (states.COMPLETE, states.PRUNED) and not t.user_attrs.get(OVER_BUDGET):
             result["trained"] += 1
@@ -201,7 +258,7 @@ def export(study) -> dict:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
-    return {
+    return upgrade_export({  # a study made by an earlier version records what its export format 1 did
         "study": study.study_name, "direction": study.direction.name.lower(),
         "config": {k: v for k, v in study.user_attrs.items() if k != "pruner"},
         "pruner": study.user_attrs.get("pruner"),
@@ -216,12 +273,13 @@ def export(study) -> dict:
             "seed": t.user_attrs.get("seed"),
             "level": t.user_attrs.get("level"), "worst": t.user_attrs.get("worst"),
             "rescore_of": t.user_attrs.get("rescore_of"), "design": bool(t.user_attrs.get("design")),
+            "fold": t.user_attrs.get("fold"),
             # set by hand with study.enqueue_trial (a retry has fixed parameters too, and says so above)
             "enqueued": "fixed_params" in t.system_attrs and "failed_trial" not in t.system_attrs,
             "start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             "end": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None,
         } for t in study.get_trials(deepcopy=False)],
-    }
+    })
 
 
 def trial_recipe(exported: dict, number: int) -> Recipe:

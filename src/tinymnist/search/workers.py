@@ -1,11 +1,11 @@
 """The search: an Optuna study over models and recipes, each trial trained on the training images minus a fixed
 validation split and scored on that split. The test files are never opened here.
 
-One study is one question: the best worst-of-last-K validation accuracy of a model of at most ``max_params``
-parameters, each trial pruned per epoch against the trials of the same length. Studies live in any storage
-SQLAlchemy opens (an SQLite file by default; PostgreSQL to share one across hosts); each trial keeps the
-heartbeat Optuna checks, so a trial whose worker died is marked failed and tried again as a new trial. A trial
-is trained by executor.execute, with the trial as its sink; workers are children of supervise.Supervisor.
+One study is one question: the best validation score (SearchConfig.value) of a model of at
+most ``max_params`` parameters, each trial pruned per epoch against the trials of the same length. Studies live
+in any storage SQLAlchemy opens (an SQLite file by default; PostgreSQL to share one across hosts); each trial
+keeps the heartbeat Optuna checks, so a trial whose worker died is marked failed and tried again as a new trial.
+A trial is trained by executor.execute, with the trial as its sink; workers are children of supervise.Supervisor.
 
 Prints nothing: progress goes to a callback, errors are raised (UsageError, with one sentence).
 """
@@ -13,6 +13,7 @@ Prints nothing: progress goes to a callback, errors are raised (UsageError, with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import socket
@@ -26,9 +27,18 @@ from tinymnist.machine import cpu_cores
 from tinymnist.models import count_params
 from tinymnist.runs.supervise import Supervisor
 from tinymnist.search.analysis import rescore_plan
-from tinymnist.search.space import OVER_BUDGET, SearchConfig, initial_design, optuna_module, probe_space, sample
+from tinymnist.search.space import (
+    OVER_BUDGET,
+    SearchConfig,
+    check_named,
+    initial_design,
+    optuna_module,
+    probe_space,
+    sample,
+)
 from tinymnist.search.study import (
     HEARTBEAT,
+    claim_start,
     counts,
     enqueue_design,
     export,
@@ -40,6 +50,8 @@ from tinymnist.search.study import (
 from tinymnist.training.engine import Trainer
 from tinymnist.training.executor import Sink, execute
 from tinymnist.training.recipes import Options, RunSpec
+
+POLL = 1.0  # seconds between a waiting worker's looks at the study
 
 
 def worker_id() -> str:
@@ -88,9 +100,10 @@ class TrialSink(Sink):
         return self.config.value(self.accs)
 
 
-def objective(config: SearchConfig, data, options: Options) -> Callable:  # MNIST's validation split
-    """The function a worker's study optimizes: train the sampled recipe on the validation split's training
-    part, report each epoch's validation accuracy, and return the worst of the last ``last_k``."""
+def objective(config: SearchConfig, data: Callable[[int], object], options: Options) -> Callable:
+    """The function a worker's study optimizes: train the sampled recipe on the training part of its fold's
+    validation split (``data(fold)``: fold 0 unless the trial names another), report each epoch's validation
+    accuracy, and return the trial's score (config.value)."""
     optuna = optuna_module()
 
     def run(trial) -> float:
@@ -100,7 +113,7 @@ def objective(config: SearchConfig, data, options: Options) -> Callable:  # MNIS
         spec = RunSpec(recipe=recipe, options=options, held_out="validation", tuned_seeds=(seed,))
         sink = TrialSink(trial, config)
         try:
-            execute(spec, data, [sink])
+            execute(spec, data(trial.user_attrs.get("fold", 0)), [sink])
         except TrainingError as e:  # the loss diverged: a bad trial, not a broken search
             trial.set_user_attr("diverged", str(e))
             raise optuna.TrialPruned(str(e)) from None
@@ -119,18 +132,24 @@ def work_left(study, trials: int) -> bool:
 
 
 def worker_loop(url: str, name: str, trials: int, threads: int, heartbeat: int, data_dir: str | None) -> None:
-    """One worker: trial after trial until the study has ``trials`` trained trials and none waiting (a retry)."""
+    """One worker: a trial each time it may start one (claim_start), until the study has ``trials`` trained
+    trials and none waiting; while others' last trials run, it waits and fails those whose worker stopped."""
     storage = open_storage(url, heartbeat)
     study = open_study(storage, name)
     config = SearchConfig.from_attrs(study.user_attrs)
-    data = load_validation_split(data_dir, config.validation, config.train_size)
-    options = Options(precision=config.precision, threads=threads)
-    run = objective(config, data, options)
-    design = initial_design(config)
-    while work_left(study, trials):
-        if design and counts(study)["trained"] < trials and not waiting(study):
-            enqueue_design(study, design)
-        study.optimize(run, n_trials=1, catch=(), gc_after_trial=False)
+
+    @functools.cache
+    def data(fold: int) -> object:  # MNIST's validation split of that fold
+        return load_validation_split(data_dir, config.validation, config.train_size, fold=fold)
+
+    data(0)
+    run = objective(config, data, Options(precision=config.precision, threads=threads))
+    while (turn := claim_start(study, storage, trials, 3 * heartbeat)) is not None:
+        if turn:
+            study.optimize(run, n_trials=1, catch=(), gc_after_trial=False)
+        else:
+            time.sleep(POLL)
+            fail_stale(study)
 
 
 def _worker(send: Callable, url: str, name: str, trials: int, threads: int, heartbeat: int,
@@ -147,6 +166,8 @@ def search(url: str, name: str, config: SearchConfig, trials: int, workers: int 
     load_validation_split(data_dir, config.validation, config.train_size)  # missing files fail here, once
     storage = open_storage(url, heartbeat)
     study = open_study(storage, name, config)
+    fail_stale(study)  # trials of workers that stopped before this run, even when the count is met: retried
+    enqueue_design(study, storage, initial_design(config), trials)  # before any worker: each point once
     threads = max(1, cpu_cores() // workers)
     shown = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     dead: set[str] = set()
@@ -191,28 +212,49 @@ def search(url: str, name: str, config: SearchConfig, trials: int, workers: int 
 
 
 def _orphans(study, dead: set[str]) -> bool:
-    """Whether a trial of a worker of ours that died is still marked running."""
+    """Whether a trial is still marked running whose worker died: one of ours, or any process of this host that
+    is gone (a search killed before this one)."""
     optuna = optuna_module()
-    return any(t.user_attrs.get("worker") in dead
+    return any(t.user_attrs.get("worker") in dead or _gone(t.user_attrs.get("worker"))
                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def _gone(worker: str | None) -> bool:
+    """Whether ``worker`` (HOST:PID) is a process of this host that no longer runs."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process
+        return False
+    return False
 
 
 def rescore(url: str, name: str, top: int, seeds: list[int], workers: int = 1, heartbeat: int = HEARTBEAT,
             data_dir: str | None = None, on_trial: Callable[[object], None] | None = None,
-            on_note: Callable[[str], None] | None = None) -> tuple[object, int, bool]:
+            on_note: Callable[[str], None] | None = None, space: str | None = None,
+            trust: bool = False, folds: int = 1) -> tuple[object, int, bool]:
     """Train the ``top`` best screened recipes of study ``name`` again on each of ``seeds`` (validation split,
-    as every trial): the trials are enqueued in the study and trained by its workers (heartbeats and retries
+    as every trial) and on folds 1 to ``folds`` - 1 of the training files (each holds out its own images): the
+    trials are enqueued in the study and trained by its workers (heartbeats and retries
     included), with any the study already has waiting (queued by another host, or left by one that stopped), so
     a second host running the same command shares the work. Returns the study, how many trials were added (0:
-    every pair was already there) and whether any were waiting beforehand (and so were joined)."""
+    every pair was already there) and whether any were waiting beforehand (and so were joined). A study whose
+    space is a file runs it only when ``space`` names the same file and function, or with ``trust``."""
     study = open_study(open_storage(url, heartbeat), name)
+    config = SearchConfig.from_attrs(study.user_attrs)
+    check_named(config.space, space, trust, name)
     fail_stale(study)  # a host that stopped mid-trial: its trial failed, and queued again
-    plan = rescore_plan(export(study), top, seeds)
+    if folds > 1:  # every fold must fit before any trial is queued
+        load_validation_split(data_dir, config.validation, config.train_size, fold=folds - 1)
+    plan = rescore_plan(export(study), top, seeds, folds)
     queued = waiting(study)
     for params, attrs in plan:
         study.enqueue_trial(params, user_attrs=attrs)
     if plan or queued:
-        search(url, name, SearchConfig.from_attrs(study.user_attrs), 0, workers, heartbeat, data_dir, on_trial,
-               on_note)
+        search(url, name, config, 0, workers, heartbeat, data_dir, on_trial, on_note)
     return study, len(plan), queued
 

@@ -23,7 +23,7 @@ from tinymnist.runs.loading import LoadedModel
 WEB_FILES = ("index.html", "page.js", "tinymnist.js")  # web/, copied as they are; model.js is written
 CALIBRATION_IMAGES = 1000  # training images that set the activations' int8 ranges (never test images)
 SUPPORTED = "Conv2d, BatchNorm2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Linear, Dropout, flatten, " \
-            "log_softmax"
+            "log_softmax, and their functions (F.relu, F.max_pool2d, F.avg_pool2d, x.mean((2, 3)), x.view)"
 
 
 def _b64(array: torch.Tensor) -> str:
@@ -117,7 +117,7 @@ def _layer(node: object, modules: dict[str, nn.Module], name: str) -> dict | Non
             bias = m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
             return {"op": "linear", "cin": m.in_features, "cout": m.out_features, "_weight": m.weight.detach(),
                     "_bias": bias}
-        if isinstance(m, nn.Dropout | nn.Identity):
+        if isinstance(m, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d | nn.AlphaDropout | nn.Identity):
             return None
         if isinstance(m, nn.Flatten):
             return {"op": "flatten"}
@@ -128,12 +128,34 @@ def _layer(node: object, modules: dict[str, nn.Module], name: str) -> dict | Non
     target = getattr(node.target, "__name__", str(node.target))
     if target in ("relu", "relu_"):
         return {"op": "relu"}
+    if target in ("dropout", "dropout2d", "contiguous"):
+        return None
+    if target in ("max_pool2d", "avg_pool2d"):
+        k, stride, padding = (_node_arg(node, i, key, default) for i, key, default in
+                              ((1, "kernel_size", None), (2, "stride", None), (3, "padding", 0)))
+        ceil = _node_arg(node, 5 if target == "max_pool2d" else 4, "ceil_mode", False)
+        dilation = _node_arg(node, 4, "dilation", 1) if target == "max_pool2d" else 1
+        if ceil or _pair(padding) != 0 or _pair(dilation) != 1:
+            raise UsageError(f"model {name}: {target} pads, dilates or rounds up, which the web page does not run.")
+        return {"op": target[:3] + "pool", "k": _pair(k), "stride": _pair(stride or k)}
+    if target == "adaptive_avg_pool2d" and _node_arg(node, 1, "output_size") in (1, (1, 1), [1, 1]):
+        return {"op": "gap"}
+    if target == "mean" and not _node_arg(node, 2, "keepdim", False) and \
+            {d % 4 for d in _node_arg(node, 1, "dim", ())} == {2, 3}:
+        return {"op": "gap"}  # x.mean((2, 3)): global average pooling, flattened
     if target in ("flatten", "view", "reshape") or node.target is operator.getitem:
         return {"op": "flatten"}
     if target == "log_softmax":
         return {"op": "logsoftmax"}
     raise UsageError(f"model {name}: {node.op} {target!r} is not a layer the web page runs; it supports "
                      f"{SUPPORTED}.")
+
+
+def _node_arg(node: object, i: int, key: str, default: object = None) -> object:
+    """Argument ``i`` (or keyword ``key``) of a traced call, as the forward wrote it."""
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(key, default)
 
 
 # --- the static page ---------------------------------------------------------------------------------------
@@ -149,13 +171,17 @@ def export_web(loaded: LoadedModel, directory: Path, recorded_test_acc: float | 
     empty_folder(directory)
     model = {"name": loaded.name, "params": loaded.params, "mean": loaded.mean, "std": loaded.std,
              "recorded_test_acc": recorded_test_acc, "layers": layer_program(loaded.model, loaded.name)}
-    directory.mkdir(parents=True, exist_ok=True)
     package = files("tinymnist")
-    for name in WEB_FILES:
-        (directory / name).write_bytes((package / "web" / name).read_bytes())
-    (directory / "style.css").write_bytes((package / "static" / "style.css").read_bytes())  # the served page's
-    (directory / "model.js").write_text("// The trained model as a chain of layers (weights: base64 float32).\n"
-                                        f"var TINYMNIST_MODEL = {json.dumps(model, separators=(',', ':'))};\n")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in WEB_FILES:
+            (directory / name).write_bytes((package / "web" / name).read_bytes())
+        (directory / "style.css").write_bytes((package / "static" / "style.css").read_bytes())  # the served page's
+        (directory / "model.js").write_text("// The trained model as a chain of layers (weights: base64 float32).\n"
+                                            f"var TINYMNIST_MODEL = {json.dumps(model, separators=(',', ':'))};\n")
+    except OSError as e:
+        raise UsageError(f"cannot write the page into {directory} ({e.strerror}); give a folder you can "
+                         f"write.") from None
     return {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
 
 

@@ -235,7 +235,7 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (torch.zeros(2, 1, 28, 28),), str(path), input_names=["image"],
                               output_names=["log_probs"], dynamic_shapes=({0: batch},), dynamo=True,
-                              verbose=False)
+                              external_data=False, verbose=False)  # one self-contained file, no FILE.data
     except OSError as e:
         raise UsageError(f"cannot write {path} ({e.strerror}).") from None
     finally:

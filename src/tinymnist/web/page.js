@@ -29,8 +29,8 @@ function stroke(to) {
   last = to; inked = true;
 }
 
-function show(pixels, logProbs) {
-  const p = Array.from(logProbs, Math.exp), best = p.indexOf(Math.max(...p));
+function show(pixels, outputs) {
+  const p = TinyMNIST.probabilities(outputs), best = p.indexOf(Math.max(...p));
   probs.innerHTML = "";
   p.forEach((v, digit) => {
     const li = document.createElement("li");

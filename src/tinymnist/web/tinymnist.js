@@ -200,7 +200,15 @@ const TinyMNIST = (() => {
     },
   };
 
-  // uint8 pixels (784) -> log-probabilities (Float32Array(10)) of a model from load()
+  // The ten probabilities of whatever the model returns: raw logits or log-probabilities alike (a softmax of
+  // log-probabilities gives them back; a constant shift changes nothing), as `tinymnist predict` computes them.
+  function probabilities(outputs) {
+    const m = Math.max(...outputs), e = Array.from(outputs, v => Math.exp(v - m));
+    const total = e.reduce((s, v) => s + v, 0);
+    return e.map(v => v / total);
+  }
+
+  // uint8 pixels (784) -> the model's ten outputs (Float32Array(10)), logits or log-probabilities as it returns
   function forward(model, pixels) {
     const mean = f32(model.mean), std = f32(model.std);
     let t = {c: 1, h: 28, w: 28, data: Float32Array.from(pixels, v => f32(f32(v / 255) - mean) / std)};
@@ -208,7 +216,7 @@ const TinyMNIST = (() => {
     return t.data;
   }
 
-  return {load, prepare, forward, resize};
+  return {load, prepare, forward, probabilities, resize};
 })();
 
 if (typeof module !== "undefined") module.exports = TinyMNIST;
