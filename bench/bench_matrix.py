@@ -86,7 +86,7 @@ def tinymnist_epoch(model_name: str, data, batch_size: int, precision: str, thre
     recipe = dataclasses.replace(get_step("compact_step4").recipe, model=model_name, batch_size=batch_size, epochs=2,
                                  cycle_epochs=None)
     options = Options(precision=precision, threads=threads, **ENGINES[engine])
-    m = execute(RunSpec(recipe, options), data).history[1]
+    m = execute(RunSpec(recipe=recipe, options=options), data).history[1]
     return m["train_seconds"], m["eval_seconds"]
 
 

@@ -1,5 +1,5 @@
 """Seeds at once on a CPU: how many seed-epochs a minute the machine trains, one seed per process (what
-`tinymnist consistency --jobs N` does) against several seeds stacked into one model (tinymnist.training.stacked).
+`tinymnist consistency --jobs N` does) against several seeds stacked into one model (bench/stacked_seeds.py).
 
     python bench/bench_stacked.py --json bench/results/cpu-stacked.json     # ~15 min on 2 cores
     python bench/bench_stacked.py --models sep_3k8 --steps 30 --repeats 1  # a quick look
@@ -7,7 +7,7 @@
 Every configuration runs as whole processes started together (``processes`` x ``threads`` each, ``stack``
 seeds per process) and times a training epoch of ``--steps`` batches after one such epoch as a warm-up, with
 compact_step4's recipe (augmentation, SGD with Nesterov momentum), its model and batch size replaced, in fp32:
-tinymnist's Trainer for one seed, tinymnist.training.stacked.StackedTrainer for several; no evaluation. The images are
+tinymnist's Trainer for one seed, bench/stacked_seeds.py's StackedTrainer for several; no evaluation. The images are
 random uint8 pixels: the time of a step does not depend on them. Throughput is seed-images a second over all
 processes, given as seed-epochs (60,000 images) a minute; medians over ``--repeats``, the configurations of a
 model taken in turn within each repeat so that drift on a shared machine hits them alike. Writes JSON;
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
+from stacked_seeds import StackedTrainer
 from tinymnist.data import MNIST
 from tinymnist.machine import cpu_name
 from tinymnist.models import count_params, create_model
 from tinymnist.steps.builtin import get_step
 from tinymnist.training.engine import Trainer
-from tinymnist.training.recipes import Options
-from tinymnist.training.stacked import StackedTrainer
+from tinymnist.training.recipes import Options, RunSpec
 
 MODELS = ["compact_7k4", "sep_3k8", "tiny:w=8.12.20.20.20,pool=2,sep=2"]  # the last: the 2k separable layout
 # (processes, threads per process, seeds stacked per process); (n, 1, 1): n processes of one plain model each
@@ -45,15 +45,19 @@ EPOCH = 60_000
 
 def worker(model_name: str, seeds: int, threads: int, steps: int, batch: int) -> float:
     """Seed-images a second of an epoch of ``steps`` batches of ``seeds`` seeds (after one such epoch as a
-    warm-up): tinymnist's Trainer for one seed, tinymnist.training.stacked.StackedTrainer for several."""
+    warm-up): tinymnist's Trainer for one seed, bench/stacked_seeds.py's StackedTrainer for several."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (steps * batch, 28, 28), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (steps * batch,), generator=generator)
-    data = MNIST(images, labels, images[:batch], labels[:batch])
+    data = MNIST(train_images=images, train_labels=labels, held_out_images=images[:batch],
+                 held_out_labels=labels[:batch])
     recipe = dataclasses.replace(get_step("compact_step4").recipe, model=model_name, batch_size=batch, epochs=2,
                                  cycle_epochs=2, seed=0)
     options = Options(device="cpu", threads=threads, precision="fp32")
-    trainer = Trainer(recipe, data, options) if seeds == 1 else StackedTrainer(recipe, data, range(seeds), options)
+    if seeds == 1:
+        trainer = Trainer(RunSpec(recipe=recipe, options=options), data)
+    else:
+        trainer = StackedTrainer(recipe, data, range(seeds), options)
     trainer.train_epoch()
     start = time.perf_counter()
     trainer.train_epoch()
@@ -84,7 +88,7 @@ def render_stacked(r: dict) -> list[str]:
              f"- per process, a timed training epoch of {r['steps']} batches of {r['batch']} images per seed after "
              f"one as a warm-up (compact_step4's recipe, augmentation included, fp32; no evaluation), the processes "
              f"started together; medians over {r['repeats']} interleaved repeats. One seed: the Trainer; several: "
-             f"tinymnist.training.stacked.StackedTrainer (every convolution grouped by seed)", "",
+             f"StackedTrainer (bench/stacked_seeds.py: every convolution grouped by seed)", "",
              "| model | processes x threads | seeds per process | seed-epochs a minute | vs 2 processes of one seed |",
              "|---|---|---|---|---|"]
     for model in dict.fromkeys(row["model"] for row in r["rows"]):

@@ -144,7 +144,8 @@ def measure(args: argparse.Namespace) -> dict:
         runs["baseline"]["train"].append(tr)
         runs["baseline"]["eval"].append(ev)
         for p, (r, options) in configs.items():
-            m = execute(RunSpec(dataclasses.replace(r, epochs=1, cycle_epochs=None), options), data).history[0]
+            spec = RunSpec(recipe=dataclasses.replace(r, epochs=1, cycle_epochs=None), options=options)
+            m = execute(spec, data).history[0]
             runs[p]["train"].append(m["train_seconds"])
             runs[p]["eval"].append(m["eval_seconds"])
     base_epoch = median(runs["baseline"]["train"]) + median(runs["baseline"]["eval"])
@@ -160,7 +161,7 @@ def measure(args: argparse.Namespace) -> dict:
             walls, accs = [], []
             for _ in range(args.full):
                 start = time.perf_counter()
-                history = execute(RunSpec(r, options), data).history
+                history = execute(RunSpec(recipe=r, options=options), data).history
                 walls.append(time.perf_counter() - start)
                 accs.append([m["test_acc"] for m in history])
             result["configs"][p]["full_wall_seconds"] = median(walls)
@@ -188,8 +189,8 @@ def measure_parallel(args: argparse.Namespace) -> dict:
         for (jobs, threads), key in zip(settings, walls, strict=True):
             with tempfile.TemporaryDirectory() as out:
                 start = time.perf_counter()
-                run_seeds(RunSpec(recipe, Options(device=args.device, threads=threads), args.step), seeds, Path(out),
-                          data, last_k=1, jobs=jobs)
+                spec = RunSpec(recipe=recipe, options=Options(device=args.device, threads=threads), step=args.step)
+                run_seeds(spec, seeds, Path(out), data, last_k=1, jobs=jobs)
                 walls[key].append(time.perf_counter() - start)
     base = median(next(iter(walls.values())))
     return {"kind": "parallel", "step": args.step, "seeds": len(seeds), "epochs": args.epochs_parallel,
@@ -234,8 +235,8 @@ def measure_profile(args: argparse.Namespace, steps: int = 200) -> dict:
                 self.prof.__exit__(None, None, None)
 
     for precision in args.precisions:
-        spec = RunSpec(dataclasses.replace(recipe, epochs=2, cycle_epochs=None),
-                       Options(device=args.device, precision=precision, threads=args.threads))
+        spec = RunSpec(recipe=dataclasses.replace(recipe, epochs=2, cycle_epochs=None),
+                       options=Options(device=args.device, precision=precision, threads=args.threads))
         profiled = SecondEpochProfile()
         execute(spec, data, [profiled])
         prof = profiled.prof

@@ -90,7 +90,7 @@ def train(name: str, fold: int, seed: int, exports: Path, data_dir: str | None) 
     recipe = dataclasses.replace(recipe_of(name, exports), seed=seed)
     data = load_validation_split(data_dir, fold=fold)
     options = Options(device="cpu", precision="fp32", threads=1)
-    spec = RunSpec(recipe, options, held_out="validation", tuned_seeds=(seed,))
+    spec = RunSpec(recipe=recipe, options=options, held_out="validation", tuned_seeds=(seed,))
     accs: list[float] = []
 
     def on_epoch(metrics: dict) -> None:

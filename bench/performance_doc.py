@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench_before_after import render_before_after
 from bench_floor import render_floor
 from bench_grad_error import render_grad_error
 from bench_matrix import render_matrix
@@ -24,11 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def render(results: list[dict]) -> str:
     """docs/performance.md from benchmark JSON files."""
     lines = (ROOT / "docs" / "templates" / "performance.md").read_text().split("\n")
-    order = {None: 0, "matrix": 1, "floor": 2, "grad_error": 3, "profile": 4, "parallel": 5, "stacked": 6, "serve": 7,
-             "startup": 8}
+    order = {None: 0, "before_after": 1, "matrix": 2, "floor": 3, "grad_error": 4, "profile": 5, "parallel": 6,
+             "stacked": 7, "serve": 8, "startup": 9}
     renderers = {"parallel": render_parallel, "profile": render_profile, "serve": render_serve,
                  "matrix": render_matrix, "floor": render_floor, "stacked": render_stacked,
-                 "grad_error": render_grad_error, "startup": render_startup}
+                 "grad_error": render_grad_error, "startup": render_startup, "before_after": render_before_after}
     for r in sorted(results, key=lambda r: (order[r.get("kind")], bool(r.get("overrides")),
                                             -r["threads"] if r.get("kind") == "matrix" else 0)):
         if r.get("kind") in renderers:

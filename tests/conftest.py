@@ -92,13 +92,13 @@ def _threads() -> None:
 def start_run(root: Path, step: str, recipe: Recipe, data: MNIST, options: Options = CPU) -> RunRecord:
     """A new run of ``recipe`` under ``root``, created as the CLI creates one (not trained yet)."""
     run = RunRecord(run_dir(root, step, recipe.seed))
-    create_run(run, RunSpec(recipe, options, step), data)
+    create_run(run, RunSpec(recipe=recipe, options=options, step=step), data)
     return run
 
 
 def fit(recipe: Recipe, data: MNIST, options: Options = CPU) -> list[dict]:
     """The per-epoch history of ``recipe`` trained on ``data`` by the executor, with no sink."""
-    return execute(RunSpec(recipe, options), data).history
+    return execute(RunSpec(recipe=recipe, options=options), data).history
 
 
 @pytest.fixture(scope="session")

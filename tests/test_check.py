@@ -94,7 +94,8 @@ def fake_finished(run: RunRecord, accs: list[float], params: int = 3_000, last_k
 
 def whole(data: MNIST) -> MNIST:
     """``data`` as a whole training set (its runs record no subset)."""
-    return MNIST(data.train_images, data.train_labels, data.held_out_images, data.held_out_labels, data.source)
+    return MNIST(train_images=data.train_images, train_labels=data.train_labels, held_out_images=data.held_out_images,
+                 held_out_labels=data.held_out_labels, source=data.source)
 
 
 def journey_with_runs(where: Path, data: MNIST, last_k: int = 5) -> Path:
@@ -105,7 +106,7 @@ def journey_with_runs(where: Path, data: MNIST, last_k: int = 5) -> Path:
     journey.write_text(JOURNEY)
     for step in get_journey(str(journey)):
         run = RunRecord(run_dir(where / "runs", step.name, step.recipe.seed))
-        create_run(run, RunSpec(step.recipe, step=step.name, journey_file=str(journey)), data)
+        create_run(run, RunSpec(recipe=step.recipe, step=step.name, journey_file=str(journey)), data)
         fake_finished(run, ACCS[-step.recipe.epochs:], last_k=last_k)
     return journey
 
@@ -222,7 +223,7 @@ def test_the_check_names_runs_as_the_records_do() -> None:
     from tinymnist.reports.check import run_path
     from tinymnist.training.recipes import Recipe
 
-    assert run_path("r", "user/j/s", 3) == run_dir("r", "user/j/s", 3) and Recipe("m").seed == DEFAULT_SEED
+    assert run_path("r", "user/j/s", 3) == run_dir("r", "user/j/s", 3) and Recipe(model="m").seed == DEFAULT_SEED
 
 
 @pytest.mark.integration
@@ -238,7 +239,7 @@ def test_the_workflow_init_writes_passes_in_a_clean_environment(small_mnist: MNI
     capsys.readouterr()
     for step in get_journey(str(student / "journey.toml")):
         run = RunRecord(run_dir(student / "runs", step.name, step.recipe.seed))
-        create_run(run, RunSpec(step.recipe, step=step.name, journey_file=str(student / "journey.toml")),
+        create_run(run, RunSpec(recipe=step.recipe, step=step.name, journey_file=str(student / "journey.toml")),
                    whole(small_mnist))
         fake_finished(run, ACCS + [99.5] * (step.recipe.epochs - len(ACCS)), params=8_066)
     env_dir = tmp_path / "clean"

@@ -28,7 +28,7 @@ def test_the_same_spec_gives_the_same_epochs_through_every_sink(small_mnist, tmp
     from tinymnist.search.workers import TrialSink
 
     data = small_mnist.subset(500, 200)
-    spec = RunSpec(RECIPE, CPU, "compact_step2")
+    spec = RunSpec(recipe=RECIPE, options=CPU, step="compact_step2")
 
     run = start_run(tmp_path, "compact_step2", RECIPE, data)
     train_run(run, data)
@@ -53,18 +53,19 @@ def test_the_same_spec_gives_the_same_epochs_through_every_sink(small_mnist, tmp
 
 
 def test_a_run_is_scored_on_the_images_its_spec_names(small_mnist) -> None:
-    spec = RunSpec(RECIPE, CPU, held_out="validation")
+    spec = RunSpec(recipe=RECIPE, options=CPU, held_out="validation")
     with pytest.raises(UsageError, match="scored on validation images, but the data given holds test images"):
         execute(spec, small_mnist)
     with pytest.raises(UsageError, match="a run is scored on test or validation"):
-        RunSpec(RECIPE, CPU, held_out="train")
+        RunSpec(recipe=RECIPE, options=CPU, held_out="train")
 
 
 def test_validation_scores_are_called_validation_scores(small_mnist) -> None:
     import dataclasses
 
     validation = dataclasses.replace(small_mnist.subset(500, 200), held_out="validation")
-    history = execute(RunSpec(dataclasses.replace(RECIPE, epochs=1), CPU, held_out="validation"), validation).history
+    history = execute(RunSpec(recipe=dataclasses.replace(RECIPE, epochs=1), options=CPU, held_out="validation"),
+                      validation).history
     assert "val_acc" in history[0] and "val_loss" in history[0] and "test_acc" not in history[0]
 
 
@@ -100,7 +101,7 @@ def test_the_spec_carries_the_normalization_and_the_model_source(small_mnist, tm
     model.write_text("from torch import nn\n\n\ndef Net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10), "
                      "nn.LogSoftmax(1))\n")
     recipe = dataclasses.replace(RECIPE, model="gone.py:Net", epochs=1)
-    spec = RunSpec(recipe, CPU, normalization=(0.5, 0.25), model_source=model)
+    spec = RunSpec(recipe=recipe, options=CPU, normalization=(0.5, 0.25), model_source=model)
     trainer = execute(spec, small_mnist.subset(256, 64))
     assert (trainer.mean, trainer.std) == (0.5, 0.25)
     assert sum(p.numel() for p in trainer.model.parameters()) == 7850

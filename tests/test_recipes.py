@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from tinymnist.errors import NameNote, Note, UsageError
 from tinymnist.models import list_models
 from tinymnist.names import RENAMED
 from tinymnist.steps.builtin import JOURNEYS, RECIPES, all_steps, get_journey, get_step
-from tinymnist.training.recipes import Recipe
+from tinymnist.training.recipes import Options, Recipe, RunSpec
 
 
 def test_every_journey_has_four_steps_with_known_models_and_tuning_seeds() -> None:
@@ -64,3 +65,19 @@ def test_fewer_epochs_than_the_lr_cycle_scale_the_cycle_with_a_note() -> None:
     with pytest.warns(Note, match="with 1 epoch it spans 1"):
         assert recipe.with_overrides(epochs=1).cycle_epochs == 1
     assert recipe.with_overrides(epochs=12).cycle_epochs == 11  # the cycle still fits: as it was
+
+
+@pytest.mark.parametrize("setting", ["rotate", "shift", "scale", "elastic"])
+def test_any_distortion_makes_a_recipe_augmented(setting: str) -> None:
+    plain = Recipe(model="compact_7k4")
+    assert not plain.augmented and plain.with_overrides(**{setting: 0.1}).augmented
+
+
+def test_specs_and_recipes_take_keywords_only() -> None:
+    from tinymnist.data import MNIST
+
+    recipe = Recipe(model="compact_7k4")
+    for build in (lambda: Recipe("compact_7k4"), lambda: RunSpec(recipe), lambda: Options("cpu"),
+                  lambda: MNIST(torch.zeros(1, 28, 28), torch.zeros(1), torch.zeros(1, 28, 28), torch.zeros(1))):
+        with pytest.raises(TypeError, match="positional"):
+            build()

@@ -38,7 +38,7 @@ def test_a_run_records_its_images_and_resumes_on_them(small_mnist, tmp_path: Pat
 @pytest.mark.integration
 def test_run_seeds_in_order_judges_every_seed(small_mnist, tmp_path: Path) -> None:
     seen = []
-    figures = run_seeds(RunSpec(TINY, CPU, "compact_step2"), [3, 4], tmp_path, small_mnist,
+    figures = run_seeds(RunSpec(recipe=TINY, options=CPU, step="compact_step2"), [3, 4], tmp_path, small_mnist,
                         on_run=lambda seed, run: seen.append(seed), last_k=2)
     assert seen == [3, 4] and [s["seed"] for s in figures["seeds"]] == [3, 4]
     for seed in (3, 4):
@@ -49,9 +49,10 @@ def test_run_seeds_in_order_judges_every_seed(small_mnist, tmp_path: Path) -> No
 
 @pytest.mark.integration
 def test_seeds_of_another_recipe_are_refused_before_training(small_mnist, tmp_path: Path) -> None:
-    run_seeds(RunSpec(TINY, CPU, "compact_step2"), [3], tmp_path, small_mnist, last_k=2)
+    run_seeds(RunSpec(recipe=TINY, options=CPU, step="compact_step2"), [3], tmp_path, small_mnist, last_k=2)
     with pytest.raises(UsageError, match=r"holds a run that differs in its recipe \(lr 0.01 here, 0.05 asked\)"):
-        run_seeds(RunSpec(TINY.with_overrides(lr=0.05), CPU, "compact_step2"), [5, 3], tmp_path, small_mnist, last_k=2)
+        run_seeds(RunSpec(recipe=TINY.with_overrides(lr=0.05), options=CPU, step="compact_step2"),
+                  [5, 3], tmp_path, small_mnist, last_k=2)
     assert not run_dir(tmp_path, "compact_step2", 5).exists()
 
 

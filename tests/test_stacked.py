@@ -1,6 +1,9 @@
-"""Seeds at once: a stacked model is its seeds' models, forward, backward, statistics and weights."""
+"""Seeds at once (bench/stacked_seeds.py): a stacked model is its seeds' models, forward, backward, statistics
+and weights."""
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +13,10 @@ from conftest import CPU
 from tinymnist.errors import UsageError
 from tinymnist.models import Net, create_model
 from tinymnist.training.engine import Trainer
-from tinymnist.training.recipes import Recipe
-from tinymnist.training.stacked import StackedTrainer, stack, unstack
+from tinymnist.training.recipes import Recipe, RunSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))  # a benchmark's module, not the package's
+from stacked_seeds import StackedTrainer, stack, unstack
 
 MODELS = ["compact_7k4", "sep_3k8", "original_step4", "tiny:w=8.12.12.12,pool=1,sep=2,sq=8,pool2=3"]
 
@@ -75,11 +80,11 @@ def test_models_that_cannot_be_stacked_are_refused_in_one_sentence():
 def test_seeds_trained_at_once_are_the_runs_their_own_trainers_make(small_mnist):
     data = small_mnist.subset(320, 200)
     recipe = Recipe(model="tiny:w=4.8.8,pool=2", epochs=2, batch_size=64, seed=0, rotate=5.0, shift=0.05,
-                    scale=0.05, ema=0.9)
+                    scale=0.05, elastic=8.0, ema=0.9)
     together = StackedTrainer(recipe, data, [3, 4], CPU)
     history = [together.run_epoch() for _ in range(recipe.epochs)]
     for k, seed in enumerate([3, 4]):
-        alone = Trainer(dataclasses.replace(recipe, seed=seed), data, CPU)
+        alone = Trainer(RunSpec(recipe=dataclasses.replace(recipe, seed=seed), options=CPU), data)
         for epoch in range(recipe.epochs):
             own, stacked = alone.run_epoch(), history[epoch][k]
             assert stacked["seed"] == seed and stacked["epoch"] == own["epoch"]

@@ -47,7 +47,8 @@ def confirm(root: Path, data: MNIST, seeds: list[int]) -> None:
         recipe = Recipe(**{**RECIPE, "seed": seed})
         run = RunRecord(run_dir(root, "search/demo/trial-2", seed))
         origin = {"study": "demo", "trial": 2, "export": "evidence/studies/demo.json"}
-        create_run(run, RunSpec(recipe, CPU, "search/demo/trial-2", tuned_seeds=(1,), origin=origin), data)
+        create_run(run, RunSpec(recipe=recipe, options=CPU, step="search/demo/trial-2", tuned_seeds=(1,),
+                                origin=origin), data)
         train_run(run, data, last_k=2)
 
 
@@ -225,9 +226,8 @@ def test_a_lever_run_of_a_trial_is_not_one_of_its_confirmations(confirmed: Path,
     run = RunRecord(run_dir(tmp_path, "search/demo/trial-2", 1001))
     recipe = Recipe(**{**RECIPE, "seed": 1001, "elastic": 8.0})
     origin = {"study": "demo", "trial": 2, "export": "evidence/studies/demo.json"}
-    create_run(run, RunSpec(recipe, CPU, "search/demo/trial-2", tuned_seeds=(1,), overrides={"elastic": 8.0,
-                                                                                             "seed": 1001},
-                            origin=origin), small_mnist.subset(600, 300))
+    create_run(run, RunSpec(recipe=recipe, options=CPU, step="search/demo/trial-2", tuned_seeds=(1,),
+                            overrides={"elastic": 8.0, "seed": 1001}, origin=origin), small_mnist.subset(600, 300))
     train_run(run, small_mnist.subset(600, 300), last_k=2)
     assert confirmations(export(), tmp_path) == {}
     assert confirmations(export(), confirmed)[2]["seeds_run"] == 2

@@ -1,11 +1,12 @@
 """MNIST: find, download, verify and parse the IDX files; hold the set in memory as uint8 tensors.
 
-The whole data set lives in memory (about 55 MB as uint8) and is handed out as normalized float batches,
+The whole data set lives in memory as uint8 and is handed out as normalized float batches,
 so the training path does no per-image Python work.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -151,7 +152,7 @@ def read_idx(path: Path, kind: str) -> np.ndarray:
     return array
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MNIST:
     """The whole set as uint8 tensors, plus the normalization computed from the training images."""
 
@@ -168,18 +169,27 @@ class MNIST:
     def __post_init__(self) -> None:
         if self.full_sizes is None:
             self.full_sizes = (len(self.train_labels), len(self.held_out_labels))
-        pixels = self.train_images.double() / 255
-        self.mean = float(pixels.mean())
-        self.std = float(pixels.std())
+        self.mean, self.std = pixel_statistics(self.train_images)
 
     def subset(self, train: int, test: int | None = None) -> MNIST:
         """The first ``train`` training and ``test`` held-out images (for quick runs and tests)."""
         test = len(self.held_out_labels) if test is None else test
-        return MNIST(self.train_images[:train], self.train_labels[:train], self.held_out_images[:test],
-                     self.held_out_labels[:test], self.source, self.full_sizes, self.held_out)
+        return MNIST(train_images=self.train_images[:train], train_labels=self.train_labels[:train],
+                     held_out_images=self.held_out_images[:test], held_out_labels=self.held_out_labels[:test],
+                     source=self.source, full_sizes=self.full_sizes, held_out=self.held_out)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.mean, self.std)
+
+
+def pixel_statistics(images: torch.Tensor) -> tuple[float, float]:
+    """(mean, sample std) of uint8 ``images`` scaled to [0, 1], from a count of each of the 256 pixel values."""
+    counts = torch.bincount(images.flatten(), minlength=256).double()
+    n = float(counts.sum())
+    values = torch.arange(256, dtype=torch.float64) / 255
+    mean = float((counts * values).sum()) / n if n else float("nan")
+    variance = float((counts * (values - mean) ** 2).sum()) / (n - 1) if n > 1 else float("nan")
+    return mean, variance ** 0.5
 
 
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -210,8 +220,8 @@ def load_mnist(directory: str | os.PathLike | None = None, allow_download: bool 
             raise DataError(f"{found[f'{split}_images']} has {n_images} images, expected {expected} for the "
                             f"MNIST {split} set; replace it with the full file.")
     tensors = {k: torch.from_numpy(a.copy()) for k, a in arrays.items()}
-    return MNIST(tensors["train_images"], tensors["train_labels"].long(), tensors["test_images"],
-                 tensors["test_labels"].long(), where)
+    return MNIST(train_images=tensors["train_images"], train_labels=tensors["train_labels"].long(),
+                 held_out_images=tensors["test_images"], held_out_labels=tensors["test_labels"].long(), source=where)
 
 
 VALIDATION = 10_000  # the search scores trials on the last this-many training images
@@ -242,8 +252,8 @@ def load_validation_split(directory: str | os.PathLike | None = None, validation
                         f"fold {fold} of {validation} to validate on.")
     images, labels = torch.from_numpy(images.copy()), torch.from_numpy(labels.copy()).long()
     keep = torch.cat([torch.arange(start), torch.arange(end, len(images))])[:train]
-    return MNIST(images[keep], labels[keep], images[start:end], labels[start:end], where, (len(images), 0),
-                 "validation")
+    return MNIST(train_images=images[keep], train_labels=labels[keep], held_out_images=images[start:end],
+                 held_out_labels=labels[start:end], source=where, full_sizes=(len(images), 0), held_out="validation")
 
 
 ELASTIC_SIGMA = 4.0  # pixels: the smoothing of an elastic distortion's random displacement field (Simard's)
@@ -255,9 +265,10 @@ def augment(images: torch.Tensor, generator: torch.Generator, rotate: float = 0.
     the image side, zoom in 1±``scale``; with ``elastic`` > 0, an elastic distortion too (a uniform random
     displacement field per sample, smoothed by a Gaussian of ELASTIC_SIGMA pixels, times ``elastic`` pixels).
     Input and output are float [0, 1] (N, 1, H, W); the border is filled with 0 (the MNIST background). The
-    elastic field is drawn only when asked for, so recipes without it draw exactly what they drew before."""
+    elastic field is drawn only when asked for, so recipes without it draw exactly what they drew before.
+    Draws from ``generator`` whatever the settings: the caller asks whether a recipe is augmented."""
     n = images.shape[0]
-    if n == 0 or (rotate == 0 and shift == 0 and scale == 0 and elastic == 0):
+    if n == 0:
         return images
     params = torch.rand(n, 4, generator=generator, device=generator.device).to(images.device) * 2 - 1
     angle = params[:, 0] * (rotate * torch.pi / 180)
@@ -273,17 +284,26 @@ def augment(images: torch.Tensor, generator: torch.Generator, rotate: float = 0.
     return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+@functools.cache
+def gaussian_kernel(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The normalized 1-D Gaussian of ELASTIC_SIGMA pixels (radius 2 sigma) on ``device``, built once."""
+    radius = int(2 * ELASTIC_SIGMA)
+    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    kernel = torch.exp(-x ** 2 / (2 * ELASTIC_SIGMA ** 2))
+    return kernel / kernel.sum()
+
+
 def elastic_field(n: int, size: torch.Size, alpha: float, generator: torch.Generator) -> torch.Tensor:
     """Displacements (n, H, W, 2) in grid_sample's units (2 / side per pixel): uniform noise in [-1, 1] per
     pixel and axis, smoothed by a separable Gaussian of ELASTIC_SIGMA pixels, times ``alpha`` pixels."""
     h, w = size
     noise = torch.rand(n, 2, h, w, generator=generator, device=generator.device) * 2 - 1
-    radius = int(2 * ELASTIC_SIGMA)
-    x = torch.arange(-radius, radius + 1, dtype=noise.dtype, device=noise.device)
-    kernel = torch.exp(-x ** 2 / (2 * ELASTIC_SIGMA ** 2))
-    kernel = kernel / kernel.sum()
+    kernel = gaussian_kernel(noise.device, noise.dtype)
+    radius = len(kernel) // 2
     f = torch.nn.functional
     smooth = f.conv2d(noise.reshape(-1, 1, h, w), kernel.view(1, 1, 1, -1), padding=(0, radius))
     smooth = f.conv2d(smooth, kernel.view(1, 1, -1, 1), padding=(radius, 0)).reshape(n, 2, h, w)
-    return (smooth * alpha).permute(0, 2, 3, 1) * torch.tensor([2 / w, 2 / h], dtype=noise.dtype,
-                                                                 device=noise.device)
+    field = (smooth * alpha).permute(0, 2, 3, 1)
+    field[..., 0] *= 2 / w  # x, in grid_sample's units
+    field[..., 1] *= 2 / h  # y
+    return field

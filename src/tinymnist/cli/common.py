@@ -148,7 +148,8 @@ def model_of(name: str) -> str:
 def spec_for(args: argparse.Namespace, step: Step, options: Options, journey_file: Path | None = None) -> RunSpec:
     """The RunSpec of ``step`` with the recipe settings the command line changed (recorded as overrides)."""
     overrides = recipe_overrides(args)
-    return RunSpec(step.recipe.with_overrides(**overrides), options, step.name, tuned_seeds=step.tuned_seeds,
+    return RunSpec(recipe=step.recipe.with_overrides(**overrides), options=options, step=step.name,
+                   tuned_seeds=step.tuned_seeds,
                    overrides=overrides, journey_file=str(journey_file) if journey_file else None)
 
 

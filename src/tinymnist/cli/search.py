@@ -137,7 +137,7 @@ def cmd_search_confirm(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args, fresh_seeds(args.seeds, tuned))
     step = f"search/{exported['study']}/trial-{args.trial}"  # its runs' directory: RUNS/search/STUDY/trial-N
     overrides = recipe_overrides(args)  # a lever measured on the trial's recipe (its runs under another --runs)
-    spec = RunSpec(recipe.with_overrides(**overrides), run_options(args), step, tuned_seeds=tuned,
+    spec = RunSpec(recipe=recipe.with_overrides(**overrides), options=run_options(args), step=step, tuned_seeds=tuned,
                    overrides=overrides or None,
                    origin={"study": exported["study"], "trial": args.trial, "export": args.export})
     data = load_data(args, args.subset)

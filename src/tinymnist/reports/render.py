@@ -75,7 +75,7 @@ def recipe_line(r: object) -> str:
                             f"{cycle_end})"}[r.schedule]
     augmentation = (f"rotate ±{r.rotate:g}°, shift ±{r.shift:g}, scale ±{r.scale:g}"
                     + (f", elastic alpha {r.elastic:g} px" if r.elastic else "")
-                    if r.rotate or r.shift or r.scale or r.elastic else "none")
+                    if r.augmented else "none")
     ema = f"; weight average (decay {r.ema:g} per batch)" if r.ema else ""
     ema += f"; distilled from {r.teacher} (share {r.distill:g})" if r.teacher else ""
     moment = (f"beta1 {r.momentum:g}" if r.optimizer == "adam" else

@@ -394,9 +394,10 @@ class RunRecord:
         header = self.header()
         train, test = self.data_sizes()
         journey = header.get("journey_source")
-        return RunSpec(self.recipe(), self.options(), self.step(), header["held_out"], train, test,
-                       tuple(header["tuned_seeds"]), header.get("overrides") or {}, header.get("origin"),
-                       str(self.path / journey["origin"]) if journey else None)
+        return RunSpec(recipe=self.recipe(), options=self.options(), step=self.step(), held_out=header["held_out"],
+                       train_images=train, held_out_images=test, tuned_seeds=tuple(header["tuned_seeds"]),
+                       overrides=header.get("overrides") or {}, origin=header.get("origin"),
+                       journey_file=str(self.path / journey["origin"]) if journey else None)
 
     def recipe(self) -> Recipe:
         """The recipe; a user's model file by its absolute path (recorded relative to the run directory)."""

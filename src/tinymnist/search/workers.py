@@ -110,7 +110,7 @@ def objective(config: SearchConfig, data: Callable[[int], object], options: Opti
         recipe = sample(trial, config)
         seed = trial.user_attrs.get("seed", config.seed)  # a re-scoring trial trains another seed (rescore)
         recipe = dataclasses.replace(recipe, seed=seed)
-        spec = RunSpec(recipe, options, held_out="validation", tuned_seeds=(seed,))
+        spec = RunSpec(recipe=recipe, options=options, held_out="validation", tuned_seeds=(seed,))
         sink = TrialSink(trial, config)
         try:
             execute(spec, data(trial.user_attrs.get("fold", 0)), [sink])

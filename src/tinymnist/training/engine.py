@@ -10,25 +10,26 @@ is reproduced exactly from its seed, and resumed exactly from an epoch-end check
 from __future__ import annotations
 
 import copy
-import sys
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from tinymnist.data import MNIST, augment, normalize
-from tinymnist.errors import TrainingError, UsageError
-from tinymnist.models import create_model
-from tinymnist.training.placement import autocast, dynamo_frames, placement, resolve_compile
-from tinymnist.training.recipes import Options, Recipe
+from tinymnist.errors import TinyMnistError, TrainingError, UsageError
+from tinymnist.models import create_model, is_user_model
+from tinymnist.training.placement import CompiledForward, autocast, placement, resolve_compile
+from tinymnist.training.recipes import Recipe, RunSpec
 from tinymnist.training.schedule import lr_at
+from tinymnist.training.user_models import PROBE_IMAGES, model_failure, model_file, safe_memory_format
 
 SCORE_PREFIX = {"test": "test", "validation": "val"}  # a metric's key names what it was measured on
-EVAL_BATCH = 500  # measured fastest for 10,000 test images on 2 cores (docs/performance.md)
+EVAL_BATCH = 500  # images per evaluation forward: bounds the activations held at once
+
+
 class WeightAverage:
     """An exponential moving average of a model's weights and BatchNorm statistics (its whole floating-point
     state; counters are copied), updated after every optimizer step with decay min(ema, (1 + t) / (10 + t)) at
@@ -39,61 +40,55 @@ class WeightAverage:
         self.model = copy.deepcopy(model).requires_grad_(False)
         live, mine = model.state_dict(), self.model.state_dict()  # views of the tensors, updated in place
         floats = [k for k in live if live[k].is_floating_point()]
+        counters = [k for k in live if not live[k].is_floating_point()]
         self._mine, self._live = [mine[k] for k in floats], [live[k] for k in floats]  # built once: a per-step path
-        self._others = [(mine[k], live[k]) for k in live if not live[k].is_floating_point()]
+        self._mine_counters, self._live_counters = [mine[k] for k in counters], [live[k] for k in counters]
 
     @torch.no_grad()
     def update(self) -> None:
         self.steps += 1
         weight = 1 - min(self.decay, (1 + self.steps) / (10 + self.steps))
         torch._foreach_lerp_(self._mine, self._live, weight)
-        for a, b in self._others:
-            a.copy_(b)
+        if self._mine_counters:
+            torch._foreach_copy_(self._mine_counters, self._live_counters)
 
 
 class Trainer:
-    """One training run: model, optimizer, random generators and the history so far."""
+    """One training run: model, optimizer, random generators and the history so far. ``spec`` says what is
+    trained (recipe, options, normalization, model source, held-out kind); ``data`` holds the images it trains
+    and scores on (already cut to the spec's sizes); ``teacher`` is the model a distilling recipe learns from
+    (its caller loads it); ``build`` builds the model instead of the recipe's name (a notebook's own class)."""
 
-    def __init__(self, recipe: Recipe, data: MNIST, options: Options = Options(),
-                 normalization: tuple[float, float] | None = None, model_source: Path | None = None,
-                 build: Callable[[], nn.Module] | None = None, held_out: str = "test",
-                 teacher: Teacher | None = None) -> None:
-        """``normalization`` (mean, std) defaults to the training images' own; a reloaded run passes the one it
-        recorded. ``model_source``: where a user's model file is read from (a run's kept copy); ``build``: a
-        function that builds the model instead of the recipe's name (a notebook's own class). ``held_out``
-        names what ``data``'s second part is, "test" or "validation", and so the metrics' keys (``test_acc``,
-        ``val_acc``). ``teacher``: the trained model a recipe with a ``teacher`` distills from (its caller
-        loads it)."""
+    def __init__(self, spec: RunSpec, data: MNIST, *, teacher: Teacher | None = None,
+                 build: Callable[[], nn.Module] | None = None) -> None:
+        recipe = self.recipe = spec.recipe
         recipe.check(train_size=len(data.train_labels), model=build is None)
-        self.recipe = recipe
-        self.device, self.memory_format, self.precision = placement(options)
-        torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
-        model = build() if build else create_model(recipe.model, model_source)
-        self.model = model.to(self.device, memory_format=self.memory_format)
-        self.optimizer = make_optimizer(recipe, self.model)
-        self.average = WeightAverage(self.model, recipe.ema) if recipe.ema else None
-        self.compile = resolve_compile(options.compile, self.device, torch.get_num_threads(),
-                                       len(data.train_labels) * recipe.epochs)
-        self.compile_failure: str | None = None  # why torch.compile was given up, when it was
-        self._compiled: nn.Module | None = None
-        self._compile_checked = False  # whether the first compiled step has run and been checked
-        if self.compile == "on":
-            # Dynamo keeps at most `recompile_limit` (8) graphs of one forward() per process and runs any further
-            # model or batch size uncompiled, silently: the ninth compiled training of a benchmark, a search
-            # worker or a notebook trained eager. A compiled training starts from an empty in-process cache.
-            torch.compiler.reset()
-            self._compiled = torch.compile(self.model, dynamic=False)
-        self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
-        self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)
-        self.mean, self.std = normalization or (data.mean, data.std)
-        self.train_images = data.train_images.to(self.device)
-        self.train_labels = data.train_labels.to(self.device)
-        self.held_out_images = data.held_out_images.to(self.device)
-        self.held_out_labels = data.held_out_labels.to(self.device)
-        self.score_prefix = SCORE_PREFIX[held_out]
-        self.history: list[dict] = []
         if recipe.teacher and teacher is None:
             raise UsageError(f"the recipe distills from {recipe.teacher}, but no teacher model was given.")
+        self.device, wanted_format, self.precision = placement(spec.options)
+        self.mean, self.std = spec.normalization or (data.mean, data.std)
+        self.train_images = data.train_images.to(self.device)
+        self.train_labels = data.train_labels.to(self.device)
+        torch.manual_seed(recipe.seed)  # the initial weights come from the seed alone
+        model = (build() if build else create_model(recipe.model, spec.model_source)).to(self.device)
+        self.user_file = model_file(recipe.model, spec.model_source, model, built=build is not None)
+        built_in = build is None and not is_user_model(recipe.model)  # registered: layout-agnostic, tested
+        self.memory_format = wanted_format if built_in else safe_memory_format(
+            model, wanted_format, normalize(self.train_images[:PROBE_IMAGES], self.mean, self.std))
+        self.model = model.to(memory_format=self.memory_format)
+        self.optimizer = make_optimizer(recipe, self.model)
+        self.average = WeightAverage(self.model, recipe.ema) if recipe.ema else None
+        compile = resolve_compile(spec.options.compile, self.device, torch.get_num_threads(),
+                                  len(data.train_labels) * recipe.epochs)
+        self._forward = CompiledForward(self.model, compile, recipe.batch_size, recipe.model)
+        self.shuffle_gen = torch.Generator().manual_seed(recipe.seed)
+        self.augment_gen = torch.Generator(device=self.device).manual_seed(recipe.seed + 1)
+        # never augmented: normalized once, on the device, in the model's layout
+        self.held_out_inputs = batch_inputs(data.held_out_images.to(self.device), self.mean, self.std,
+                                            self.memory_format)
+        self.held_out_labels = data.held_out_labels.to(self.device)
+        self.score_prefix = SCORE_PREFIX[spec.held_out]
+        self.history: list[dict] = []
         self.teacher = teacher.placed(self.device, self.memory_format) if recipe.teacher else None
 
     @property
@@ -108,78 +103,57 @@ class Trainer:
 
     @property
     def compiled(self) -> bool:
-        """Whether the training step runs through torch.compile: asked for, seen to run compiled (a first full
-        batch has been trained), and not given up."""
-        return self.compile == "on" and self._compile_checked and self.compile_failure is None
+        """Whether the training step runs through torch.compile (placement.CompiledForward.compiled)."""
+        return self._forward.compiled
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The training forward pass: compiled for full batches when compiling (an epoch's last, smaller batch
-        runs uncompiled rather than compiling a second graph). A model torch.compile cannot compile (no
-        compiler, an operation it does not support) is said in one line on stderr, and trains uncompiled."""
-        if self._compiled is not None and x.shape[0] == self.recipe.batch_size:
-            if self._compile_checked:
-                return self._compiled(x)
-            before = dynamo_frames()
-            try:
-                out = self._compiled(x)
-            except Exception as e:  # whatever the compiler raises, training goes on without it
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                self._give_up_compiling(f"{type(e).__name__}: {reason}")
-                return self.model(x)
-            self._compile_checked = True
-            tried, compiled = (after - was for after, was in zip(dynamo_frames(), before, strict=True))
-            if tried and not compiled:  # dynamo tried, gave the model up and ran it eager
-                self._give_up_compiling("torch.compile gave it up and ran it eager; TORCH_LOGS=recompiles says why")
-            return out
-        return self.model(x)
-
-    def _give_up_compiling(self, why: str) -> None:
-        """Train uncompiled from now on, said in one line on stderr and kept in ``compile_failure``."""
-        self._compiled = None
-        self.compile_failure = why
-        sys.stderr.write(f"tinymnist: torch.compile could not compile model {self.recipe.model!r} "
-                         f"({why}); training goes on uncompiled.\n")
+    @property
+    def compile_failure(self) -> str | None:
+        """Why torch.compile was given up, when it was."""
+        return self._forward.failure
 
     def batches_per_epoch(self) -> int:
         return -(-len(self.train_labels) // self.recipe.batch_size)
 
-    def _inputs(self, images: torch.Tensor, augmented: bool = False) -> torch.Tensor:
-        return batch_inputs(images, self.mean, self.std, self.memory_format,
-                            (self.recipe, self.augment_gen) if augmented else None)
-
     def _autocast(self) -> AbstractContextManager:
         return autocast(self.device, self.precision)
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the model's input ``x`` and labels ``y`` at the learning rate already set:
+        forward, loss (with the teacher's share when distilling), backward, step, weight average. Returns the
+        loss and the output, detached."""
+        r = self.recipe
+        with self._autocast():
+            out = self._forward(x)
+        loss = batch_loss(out, y, r.label_smoothing)
+        if self.teacher is not None:
+            loss = (1 - r.distill) * loss + r.distill * self.teacher.loss(out, x, self.mean, self.std, self._autocast)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.average:
+            self.average.update()
+        return loss.detach(), out.detach()
+
     def train_epoch(self, on_batch: Callable[[int, int], None] | None = None) -> dict:
         """Train one epoch; returns train loss, train accuracy (in train mode, as it goes), lr and seconds."""
-        r, epoch = self.recipe, self.epoch
+        r, epoch, size = self.recipe, self.epoch, self.recipe.batch_size
         start = time.perf_counter()
         self.model.train()
         n = len(self.train_labels)
         order = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
         images, labels = self.train_images[order], self.train_labels[order]
         batches = self.batches_per_epoch()
-        augmented = bool(r.rotate or r.shift or r.scale or r.elastic)
+        augmentation = (r, self.augment_gen) if r.augmented else None
         losses = torch.zeros(batches, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for b in range(batches):
             lr = lr_at(r, epoch, b, batches)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            x = self._inputs(images[b * r.batch_size:(b + 1) * r.batch_size], augmented)
-            y = labels[b * r.batch_size:(b + 1) * r.batch_size]
-            with self._autocast():
-                out = self._forward(x)
-            loss = batch_loss(out, y, r.label_smoothing)
-            if self.teacher is not None:
-                loss = (1 - r.distill) * loss + r.distill * self.teacher.loss(out, x, self.mean, self.std,
-                                                                                self._autocast)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if self.average:
-                self.average.update()
-            losses[b] = loss.detach()
+            x = batch_inputs(images[b * size:(b + 1) * size], self.mean, self.std, self.memory_format, augmentation)
+            y = labels[b * size:(b + 1) * size]
+            with self._told(f"at epoch {epoch + 1}, batch {b + 1} of training"):
+                losses[b], out = self.train_step(x, y)
             correct += (out.argmax(1) == y).sum()
             if on_batch:
                 on_batch(b + 1, batches)
@@ -188,15 +162,29 @@ class Trainer:
             bad = int((~finite).nonzero()[0])
             raise TrainingError(f"the loss became {float(losses[bad])} at epoch {epoch + 1}, batch {bad + 1}; "
                                 f"the run stopped and its last good checkpoint is kept (try a lower --lr).")
-        sizes = torch.full((batches,), float(r.batch_size), device=self.device)
-        sizes[-1] = n - (batches - 1) * r.batch_size
+        sizes = torch.full((batches,), float(size), device=self.device)
+        sizes[-1] = n - (batches - 1) * size
         return {"train_loss": float((losses * sizes).sum() / n), "train_acc": 100 * int(correct) / n,
                 "lr": lr, "train_seconds": time.perf_counter() - start}
+
+    @contextmanager
+    def _told(self, where: str) -> Iterator[None]:
+        """A failure raised inside a user's model file becomes one sentence naming its line."""
+        try:
+            yield
+        except TinyMnistError:
+            raise
+        except Exception as e:
+            failure = model_failure(e, self.user_file, where) if self.user_file else None
+            if failure is None:
+                raise
+            raise failure from None
 
     def evaluate(self) -> dict:
         """Loss and accuracy over all the held-out images (``test_acc``, or ``val_acc`` on the validation split)."""
         start = time.perf_counter()
-        result = evaluate(self.saved_model, self.held_out_images, self.held_out_labels, self._inputs, self._autocast)
+        with self._told(f"at epoch {self.epoch + 1}, in evaluation"):
+            result = evaluate(self.saved_model, self.held_out_inputs, self.held_out_labels, _ready, self._autocast)
         p = self.score_prefix
         return {f"{p}_loss": result.loss, f"{p}_acc": result.acc, "eval_seconds": time.perf_counter() - start}
 
@@ -243,6 +231,11 @@ class Trainer:
         self.shuffle_gen.set_state(tensors["rng.shuffle"])
         self.augment_gen.set_state(tensors["rng.augment"])
         self.history = [dict(m) for m in history]
+
+
+def _ready(inputs: torch.Tensor) -> torch.Tensor:
+    """The held-out inputs are the model's input already."""
+    return inputs
 
 
 def batch_inputs(images: torch.Tensor, mean: float, std: float, memory_format: torch.memory_format,

@@ -82,8 +82,7 @@ def execute(spec: RunSpec, data: MNIST, sinks: Sequence[Sink] = (), *,
     ``resume``: a checkpoint's (tensors, history), restored here before any sink starts, so that sinks only
     observe and their order does not matter; ``teacher``: the model a distilling recipe learns from."""
     data = cut(spec, data)
-    trainer = Trainer(spec.recipe, data, spec.options, spec.normalization, spec.model_source, build, spec.held_out,
-                      teacher)
+    trainer = Trainer(spec, data, teacher=teacher, build=build)
     if resume and resume[1]:
         try:
             trainer.load_state(*resume)

@@ -4,24 +4,21 @@ and whether the training step is compiled (the policy the engine and the run rec
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from contextlib import AbstractContextManager
 
 import torch
+from torch import nn
 
-from tinymnist.errors import UsageError
+from tinymnist.errors import Note, UsageError
 from tinymnist.machine import pick_device
 from tinymnist.training.recipes import Options
 
-# `--compile auto` compiles a CPU training of at least this many images (epochs x training images) on two or more
-# threads: ten epochs of MNIST, about what it takes for a step's saving to pay back the compiler's warm-up with an
-# empty cache on 2 cores (docs/performance.md, the speed matrices; docs/speed.md has the full-recipe pairs).
-COMPILE_MIN_IMAGES = 600_000
+COMPILE_MIN_IMAGES = 600_000  # epochs x training images below which `--compile auto` leaves the compiler's warm-up out
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> fp32 on every device. bf16 is asked for by name: paired over fresh seeds it was not shown to
-    cost accuracy, nor shown not to (docs/findings.md, "Precision"), and it saves about a tenth of an epoch on the CPUs
-    measured, against a target that seeds miss by hundredths of a point."""
+    """'auto' -> fp32 on every device; bf16 is asked for by name (docs/findings.md, "Precision", says why)."""
     if precision == "auto":
         return "fp32"
     if precision not in ("fp32", "bf16"):
@@ -50,14 +47,58 @@ def resolve_options(options: Options, images: int) -> Options:
 
 def resolve_compile(compile: str, device: torch.device, threads: int, images: int) -> str:
     """'auto' -> 'on' for a CPU training of at least COMPILE_MIN_IMAGES images on two or more threads with a C++
-    compiler at hand, else 'off'. On two cores the compiled step was faster; on one thread it was no faster; on
-    a GPU it is unmeasured (docs/performance.md)."""
+    compiler at hand, else 'off': where the compiled step was measured faster (docs/performance.md)."""
     if compile not in ("auto", "on", "off"):
         raise UsageError(f"unknown --compile {compile!r}; use auto, on or off.")
     if compile != "auto":
         return compile
     wanted = device.type == "cpu" and threads >= 2 and images >= COMPILE_MIN_IMAGES
     return "on" if wanted and cpp_compiler() else "off"
+
+
+class CompiledForward:
+    """A model's training forward pass, through torch.compile when ``mode`` is 'on' for full batches of
+    ``batch_size`` (an epoch's last, smaller batch runs uncompiled rather than compiling a second graph). A model
+    torch.compile cannot compile (no compiler, an operation it does not support) is noted once and runs
+    uncompiled from then on; ``failure`` says why."""
+
+    def __init__(self, model: nn.Module, mode: str, batch_size: int, name: str) -> None:
+        self.model, self.mode, self.batch_size, self.name = model, mode, batch_size, name
+        self.failure: str | None = None
+        self._compiled: nn.Module | None = None
+        self._checked = False  # whether the first compiled step has run and been checked
+        if mode == "on":
+            torch.compiler.reset()  # past dynamo's recompile limit a process's next model would run eager, silently
+            self._compiled = torch.compile(model, dynamic=False)
+
+    @property
+    def compiled(self) -> bool:
+        """Asked for, seen to run compiled (a first full batch has been trained), and not given up."""
+        return self.mode == "on" and self._checked and self.failure is None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is None or x.shape[0] != self.batch_size:
+            return self.model(x)
+        if self._checked:
+            return self._compiled(x)
+        before = dynamo_frames()
+        try:
+            out = self._compiled(x)
+        except Exception as e:  # whatever the compiler raises, training goes on without it
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            self._give_up(f"{type(e).__name__}: {reason}")
+            return self.model(x)
+        self._checked = True
+        tried, compiled = (after - was for after, was in zip(dynamo_frames(), before, strict=True))
+        if tried and not compiled:  # dynamo tried, gave the model up and ran it eager
+            self._give_up("torch.compile gave it up and ran it eager; TORCH_LOGS=recompiles says why")
+        return out
+
+    def _give_up(self, why: str) -> None:
+        self._compiled = None
+        self.failure = why
+        warnings.warn(Note(f"torch.compile could not compile model {self.name!r} ({why}); training goes on "
+                           f"uncompiled."), stacklevel=3)
 
 
 def cpp_compiler() -> str | None:

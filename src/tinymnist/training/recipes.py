@@ -15,7 +15,7 @@ SCHEDULES = ("constant", "step", "onecycle")
 OPTIMIZERS = ("sgd", "adam")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     model: str
     epochs: int = 15
@@ -44,6 +44,11 @@ class Recipe:
     # updated after every batch (0: off). The average is what each epoch is scored with and what a run saves.
     ema: float = 0.0
     seed: int = 121
+
+    @property
+    def augmented(self) -> bool:
+        """Whether training draws a random distortion of every image (rotation, shift, zoom or elastic)."""
+        return bool(self.rotate or self.shift or self.scale or self.elastic)
 
     def with_overrides(self, **overrides: object) -> Recipe:
         """A copy with the non-None ``overrides`` applied and checked."""
@@ -97,14 +102,13 @@ class Recipe:
             raise UsageError(f"step size must be at least 1 epoch (got {self.step_size}).")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Options:
     """How to run a recipe (not what to learn). ``precision``, ``threads`` and ``compile`` change the order of the
     arithmetic, so a seed's numbers come back only with all three."""
 
     device: str = "auto"
-    channels_last: bool = True  # faster on CPU at one thread (docs/performance.md); uncompiled, its BatchNorm
-    # gradients are less exact than NCHW's (docs/speed.md)
+    channels_last: bool = True  # NHWC where a model is proven unchanged by it: faster on CPU (docs/performance.md)
     precision: str = "auto"  # auto | fp32 | bf16 (autocast: convolutions in bf16, BN, loss and weights in fp32)
     threads: int | None = None  # CPU threads; None = torch's default (one per core)
     compile: str = "auto"  # auto | on | off: the training step through torch.compile (placement.resolve_compile)
@@ -125,7 +129,7 @@ class Step:
 HELD_OUT = ("test", "validation")  # what a run is scored on each epoch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """One training, described once: what is learned (the recipe, seed included), how it is executed, on which
     images, and where it came from. The one input of ``executor.execute``, and the header of a run record."""

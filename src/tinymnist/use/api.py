@@ -107,7 +107,8 @@ def train(model: ModelLike, recipe: Recipe | None = None, data: MNIST | None = N
     from tinymnist.data import load_mnist
 
     name, build = _builder(model)
-    spec = RunSpec(dataclasses.replace(recipe or get_step(DEFAULT_RECIPE).recipe, model=name), options or Options())
+    spec = RunSpec(recipe=dataclasses.replace(recipe or get_step(DEFAULT_RECIPE).recipe, model=name),
+                   options=options or Options())
     trainer = execute(spec, data or load_mnist(), [Callbacks(on_epoch)], build=build)
     return Result(spec.recipe, trainer.history, count_params(trainer.model), trainer.saved_model)
 

@@ -10,7 +10,9 @@ the N separate trainings, up to the order in which the convolution kernels sum.
 
 What it is for: small models leave a GPU waiting on per-operator overhead, and one operator over N seeds'
 channels pays it once, so dozens of seeds share one device. Whether it pays on a CPU against one process per
-seed (``consistency --jobs``) is what bench/bench_stacked.py measures.
+seed (``consistency --jobs``) is what bench/bench_stacked.py measures. A benchmark, not part of the package: its
+own loop over the seeds' batches mirrors the Trainer's step (augmentation included) without a teacher, compile
+or resume.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class StackedTrainer:
         self.model.train()
         orders = [torch.randperm(n, generator=g).to(self.device) for g in self.shuffle_gens]
         batches = -(-n // size)
-        augmented = bool(r.rotate or r.shift or r.scale)
+        augmented = r.augmented
         losses = torch.zeros(batches, len(self.seeds), device=self.device)
         correct = torch.zeros(len(self.seeds), dtype=torch.long, device=self.device)
         for b in range(batches):
