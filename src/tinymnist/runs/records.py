@@ -429,7 +429,7 @@ class RunRecord:
         header, recipe = self.header(), self.recipe()
         source = header.get("model_source")
         data = header["data"]
-        run = RunSpec(recipe, self.options(), held_out=header["held_out"])
+        run = RunSpec(recipe=recipe, options=self.options(), held_out=header["held_out"])
         found = _identity(run, (0, 0), (0, 0), source["sha256"] if source else None)
         found["data"] = {"held_out": header["held_out"], "train_images": data["train_images"],
                          "train_of": data.get("train_of"), "test_images": data["test_images"],
