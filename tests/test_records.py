@@ -176,7 +176,7 @@ def test_identity_names_each_part_that_differs(small_mnist, tmp_path: Path) -> N
     models = tmp_path / "models.py"
     models.write_text("from torch import nn\n\ndef Net():\n    return nn.Sequential(nn.Conv2d(1, 10, 28), "
                       "nn.Flatten())\n")
-    spec = RunSpec(Recipe(model=f"{models}:Net", epochs=1, seed=3), CPU, "mine")
+    spec = RunSpec(recipe=Recipe(model=f"{models}:Net", epochs=1, seed=3), options=CPU, step="mine")
     run = start_run(tmp_path / "runs", "mine", spec.recipe, small_mnist)
     assert run.differs_from(identity(spec, small_mnist)) == []
     full_train, _ = small_mnist.full_sizes
