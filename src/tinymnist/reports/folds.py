@@ -126,6 +126,14 @@ def folds_lines(folds: list[dict], exports: list[dict], rows: list[dict], source
                   f"test level of a calibrated recipe that holds, `{bar['need']['study']}` "
                   f"{bar['need']['test']:.3f}, minus the smallest offset, {bar['offset']:+.3f}) is "
                   f"**{bar['bar']:.3f}%**.", ""]
+        below = ", ".join(f"`{c['study']}` ({c['recipe']['mean']:.3f})" for c in calibrated
+                          if c["holds"] and c["recipe"]["mean"] < bar["bar"])
+        by_cv = [c["study"] for c in sorted(calibrated, key=lambda c: -c["recipe"]["mean"])]
+        by_test = [c["study"] for c in sorted(calibrated, key=lambda c: -c["test"])]
+        order = ("in the same order as" if by_cv == by_test else "in another order than")
+        lines += [f"Ranked by cross-validated level the calibrated recipes come {order} their fresh-seed test "
+                  f"levels ({', '.join(by_cv)} against {', '.join(by_test)})."
+                  + (f" A recipe that holds scores below the bar: {below}." if below else ""), ""]
     base = next((r for r in recipes if r["study"] and f"{r['study'][0]}:{r['study'][1][0]}" == baseline), None)
     candidates = [r for r in recipes if r["study"] is None]
     if candidates:
