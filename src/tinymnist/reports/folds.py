@@ -134,6 +134,12 @@ def folds_lines(folds: list[dict], exports: list[dict], rows: list[dict], source
         lines += [f"Ranked by cross-validated level the calibrated recipes come {order} their fresh-seed test "
                   f"levels ({', '.join(by_cv)} against {', '.join(by_test)})."
                   + (f" A recipe that holds scores below the bar: {below}." if below else ""), ""]
+    return lines + candidate_lines(folds, recipes, bar, baseline)
+
+
+def candidate_lines(folds: list[dict], recipes: list[dict], bar: dict | None, baseline: str) -> list[str]:
+    """The fold study's candidates (recipes of no study), each paired fold by fold with ``baseline``."""
+    lines: list[str] = []
     base = next((r for r in recipes if r["study"] and f"{r['study'][0]}:{r['study'][1][0]}" == baseline), None)
     candidates = [r for r in recipes if r["study"] is None]
     if candidates:
