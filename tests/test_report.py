@@ -241,3 +241,21 @@ def test_consistency_reuses_only_the_same_run(full_synthetic_dir: Path, tmp_path
     assert "seed 3 retrained: trained on 300 images, this consistency uses 400" in capsys.readouterr().out
     assert main([*args, "--subset", "400", "--lr", "0.05"]) == 0
     assert "seed 3 retrained: recipe changed: lr" in capsys.readouterr().out
+
+
+def test_a_run_of_other_options_is_not_the_same_run(tmp_path: Path, small_mnist) -> None:
+    """Precision, threads and the like change the numbers: a report asking for others retrains; one leaving them
+    at auto takes what the run resolved."""
+    from dataclasses import replace
+
+    from conftest import CPU
+    from tinymnist.reports.report import same_run
+    from tinymnist.training.recipes import RunSpec
+
+    recipe = Recipe(model="compact_7k4", epochs=1, seed=2)
+    run = start_run(tmp_path, "s", recipe, small_mnist, replace(CPU, threads=1, precision="fp32"))
+    asked = RunSpec(recipe=recipe, options=replace(CPU, threads=1, precision="fp32"), step="s")
+    assert same_run(run, asked, small_mnist) == []
+    assert same_run(run, replace(asked, options=replace(CPU, threads=2, precision="fp32")), small_mnist) == [
+        "options changed: threads"]
+    assert same_run(run, replace(asked, options=CPU), small_mnist) == []  # auto: what the run resolved

@@ -19,7 +19,7 @@ from tinymnist.reports.handin import code_block, compare_lines, layer_block, log
 from tinymnist.reports.render import analyse, did_not_learn, md, over_seeds_lines, pass_count, recipe_line, seed_list
 from tinymnist.runs.records import RunRecord
 from tinymnist.targets import LAST_K, TARGET, TARGET_ACC, first_epoch_holding, judge, over_seeds
-from tinymnist.training.recipes import Recipe, RunSpec, Step
+from tinymnist.training.recipes import Options, Recipe, RunSpec, Step
 
 
 def digit_grid(images: torch.Tensor | np.ndarray, captions: list[str] | list[int], path: Path, title: str,
@@ -136,6 +136,11 @@ def same_run(record: RunRecord, spec: RunSpec, data: MNIST, asking: str = "this 
                and getattr(was, f.name) != getattr(now, f.name)]
     if changed:
         out.append(f"recipe changed: {', '.join(changed)}")
+    had_options = record.options()  # an option asked as "auto" (or None) is whatever the run resolved it to
+    options = [f.name for f in dataclasses.fields(Options) if getattr(spec.options, f.name) not in ("auto", None)
+               and getattr(spec.options, f.name) != getattr(had_options, f.name)]
+    if options:
+        out.append(f"options changed: {', '.join(options)}")
     (train, test), full = record.data_sizes(), data.full_sizes
     had = (train or full[0], test or full[1])
     wants = (spec.train_images or len(data.train_labels), spec.held_out_images or len(data.held_out_labels))
