@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from tinymnist.errors import CheckpointError, UsageError
+from tinymnist.modelnames import is_user_model
 from tinymnist.models import count_params, create_model
 from tinymnist.runs.records import WEIGHTS, RunRecord, read_safetensors
 
@@ -58,5 +59,18 @@ def load_model(run: RunRecord, trust: bool = False) -> LoadedModel:
         raise UsageError(f"{run.path} records no normalization (an unfinished run of an earlier version); "
                          f"finish it with: tinymnist train --resume {run.path}")
     mean, std = normalization
-    return LoadedModel(recipe.model, load_weights(run / WEIGHTS, recipe.model, run.model_source(trust)), mean, std,
-                       precision or options.precision, options.channels_last)
+    model = load_weights(run / WEIGHTS, recipe.model, run.model_source(trust))
+    return LoadedModel(recipe.model, model, mean, std, precision or options.precision,
+                       options.channels_last and fits_channels_last(recipe.model, model))
+
+
+def fits_channels_last(name: str, model: torch.nn.Module) -> bool:
+    """Whether ``model`` is fed channels_last as it trained: a registered model always; a user's model only when
+    the training's probe (the same outputs in both layouts) passes again, so one that trained in plain NCHW (a
+    ``x.view`` after its convolutions) is loaded in plain NCHW."""
+    if not is_user_model(name):
+        return True
+    from tinymnist.training.user_models import PROBE_IMAGES, safe_memory_format
+
+    probe = torch.randn(PROBE_IMAGES, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    return safe_memory_format(model, torch.channels_last, probe) == torch.channels_last
