@@ -600,7 +600,8 @@ class RunRecord:
 
         test_accs = [m["test_acc"] for m in history]
         summary = {
-            "model": self.recipe().model, "params": params, "epochs": len(history),
+            "model": self.header()["recipe"]["model"], "params": params, "epochs": len(history),  # a user's file
+            # relative to the run, as recipe.json has it: a summary committed with a hand-in names no home folder
             "best_train_acc": max(m["train_acc"] for m in history), "last_train_acc": history[-1]["train_acc"],
             "best_test_acc": max(test_accs), "last_test_acc": test_accs[-1],
             # the same keys whatever window was judged: the exercise's last LAST_K epochs, and the judged window

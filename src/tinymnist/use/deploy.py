@@ -169,7 +169,8 @@ def empty_folder(directory: Path) -> None:
 def export_web(loaded: LoadedModel, directory: Path, recorded_test_acc: float | None) -> dict:
     """Write the draw-a-digit page with ``loaded``'s model as a static folder; returns its files' sizes."""
     empty_folder(directory)
-    model = {"name": loaded.name, "params": loaded.params, "mean": loaded.mean, "std": loaded.std,
+    # a user's FILE.py:NAME without its folder: the page is published
+    model = {"name": Path(loaded.name).name, "params": loaded.params, "mean": loaded.mean, "std": loaded.std,
              "recorded_test_acc": recorded_test_acc, "layers": layer_program(loaded.model, loaded.name)}
     package = files("tinymnist")
     try:
