@@ -17,48 +17,37 @@ Every file is written atomically (temporary file, fsync, rename) with the mode t
 and read without following symlinks; nothing is pickled. Records written by earlier versions are read through
 ``upgrade`` (every compatibility branch, by schema) and then checked by ``_checked`` (the one validation), so no
 caller ever sees an old or damaged shape. A record never chooses code to run: ``RunRecord.model_source`` is the
-one trust rule. This module stores and reads; building a run's model from its artifacts is runs/loading.py's.
+one trust rule. This module stores and reads; building a run's model from its artifacts is runs/loading.py's;
+the schema's upgrades and validation are runs/upgrade.py's, a run's identity runs/identity.py's, its metrics,
+checkpoint and weights runs/checkpoint.py's, the files' names runs/layout.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import math
 import os
 import platform
-import shutil
 import subprocess
-import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tinymnist import __version__
-from tinymnist.errors import CheckpointError, Note, UsageError
-from tinymnist.files import append_regular, exclusive, read_json, read_regular, write_atomic, write_json
+from tinymnist.errors import CheckpointError, UsageError
+from tinymnist.files import exclusive, read_json, write_atomic, write_json
 from tinymnist.modelnames import file_sha256, is_user_model, split_user_model
 from tinymnist.names import current
+from tinymnist.runs.checkpoint import Checkpoints
+from tinymnist.runs.checkpoint import read_safetensors as read_safetensors  # where loading.py finds it
+from tinymnist.runs.identity import _differences, _identity, _images
+from tinymnist.runs.identity import identity as identity  # where runner.identity finds it
+from tinymnist.runs.layout import HEADER, JOURNEY_FILE, LOCK, METRICS, MODEL_FILE, RUN_SUMMARY, STATE_JSON, WEIGHTS
+from tinymnist.runs.upgrade import _HEADER_FIELDS, _SUMMARY_FIELDS, SCHEMA, _checked, _upgrade_summary, upgrade
 from tinymnist.targets import LAST_K
-from tinymnist.training.recipes import HELD_OUT, Options, Recipe, RunSpec
-
-if TYPE_CHECKING:
-    import torch
-
-    from tinymnist.data import MNIST
+from tinymnist.training.recipes import Options, Recipe, RunSpec
 
 # Reading a record loads neither torch nor the models (`tinymnist show`, `results`, `check` start fast): what
 # writes weights, builds a user's model or asks the device imports them where it does so.
-
-HEADER, METRICS, WEIGHTS, STATE, STATE_JSON, RUN_SUMMARY, LOCK, MODEL_FILE, JOURNEY_FILE = (
-    "recipe.json", "metrics.jsonl", "weights.safetensors", "state.safetensors", "state.json", "summary.json",
-    ".lock", "model.py", "journey.toml")
-# 1: tinymnist 0.1.0 (subset inside options, normalization only in summary.json, verdict "targets");
-# 2: 0.2.0 (no tuning seeds; a search trial's origin only in its step name, its tuning seed in "overrides");
-# 3: 0.3.0-0.4.0 (absolute paths of the user's files; no sizes of the full splits; precision may be "auto")
-SCHEMA = 4
-UNKNOWN = "unknown"  # an identity part an earlier record does not hold
 
 
 def run_dir(root: str | os.PathLike, step: str, seed: int) -> Path:
@@ -92,196 +81,7 @@ def recipe_from_dict(d: dict) -> Recipe:
     return dataclasses.replace(recipe, model=current("model", recipe.model))
 
 
-def upgrade(header: dict, summary: dict | None) -> tuple[dict, dict | None]:
-    """recipe.json and summary.json (None: not finished) of any schema, in the current one: every compatibility
-    branch of the run record lives here, and reads only the record and this function's own frozen tables (never
-    today's step catalogue, so editing a step never changes what an old record means)."""
-    schema = header.get("schema", 1)
-    if summary is not None and "targets" in (summary.get("verdict") or {}):  # 1: a verdict's checks: "targets"
-        verdict = summary["verdict"]
-        summary = {**summary, "verdict": {"met": verdict["met"], "checks": verdict["targets"]}}
-    if schema >= SCHEMA:
-        return header, summary
-    if schema == 1:
-        options = dict(header.get("options", {}))
-        subset = options.pop("subset", None)
-        norm = (summary or {}).get("normalization")  # schema 1 recorded it in summary.json only, at the end
-        header = {**header, "options": options, "data": {"train_images": subset, "test_images": None},
-                  "normalization": norm}
-    if schema <= 2:
-        header = _upgrade_provenance(header)
-    # 3 and earlier: a run from before --compile trained eager; 'auto' precision (0.3.0 and earlier) meant bf16
-    # where the hardware has it natively; the full splits' sizes were not recorded (the identity says unknown).
-    options = {"compile": "off", **(header.get("options") or {})}
-    if options.get("precision") == "auto":
-        from tinymnist.machine import earlier_auto, pick_device
-
-        options["precision"] = earlier_auto(pick_device(options.get("device", "auto")))
-    return {**header, "schema": SCHEMA, "options": options, "upgraded_from": schema}, summary
-
-
-# The seeds the built-in steps were tuned on, as tinymnist 0.1.0 and 0.2.0 (schemas 1 and 2, which did not
-# record them) meant them: frozen here, by the step's current name.
-_TUNED_SEEDS_BEFORE_SCHEMA_3 = {
-    **{f"original_step{i}": (121,) for i in range(1, 5)},
-    **{f"compact_step{i}": (1, 2, 3, 4, 5) for i in range(1, 5)},
-    "frontier_3k8": (1,), "frontier_sep_3k8": (1, 2, 3, 4, 5), "frontier_sep_2k8": (1, 2),
-}
-
-
-def _upgrade_provenance(header: dict) -> dict:
-    """Schema 2 and earlier knew tuning seeds only by the built-in step's name, or as "tuned_seed" among the
-    overrides of a confirmed search trial, whose study and trial were its step name: the one place a name is
-    parsed."""
-    overrides = dict(header.get("overrides") or {})
-    tuned = overrides.pop("tuned_seed", None)
-    step, origin = current("step", str(header.get("step", "")), note=False), None
-    if step.startswith("search/") and step.count("/") == 2:
-        _, study, trial = step.split("/")
-        origin = {"study": study, "trial": int(trial.removeprefix("trial-")),
-                  "export": f"evidence/studies/{study}.json"}
-    tuned_seeds = [tuned] if tuned is not None else list(_TUNED_SEEDS_BEFORE_SCHEMA_3.get(step, ()))
-    return {**header, "overrides": overrides, "held_out": "test", "tuned_seeds": tuned_seeds, "origin": origin}
-
-
-# --- the one validation --------------------------------------------------------------------------------------
-
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _count(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _file_record(v: object) -> bool:
-    return v is None or (isinstance(v, dict) and isinstance(v.get("file"), str) and isinstance(v.get("origin"), str)
-                         and isinstance(v.get("sha256"), str))
-
-
-_HEADER_FIELDS = (  # (field, test, what it must be)
-    ("step", lambda h: isinstance(h.get("step"), str), "a step name"),
-    ("recipe", lambda h: isinstance(h.get("recipe"), dict) and isinstance(h["recipe"].get("model"), str),
-     "an object naming a model"),
-    ("options", lambda h: isinstance(h.get("options"), dict), "an object"),
-    ("held_out", lambda h: h.get("held_out") in HELD_OUT, f"one of {', '.join(HELD_OUT)}"),
-    ("data", lambda h: isinstance(h.get("data"), dict) and all(
-        h["data"].get(k) is None or _count(h["data"][k]) for k in ("train_images", "test_images", "train_of",
-                                                                   "test_of")), "image counts (or null)"),
-    ("normalization", lambda h: h.get("normalization") is None or (
-        isinstance(h["normalization"], dict) and _number(h["normalization"].get("mean"))
-        and _number(h["normalization"].get("std")) and h["normalization"]["std"] > 0),
-     "a mean and a positive std"),
-    ("tuned_seeds", lambda h: isinstance(h.get("tuned_seeds"), list) and all(
-        isinstance(x, int) and not isinstance(x, bool) for x in h["tuned_seeds"]), "a list of seeds"),
-    ("overrides", lambda h: h.get("overrides") is None or isinstance(h["overrides"], dict), "an object"),
-    ("origin", lambda h: h.get("origin") is None or isinstance(h["origin"], dict), "an object"),
-    ("model_source", lambda h: _file_record(h.get("model_source")), "a file, its origin and SHA-256"),
-    ("journey_source", lambda h: _file_record(h.get("journey_source")), "a file, its origin and SHA-256"),
-)
-_SUMMARY_FIELDS = (
-    ("params", lambda s: _count(s.get("params")), "a parameter count"),
-    ("epochs", lambda s: _count(s.get("epochs")), "an epoch count"),
-    ("best_test_acc", lambda s: _number(s.get("best_test_acc")), "a percentage"),
-    ("last_test_acc", lambda s: _number(s.get("last_test_acc")), "a percentage"),
-    ("verdict", lambda s: isinstance(s.get("verdict"), dict) and isinstance(s["verdict"].get("met"), bool),
-     "an object saying whether the targets were met"),
-    ("device", lambda s: isinstance(s.get("device"), str), "a device name"),
-    ("torch", lambda s: isinstance(s.get("torch"), str), "a torch version"),
-    ("wall_seconds", lambda s: _number(s.get("wall_seconds")), "a number of seconds"),
-)
-
-
-def _checked(obj: object, path: Path, tests: tuple) -> dict:
-    """``obj`` (read from ``path``) when it has every field of ``tests``; else one sentence naming the file and
-    the field: the one place a record's JSON is validated."""
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, not an object; the run record is damaged.")
-    for name, test, what in tests:
-        if not test(obj):
-            raise CheckpointError(f"{path}: the field {name!r} is {json.dumps(obj.get(name))[:60]}, not {what}; "
-                                  f"the run record is damaged.")
-    return obj
-
-
-def _upgrade_summary(summary: dict) -> dict:
-    model = summary.get("model")
-    return {**summary, "model": current("model", model) if model else model}
-
-
-# --- a run's identity ------------------------------------------------------------------------------------------
-
-def _model_identity(model: str, sha256: str | None) -> dict:
-    """A registered model by its name; a user's file by its content (the path it was named by plays no part)."""
-    if not is_user_model(model):
-        return {"model": model, "model_sha256": None}
-    return {"model": model.rpartition(".py:")[2], "model_sha256": sha256 or UNKNOWN}
-
-
-def _identity(spec: RunSpec, sizes: tuple[int, int], full: tuple[int, int], sha256: str | None) -> dict:
-    recipe = asdict(spec.recipe)
-    recipe.pop("model")
-    return {**_model_identity(spec.recipe.model, sha256), "recipe": recipe,
-            "data": {"held_out": spec.held_out, "train_images": sizes[0] if sizes[0] != full[0] else None,
-                     "train_of": full[0], "test_images": sizes[1] if sizes[1] != full[1] else None,
-                     "test_of": full[1]},
-            "options": asdict(spec.options)}
-
-
-def identity(spec: RunSpec, data: MNIST) -> dict:
-    """What a run of ``spec`` on ``data`` would be: the model (its registered name, or the SHA-256 of the user's
-    file and the name in it), the recipe, the data (how many of how many training and held-out images, and the
-    held-out split's kind) and the options that change the numbers, as ``spec`` gives them (a run records them
-    resolved: runner.identity resolves them first). Compare it with ``RunRecord.differs_from``."""
-    sizes = (spec.train_images or len(data.train_labels), spec.held_out_images or len(data.held_out_labels))
-    sha = None
-    if is_user_model(spec.recipe.model):
-        path = split_user_model(spec.recipe.model)[0]
-        try:
-            sha = file_sha256(path)
-        except OSError as e:
-            raise UsageError(f"{path} cannot be read ({e.strerror}); give FILE.py:NAME with the path of your "
-                             f"model file.") from None
-    return _identity(spec, sizes, data.full_sizes or sizes, sha)
-
-
-def _images(count: int | None, of: int | None, what: str) -> str:
-    """'2,000 of 60,000 training images', 'all 60,000 training images', or without the total when unknown."""
-    if count is None:
-        return f"all {of:,} {what}" if of else f"all {what}"
-    return f"{count:,} of {of:,} {what}" if of else f"{count:,} {what}"
-
-
-def _data_words(data: dict) -> str:
-    held_out = "test" if data["held_out"] == "test" else "validation"
-    return (f"{_images(data['train_images'], data['train_of'], 'training images')}, scored on "
-            f"{_images(data['test_images'], data['test_of'], held_out + ' images')}")
-
-
-def _differences(mine: dict, other: dict) -> list[str]:
-    found = []
-    if mine["model"] != other["model"]:
-        found.append(f"model ({mine['model']} here, {other['model']} asked)")
-    elif mine["model_sha256"] == UNKNOWN:
-        found.append("model file (this record, from an earlier version, holds no hash of it)")
-    elif mine["model_sha256"] != other["model_sha256"]:
-        found.append("model file's code (its SHA-256 differs)")
-    changed = [f"{k} {mine['recipe'].get(k)!r} here, {v!r} asked" for k, v in other["recipe"].items()
-               if mine["recipe"].get(k, v) != v]
-    if changed:
-        found.append(f"recipe ({'; '.join(changed)})")
-    a, b = mine["data"], other["data"]
-    other_totals = any(a[k] and b[k] and a[k] != b[k] for k in ("train_of", "test_of"))  # unknown: not compared
-    if any(a[k] != b[k] for k in ("held_out", "train_images", "test_images")) or other_totals:
-        found.append(f"data ({_data_words(a)} here, {_data_words(b)} asked)")
-    changed = [f"{k} {mine['options'].get(k)!r} here, {v!r} asked" for k, v in other["options"].items()
-               if mine["options"].get(k, v) != v]
-    if changed:
-        found.append(f"options ({'; '.join(changed)})")
-    return found
-
-
-class RunRecord:
+class RunRecord(Checkpoints):
     """One run's directory. Its recipe.json is read once (and summary.json once it exists): accessors share it."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -490,105 +290,6 @@ class RunRecord:
         norm = self.header().get("normalization")
         return (norm["mean"], norm["std"]) if norm else None
 
-    # --- metrics and checkpoints ---------------------------------------------------------------------------
-
-    def append_metrics(self, metrics: dict) -> None:
-        append_regular(self / METRICS, (json.dumps(metrics) + "\n").encode())
-
-    def _logged(self) -> tuple[list[dict], bool]:
-        """The complete lines of metrics.jsonl, and whether a torn last line (a crash mid-write) was left out."""
-        try:
-            lines = read_regular(self / METRICS).decode(errors="replace").splitlines()
-        except FileNotFoundError:
-            return [], False
-        rows = []
-        for i, line in enumerate(lines):
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            if not isinstance(row, dict) or not _number(row.get("test_acc")):
-                if i == len(lines) - 1:
-                    return rows, True
-                raise CheckpointError(f"{self / METRICS} line {i + 1} is corrupt; the run record is damaged.")
-            rows.append(row)
-        return rows, False
-
-    def metrics(self) -> list[dict]:
-        """Every epoch's metrics. A log behind its checkpoint (missing, emptied or torn: state.json holds every
-        checkpointed epoch) is rewritten from state.json when the directory can be written, with a Note; a torn
-        last line that state.json does not hold is left out, with a Note."""
-        rows, torn = self._logged()
-        behind = self.finished() and len(rows) < self.summary()["epochs"]
-        history = self._state_history() if torn or behind else None
-        if history is not None and len(history) > len(rows) and history[:len(rows)] == rows:
-            try:
-                write_atomic(self / METRICS, "".join(json.dumps(m) + "\n" for m in history).encode())
-                how = "rewrote it"
-            except OSError:
-                how = "read them from there (the directory is read-only)"
-            warnings.warn(Note(f"{self / METRICS} held {len(rows)} of the {len(history)} epochs in "
-                               f"{self / STATE_JSON}; {how}."), stacklevel=2)
-            return history
-        if torn:
-            warnings.warn(Note(f"{self / METRICS} ends in a torn line (a crash while writing it), left out; "
-                               f"{len(rows)} epochs read."), stacklevel=2)
-        return rows
-
-    def _state_history(self) -> list[dict] | None:
-        try:
-            state = read_json(self / STATE_JSON)
-        except UsageError:  # no state.json
-            return None
-        history = state.get("history") if isinstance(state, dict) else None
-        return history if isinstance(history, list) else None
-
-    def test_accs(self) -> list[float]:
-        return [m["test_acc"] for m in self.metrics()]
-
-    def save_checkpoint(self, model: str, tensors: dict[str, torch.Tensor], history: list[dict],
-                        weights: dict[str, torch.Tensor] | None = None) -> None:
-        """Weights (``weights``: the model a run saves, default the trained one in ``tensors``) and training
-        state at the end of an epoch; state.json is written last and names the epoch."""
-        from safetensors.torch import save as st_save
-
-        if weights is None:
-            weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        model = _weights_name(model)
-        write_atomic(self / WEIGHTS, st_save(weights, metadata={"model": model, "epoch": str(len(history))}))
-        write_atomic(self / STATE, st_save(tensors, metadata={"model": model, "epoch": str(len(history))}))
-        write_json(self / STATE_JSON, {"epoch": len(history), "history": history})
-        # metrics.jsonl follows the checkpoint: one line appended per epoch; rewritten whole from the history
-        # when a crash left it torn, behind or ahead.
-        rows, torn = self._logged()
-        if not torn and len(rows) == len(history) - 1:
-            self.append_metrics(history[-1])
-        elif torn or len(rows) != len(history):
-            write_atomic(self / METRICS, "".join(json.dumps(m) + "\n" for m in history).encode())
-
-    def load_checkpoint(self, model: str) -> tuple[dict[str, torch.Tensor], list[dict]]:
-        state = read_json(self / STATE_JSON) if (self / STATE_JSON).exists() else None
-        if state is None:
-            return {}, []
-        tensors = read_safetensors(self / STATE, model)
-        history = state.get("history", []) if isinstance(state, dict) else None
-        if not isinstance(history, list) or len(history) != state.get("epoch"):
-            raise CheckpointError(f"{self / STATE_JSON} is inconsistent (its epoch and its history disagree); the "
-                                  f"checkpoint is damaged.")
-        return tensors, history
-
-    def discard(self) -> None:
-        """Remove this run's directory: a run that failed before its first epoch was recorded (nothing to
-        resume), so a retry starts clean. Refused (left as it is) once an epoch is checkpointed."""
-        if self.started():
-            return
-        levels = len(self.step().split("/")) if self.exists() else 0  # ROOT/STEP/seed-N: STEP's own folders
-        shutil.rmtree(self.path, ignore_errors=True)
-        for parent in self.path.parents[:levels]:
-            with contextlib.suppress(OSError):  # one left empty only
-                parent.rmdir()
-        self._header = self._summary = None
-
     # --- the end -------------------------------------------------------------------------------------------
 
     def finish(self, *, params: int, history: list[dict], verdict: dict, first_epoch_holding: int | None,
@@ -636,32 +337,3 @@ class RunRecord:
         included. A second writer gets a UsageError naming the process that holds it."""
         return exclusive(self.path, LOCK, f"{self.path} is being written by process {{holder}}; wait for it to "
                                            f"finish (or stop it) before training this run again.")
-
-
-# --- weights ---------------------------------------------------------------------------------------------------
-
-def _weights_name(model: str) -> str:
-    """The model name weights carry: a user's file by its name alone (where it lies is no part of the model)."""
-    if not is_user_model(model):
-        return model
-    file, _, name = model.rpartition(".py:")
-    return f"{Path(file).name}.py:{name}"
-
-
-def read_safetensors(path: Path, model: str) -> dict[str, torch.Tensor]:
-    """Load a safetensors file written for ``model``; a clear CheckpointError on anything wrong."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist; the run has no checkpoint yet.")
-    try:
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); the checkpoint is corrupt.") from None
-    recorded = metadata.get("model")
-    recorded_name, name = (current("model", m, note=False).rpartition(".py:")[2] for m in (recorded or "", model))
-    if recorded_name != name:  # a user's file by the name in it: the file's own name and place may change
-        raise CheckpointError(f"{path} holds weights of model {recorded!r}, not {model!r}.")
-    return tensors
