@@ -391,7 +391,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tinymnist"
 MODULE_LINES, FUNCTION_LINES = 350, 60
 # Outside training/, what was over the limits when the limits came: each may shrink, none may grow in number.
 KNOWN_OVER = {"runs/records.py", "cli/main.py:build_parser", "cli/search.py:add_search_commands",
-              "reports/report.py:write_report", "reports/search_doc.py:study_section",
+              "reports/search_doc.py:study_section",
               "use/deploy.py:_layer"}
 
 
