@@ -243,33 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list registered models with their parameter counts").set_defaults(func=cmd_models)
     sub.add_parser("steps", help="list journeys, their steps, targets and tuning seeds").set_defaults(func=cmd_steps)
 
-    p = sub.add_parser("train", help="train one step (or recipe) and judge it against the targets")
-    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`), your own model as "
-                                           "FILE.py:NAME, or a step of your journey as JOURNEY.toml:STEP (its "
-                                           "own recipe)")
-    p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
-    p.add_argument("--seed", type=int, help="override the recipe's seed")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in this directory")
-    p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
-    p.add_argument("--quiet", action="store_true", help="print only the verdict (no introduction, rows or bar)")
-    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars per epoch under "
-                                                        "DIR/STEP/seed-N (the [tensorboard] extra; view: "
-                                                        "tensorboard --logdir DIR)")
-    add_run_args(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("consistency", help="train a recipe over several seeds and judge its consistency")
-    p.add_argument("step", help="a step or recipe name (see `tinymnist steps`), or your own model as FILE.py:NAME")
-    p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
-    add_seed_args(p, 5, "run N fresh seeds: 1001 upwards, skipping the seeds the recipe was tuned on (default 5)")
-    p.add_argument("--last-k", type=positive_int, default=LAST_K,
-                   help=f"epochs that must each hold {TARGET}".replace("%", "%%"))  # argparse formats help with %
-    p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
-    p.add_argument("--jobs", type=positive_int, default=1,
-                   help="seeds trained at once, each in its own process with cores/jobs threads (default 1; "
-                        "docs/performance.md measures what it gains)")
-    add_run_args(p)
-    p.set_defaults(func=cmd_consistency)
+    _add_train(sub)
+    _add_consistency(sub)
 
     p = sub.add_parser("results", help="docs/results.md from run records")
     p.add_argument("--runs", default="evidence/runs", help="where the runs are (default: evidence/runs)")
@@ -293,6 +268,40 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "per epoch)")
     p.set_defaults(func=cmd_show)
     return parser
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    """The parser of `tinymnist train`."""
+    p = sub.add_parser("train", help="train one step (or recipe) and judge it against the targets")
+    p.add_argument("step", nargs="?", help="a step or recipe name (see `tinymnist steps`), your own model as "
+                                           "FILE.py:NAME, or a step of your journey as JOURNEY.toml:STEP (its "
+                                           "own recipe)")
+    p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
+    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in this directory")
+    p.add_argument("--require-targets", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--quiet", action="store_true", help="print only the verdict (no introduction, rows or bar)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars per epoch under "
+                                                        "DIR/STEP/seed-N (the [tensorboard] extra; view: "
+                                                        "tensorboard --logdir DIR)")
+    add_run_args(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_consistency(sub: argparse._SubParsersAction) -> None:
+    """The parser of `tinymnist consistency`."""
+    p = sub.add_parser("consistency", help="train a recipe over several seeds and judge its consistency")
+    p.add_argument("step", help="a step or recipe name (see `tinymnist steps`), or your own model as FILE.py:NAME")
+    p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
+    add_seed_args(p, 5, "run N fresh seeds: 1001 upwards, skipping the seeds the recipe was tuned on (default 5)")
+    p.add_argument("--last-k", type=positive_int, default=LAST_K,
+                   help=f"epochs that must each hold {TARGET}".replace("%", "%%"))  # argparse formats help with %
+    p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="seeds trained at once, each in its own process with cores/jobs threads (default 1; "
+                        "docs/performance.md measures what it gains)")
+    add_run_args(p)
+    p.set_defaults(func=cmd_consistency)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -169,6 +169,15 @@ def cmd_search_doc(args: argparse.Namespace) -> int:
 
 
 def add_search_commands(sub: argparse._SubParsersAction) -> None:
+    _add_search(sub)
+    _add_search_rescore(sub)
+    _add_search_export(sub)
+    _add_search_confirm(sub)
+    _add_search_doc(sub)
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    """The parser of `tinymnist search`."""
     p = sub.add_parser("search", help="an Optuna study over models and recipes, scored on a validation split")
     p.add_argument("--max-params", type=positive_int, required=True, help="models above this are not trained")
     p.add_argument("--space", default=SPACES[0],
@@ -199,6 +208,9 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="directory with the MNIST training files (the test files are not needed)")
     p.set_defaults(func=cmd_search)
 
+
+def _add_search_rescore(sub: argparse._SubParsersAction) -> None:
+    """The parser of `tinymnist search-rescore`."""
     p = sub.add_parser("search-rescore", help="train a study's best screened recipes on further seeds and rank "
                                               "them by their mean level (validation)")
     p.add_argument("--study", default="search", help="study name (default search)")
@@ -216,12 +228,18 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     add_trust_arg(p)
     p.set_defaults(func=cmd_search_rescore)
 
+
+def _add_search_export(sub: argparse._SubParsersAction) -> None:
+    """The parser of `tinymnist search-export`."""
     p = sub.add_parser("search-export", help="write a study as JSON (settings, every trial) for docs and audit")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"SQLAlchemy URL (default {DEFAULT_STORAGE})")
     p.add_argument("--study", default="search", help="study name (default search)")
     p.add_argument("--out", help="JSON file (default evidence/studies/STUDY.json)")
     p.set_defaults(func=cmd_search_export)
 
+
+def _add_search_confirm(sub: argparse._SubParsersAction) -> None:
+    """The parser of `tinymnist search-confirm`."""
     p = sub.add_parser("search-confirm", help="train a trial's recipe on the full training set over fresh seeds "
                                               "and judge it on the test set")
     p.add_argument("export", help="a study export (tinymnist search-export writes it)")
@@ -232,6 +250,9 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     add_run_args(p)
     p.set_defaults(func=cmd_search_confirm)
 
+
+def _add_search_doc(sub: argparse._SubParsersAction) -> None:
+    """The parser of `tinymnist search-doc`."""
     p = sub.add_parser("search-doc", help="docs/search.md and its frontier figure from study exports and "
                                           "confirmation runs")
     p.add_argument("exports", nargs="+", help="study exports (evidence/studies/*.json)")

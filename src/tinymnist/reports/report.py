@@ -238,7 +238,21 @@ def write_report(title: str, steps: tuple[Step, ...], runs: dict[str, list[RunRe
     (reused, trained, retrained and why); ``analyses[step.name]`` the author's own analysis, which is the step's
     Analysis, the measured comparison under it; ``quick``: the epochs of a quick pass (every step's recipe cut
     to them), said at the top."""
-    figures = out / "figures"
+    histories = {s.name: [r.metrics() for r in runs[s.name]] for s in steps}
+    params = {s.name: runs[s.name][0].summary()["params"] for s in steps}
+    lines = _summary_lines(title, steps, runs, command, last_k, quick, histories, params, out / "figures")
+    for i, step in enumerate(steps, 1):
+        lines += _step_lines(i, step, steps, runs, histories, params, data, out, last_k, fresh, trust, base,
+                             predictions, how, analyses)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"
+
+
+def _summary_lines(title: str, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]], command: str,
+                   last_k: int, quick: int | None, histories: dict[str, list[list[dict]]], params: dict[str, int],
+                   figures: Path) -> list[str]:
+    """The top of report.md: what it is, the table of every step and the figure of their test accuracies."""
     seeds = len(next(iter(runs.values())))
     quick_note = [f"**A quick pass**: every step trained {quick} epoch{'s' * (quick != 1)} instead of its recipe's "
                   f"own: a look at the journey, not its result.", ""] if quick else []
@@ -249,8 +263,6 @@ def write_report(title: str, steps: tuple[Step, ...], runs: dict[str, list[RunRe
              *quick_note, *_tuning_note(steps, runs),
              f"| Step | Target | Params | Best train acc | Best test acc | Min test acc, last {last_k} epochs | "
              f"First epoch holding {TARGET} | Targets met |", "|---|---|---|---|---|---|---|---|"]
-    histories = {s.name: [r.metrics() for r in runs[s.name]] for s in steps}
-    params = {s.name: runs[s.name][0].summary()["params"] for s in steps}
     for i, step in enumerate(steps, 1):
         c = step_rows(histories[step.name], params[step.name], last_k)
         lines.append(f"| {i}. `{_label(step)}` | {md(step.target)} | {c['params']} | {c['best_train']} | "
@@ -258,53 +270,71 @@ def write_report(title: str, steps: tuple[Step, ...], runs: dict[str, list[RunRe
     compare_curves({_label(s): histories[s.name][0] for s in steps}, figures / "test-accuracy.png",
                    f"{title}: test accuracy per epoch (first seed)")
     lines += ["", "![test accuracy of the four steps](figures/test-accuracy.png)", ""]
-    for i, step in enumerate(steps, 1):
-        run = runs[step.name][0]
-        r, summary = run.recipe(), run.summary()
-        name, label = step.name, _label(step)
-        curves(histories[name][0], figures / f"{label}-curves.png", f"{label}: loss and accuracy (seed {r.seed})")
-        kept = _weight_figures(label, data, figures, (predictions or {}).get(name))
-        c = step_rows(histories[name], params[name], last_k)
-        lines += [f"## Step {i}: `{label}`", "", f"**Target.** {step.target}", "", "**Results.**", "",
-                  f"- Params: {c['params']}; model `{shown_model(r.model, base)}`",
-                  f"- Recipe: {recipe_line(r)}",
-                  f"- Best train accuracy: {c['best_train']}%; best test accuracy: {c['best_test']}%",
-                  f"- Lowest test accuracy over the last {last_k} epochs: {c['min_last']}%; first epoch from which "
-                  f"every later one holds {TARGET}: {c['first_holding']}",
-                  f"- Targets met: {c['met']}; trained on {summary['device']} ({summary.get('precision', 'fp32')}), "
-                  f"{summary['wall_seconds']:.0f} s wall for seed {r.seed}",
-                  f"- Data: {data_line(run.header(), data.full_sizes[0])}, scored on {scored(run, data)} test images",
-                  *([f"- Run: {_how(how[name], runs[name])}"] if how and name in how else []), "",
-                  "Layers (output shape, parameters, receptive field):", "",
-                  *layer_block(r.model, run.model_source(trust)), "", *log_block(histories[name][0]), "",
-                  "Model code:", "", *code_block(r.model, run.model_source(trust), out), ""]
-        own = (analyses or {}).get(name)
-        lines += (["**Analysis** (the author's).", "", own, "", "**Measured** (generated from the run records).", ""]
-                  if own else ["**Analysis** (generated from the measurements).", ""])
-        sentences = analyse(histories[name], params[name], last_k)
-        if (failed := did_not_learn(histories[name][0])) is not None:
-            sentences = [failed, sentences[-1]]  # fit and consistency mean nothing yet; the size still does
-        if i > 1:
-            before = steps[i - 2]
-            sentences += compare_lines((_label(before), runs[before.name][0].recipe(), histories[before.name][0],
-                                        params[before.name]), (r, histories[name][0], params[name]), base, last_k)
-        lines += [f"- {sentence}" for sentence in sentences]
-        confirmed = (fresh or {}).get(name)
-        if confirmed:
-            seeds = [run.recipe().seed for run in confirmed]
-            confirmation = over_seeds(seeds, [run.metrics() for run in confirmed], params[name], last_k)
-            lines += ["", f"**Confirmation on fresh seeds** (seeds {seed_list(seeds)}, none used to choose this "
-                          f"recipe): passes on {pass_count(confirmation)}.", "", "```text",
-                      *over_seeds_lines(confirmation), "```"]
-        if step.notes:
-            lines += ["", "Notes:", ""] + [f"- {note}" for note in step.notes]
-        lines += ["", f"![curves](figures/{label}-curves.png)", ""]
-        if kept:
-            lines += [f"![misclassified](figures/{label}-misclassified.png)", "",
-                      f"![confusion](figures/{label}-confusion.png)", ""]
-        else:
-            lines += ["(The run kept no weights, so there are no confusion matrix and misclassified digits here: "
-                      "train the step again to draw them.)", ""]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text("\n".join(lines))
-    return out / "report.md"
+    return lines
+
+
+def _step_lines(i: int, step: Step, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]],
+                histories: dict[str, list[list[dict]]], params: dict[str, int], data: MNIST, out: Path, last_k: int,
+                fresh: dict[str, list[RunRecord]] | None, trust: bool, base: Path | None,
+                predictions: dict[str, tuple[torch.Tensor, torch.Tensor] | None] | None,
+                how: dict[str, list[str]] | None, analyses: dict[str, str | None] | None) -> list[str]:
+    """One step's section: its results, layers, log and code, the analysis, its confirmation, notes and figures."""
+    figures = out / "figures"
+    run = runs[step.name][0]
+    r, summary = run.recipe(), run.summary()
+    name, label = step.name, _label(step)
+    curves(histories[name][0], figures / f"{label}-curves.png", f"{label}: loss and accuracy (seed {r.seed})")
+    kept = _weight_figures(label, data, figures, (predictions or {}).get(name))
+    c = step_rows(histories[name], params[name], last_k)
+    lines = [f"## Step {i}: `{label}`", "", f"**Target.** {step.target}", "", "**Results.**", "",
+             f"- Params: {c['params']}; model `{shown_model(r.model, base)}`",
+             f"- Recipe: {recipe_line(r)}",
+             f"- Best train accuracy: {c['best_train']}%; best test accuracy: {c['best_test']}%",
+             f"- Lowest test accuracy over the last {last_k} epochs: {c['min_last']}%; first epoch from which "
+             f"every later one holds {TARGET}: {c['first_holding']}",
+             f"- Targets met: {c['met']}; trained on {summary['device']} ({summary.get('precision', 'fp32')}), "
+             f"{summary['wall_seconds']:.0f} s wall for seed {r.seed}",
+             f"- Data: {data_line(run.header(), data.full_sizes[0])}, scored on {scored(run, data)} test images",
+             *([f"- Run: {_how(how[name], runs[name])}"] if how and name in how else []), "",
+             "Layers (output shape, parameters, receptive field):", "",
+             *layer_block(r.model, run.model_source(trust)), "", *log_block(histories[name][0]), "",
+             "Model code:", "", *code_block(r.model, run.model_source(trust), out), ""]
+    lines += _analysis_lines(i, step, steps, runs, histories, params, r, base, last_k, analyses, fresh)
+    if step.notes:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in step.notes]
+    lines += ["", f"![curves](figures/{label}-curves.png)", ""]
+    if kept:
+        lines += [f"![misclassified](figures/{label}-misclassified.png)", "",
+                  f"![confusion](figures/{label}-confusion.png)", ""]
+    else:
+        lines += ["(The run kept no weights, so there are no confusion matrix and misclassified digits here: "
+                  "train the step again to draw them.)", ""]
+    return lines
+
+
+def _analysis_lines(i: int, step: Step, steps: tuple[Step, ...], runs: dict[str, list[RunRecord]],
+                    histories: dict[str, list[list[dict]]], params: dict[str, int], r: Recipe, base: Path | None,
+                    last_k: int, analyses: dict[str, str | None] | None,
+                    fresh: dict[str, list[RunRecord]] | None) -> list[str]:
+    """A step's analysis (the author's, or generated), the measured comparison with the step before and its
+    confirmation on fresh seeds."""
+    name = step.name
+    own = (analyses or {}).get(name)
+    lines = (["**Analysis** (the author's).", "", own, "", "**Measured** (generated from the run records).", ""]
+             if own else ["**Analysis** (generated from the measurements).", ""])
+    sentences = analyse(histories[name], params[name], last_k)
+    if (failed := did_not_learn(histories[name][0])) is not None:
+        sentences = [failed, sentences[-1]]  # fit and consistency mean nothing yet; the size still does
+    if i > 1:
+        before = steps[i - 2]
+        sentences += compare_lines((_label(before), runs[before.name][0].recipe(), histories[before.name][0],
+                                    params[before.name]), (r, histories[name][0], params[name]), base, last_k)
+    lines += [f"- {sentence}" for sentence in sentences]
+    confirmed = (fresh or {}).get(name)
+    if confirmed:
+        seeds = [run.recipe().seed for run in confirmed]
+        confirmation = over_seeds(seeds, [run.metrics() for run in confirmed], params[name], last_k)
+        lines += ["", f"**Confirmation on fresh seeds** (seeds {seed_list(seeds)}, none used to choose this "
+                      f"recipe): passes on {pass_count(confirmation)}.", "", "```text",
+                  *over_seeds_lines(confirmation), "```"]
+    return lines

@@ -91,40 +91,49 @@ def layer_program(model: nn.Module, name: str) -> list[dict]:
 def _layer(node: object, modules: dict[str, nn.Module], name: str) -> dict | None:
     """One fx node as a layer of the program (None: nothing to run, e.g. dropout in evaluation)."""
     if node.op == "call_module":
-        m = modules[node.target]
-        if isinstance(m, nn.Conv2d):
-            if _pair(m.dilation) != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise UsageError(f"model {name}: layer {node.target} ({m}) uses dilation, a padding mode or a "
-                                 f"padding by name, which the web page does not run.")
-            bias = m.bias.detach() if m.bias is not None else torch.zeros(m.out_channels)
-            return {"op": "conv", "cin": m.in_channels, "cout": m.out_channels, "k": _pair(m.kernel_size),
-                    "stride": _pair(m.stride), "padding": _pair(m.padding), "groups": m.groups,
-                    "_weight": m.weight.detach(), "_bias": bias, "_fold": True}
-        if isinstance(m, nn.BatchNorm2d):
-            scale, shift = _folded_bn(m)
-            return {"op": "affine", "_scale": scale, "_shift": shift}
-        if isinstance(m, nn.ReLU):
-            return {"op": "relu"}
-        if isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
-            if m.ceil_mode or _pair(m.padding) != 0 or (isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != 1):
-                raise UsageError(f"model {name}: layer {node.target} ({m}) pads, dilates or rounds up, which the "
-                                 f"web page does not run.")
-            kind = "maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool"
-            return {"op": kind, "k": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size)}
-        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
-            return {"op": "gap"}
-        if isinstance(m, nn.Linear):
-            bias = m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
-            return {"op": "linear", "cin": m.in_features, "cout": m.out_features, "_weight": m.weight.detach(),
-                    "_bias": bias}
-        if isinstance(m, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d | nn.AlphaDropout | nn.Identity):
-            return None
-        if isinstance(m, nn.Flatten):
-            return {"op": "flatten"}
-        if isinstance(m, nn.LogSoftmax):
-            return {"op": "logsoftmax"}
-        raise UsageError(f"model {name}: layer {node.target} is a {type(m).__name__}, which the web page does not "
-                         f"run; it supports {SUPPORTED}.")
+        return _module_layer(node, modules[node.target], name)
+    return _function_layer(node, name)
+
+
+def _module_layer(node: object, m: nn.Module, name: str) -> dict | None:
+    """A call of the module ``m`` as a layer of the program."""
+    if isinstance(m, nn.Conv2d):
+        if _pair(m.dilation) != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise UsageError(f"model {name}: layer {node.target} ({m}) uses dilation, a padding mode or a "
+                             f"padding by name, which the web page does not run.")
+        bias = m.bias.detach() if m.bias is not None else torch.zeros(m.out_channels)
+        return {"op": "conv", "cin": m.in_channels, "cout": m.out_channels, "k": _pair(m.kernel_size),
+                "stride": _pair(m.stride), "padding": _pair(m.padding), "groups": m.groups,
+                "_weight": m.weight.detach(), "_bias": bias, "_fold": True}
+    if isinstance(m, nn.BatchNorm2d):
+        scale, shift = _folded_bn(m)
+        return {"op": "affine", "_scale": scale, "_shift": shift}
+    if isinstance(m, nn.ReLU):
+        return {"op": "relu"}
+    if isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
+        if m.ceil_mode or _pair(m.padding) != 0 or (isinstance(m, nn.MaxPool2d) and _pair(m.dilation) != 1):
+            raise UsageError(f"model {name}: layer {node.target} ({m}) pads, dilates or rounds up, which the "
+                             f"web page does not run.")
+        kind = "maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool"
+        return {"op": kind, "k": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size)}
+    if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+        return {"op": "gap"}
+    if isinstance(m, nn.Linear):
+        bias = m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
+        return {"op": "linear", "cin": m.in_features, "cout": m.out_features, "_weight": m.weight.detach(),
+                "_bias": bias}
+    if isinstance(m, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d | nn.AlphaDropout | nn.Identity):
+        return None
+    if isinstance(m, nn.Flatten):
+        return {"op": "flatten"}
+    if isinstance(m, nn.LogSoftmax):
+        return {"op": "logsoftmax"}
+    raise UsageError(f"model {name}: layer {node.target} is a {type(m).__name__}, which the web page does not "
+                     f"run; it supports {SUPPORTED}.")
+
+
+def _function_layer(node: object, name: str) -> dict | None:
+    """A call of a torch function or a tensor method as a layer of the program."""
     target = getattr(node.target, "__name__", str(node.target))
     if target in ("relu", "relu_"):
         return {"op": "relu"}

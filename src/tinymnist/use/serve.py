@@ -19,6 +19,7 @@ import random
 import socket
 from collections.abc import Iterable
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from starlette.exceptions import HTTPException
 
 from tinymnist import __version__
 from tinymnist.errors import DataError, TinyMnistError, UsageError
-from tinymnist.runs.loading import load_model
+from tinymnist.runs.loading import LoadedModel, load_model
 from tinymnist.runs.records import RunRecord
 from tinymnist.use.inference import MAX_IMAGE_BYTES, image_pixels, predict_images, preprocess_bytes
 
@@ -186,8 +187,17 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
                   openapi_url="/api/openapi.json")
     static = files("tinymnist") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    pending = 0
-    decoders = asyncio.Semaphore(max_decodes)
+    _add_host_check(app, allowed)
+    _add_error_handlers(app)
+    _add_info_routes(app, static, info)
+    _add_predict(app, loaded, max_pending, max_decodes, decode_wait)
+    _add_test_digit(app, test_images, test_labels, missing)
+
+    return app
+
+
+def _add_host_check(app: FastAPI, allowed: frozenset[str]) -> None:
+    """A request whose Host header does not name this server: 400 (no DNS rebinding)."""
 
     @app.middleware("http")
     async def check_host(request: Request, call_next: object) -> object:
@@ -198,6 +208,10 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
                                           f"http://127.0.0.1, or start it with --allow-host {shown or 'NAME'}."},
                                 status_code=400)
         return await call_next(request)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error a client can cause, and the server's own, as {"error": "one sentence"}."""
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, e: ClientError) -> JSONResponse:
@@ -228,6 +242,10 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
         return JSONResponse({"error": "the server failed on this request (a bug in tinymnist; its log says "
                                       "more)."}, status_code=500)
 
+
+def _add_info_routes(app: FastAPI, static: Traversable, info: ModelInfo) -> None:
+    """The page, the health check and the model's description."""
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return (static / "index.html").read_text()
@@ -239,6 +257,12 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
     @app.get("/model")
     def model() -> ModelInfo:
         return info
+
+
+def _add_predict(app: FastAPI, loaded: LoadedModel, max_pending: int, max_decodes: int, decode_wait: float) -> None:
+    """POST /predict: at most ``max_pending`` uploads admitted, at most ``max_decodes`` large ones decoded at once."""
+    pending = 0
+    decoders = asyncio.Semaphore(max_decodes)
 
     def classify(image: bytes) -> Prediction:  # blocking: decoding up to the pixel cap, then the model
         seen = preprocess_bytes(image, "the uploaded image")
@@ -268,14 +292,17 @@ def create_app(run_dir: str | Path, data_dir: str | Path | None = None, trust: b
         finally:
             pending -= 1
 
+
+def _add_test_digit(app: FastAPI, test_images: np.ndarray | None, test_labels: np.ndarray | None,
+                    missing: str | None) -> None:
+    """GET /test-digit: a random MNIST test image and its label, when the server has them."""
+
     @app.get("/test-digit")
     def test_digit() -> TestDigit:
         if test_images is None:
             raise ClientError(404, f"test digits are off: {missing}.")
         index = random.randrange(len(test_labels))
         return TestDigit(index=index, label=int(test_labels[index]), image=np.asarray(test_images[index]).tolist())
-
-    return app
 
 
 def bind(host: str, port: int) -> socket.socket:
