@@ -37,7 +37,7 @@ def test_train_short_run(capsys: pytest.CaptureFixture, full_synthetic_dir: Path
             "--out", str(tmp_path), "--device", "cpu"]
     code, out, _ = run_cli(capsys, *args)
     run = RunRecord(tmp_path / "original_step4" / "seed-121")
-    assert code == 0 and run.finished() and out.rstrip().endswith("targets NOT met")
+    assert code == 0 and run.finished() and "targets NOT met" in out  # a run near chance also says so after it
     rows = [line for line in out.splitlines() if line.split()[:1] in (["1"], ["2"])]
     assert [float(row.split()[4].rstrip("%")) for row in rows] == [round(a, 2) for a in run.test_accs()]
     code, _, _ = run_cli(capsys, *args, "--require-targets", "--seed", "5")
