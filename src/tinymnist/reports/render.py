@@ -190,7 +190,8 @@ def fit_sentence(histories: list[list[dict]]) -> str:
     measured = f"final train accuracy {train:.2f}%, test {test:.2f}% (gap {gap:+.2f} points)"
     if gap <= -GAP_MARGIN:
         return (f"Underfits: {measured}: test leads train by at least {GAP_MARGIN:.2f} points (train accuracy is "
-                f"measured on augmented batches in train mode), so the model has room to learn more.")
+                f"measured during training, in train mode: with dropout active and on augmented batches where the "
+                f"recipe augments), so the model has room to learn more.")
     if gap >= GAP_MARGIN and (gap >= round(100 - train, 2) or round(train, 2) >= TARGET_ACC):
         return f"Overfits: {measured}: train leads test by at least {GAP_MARGIN:.2f} points."
     if round(train, 2) < TARGET_ACC:

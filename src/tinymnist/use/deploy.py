@@ -226,6 +226,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
     """Static int8 quantization of the ONNX file ``fp32`` with ONNX Runtime's tools: pre-processing (which folds
     each BatchNorm into the convolution before it), then QDQ with per-channel int8 weights and uint8
     activations whose ranges come from ``calibration`` (normalized training images, (N, 1, 28, 28))."""
+    import logging
     import tempfile
 
     import onnx
@@ -241,9 +242,15 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         pre, raw = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(fp32), str(pre))
-        quantize_static(str(pre), str(raw), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        root = logging.getLogger()  # the quantizer logs its own notes (an axis it skips) on the root logger
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quant_pre_process(str(fp32), str(pre))
+            quantize_static(str(pre), str(raw), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        finally:
+            root.setLevel(level)
         model = onnx.load(str(raw))
     _compact(model)
     onnx.checker.check_model(model)
