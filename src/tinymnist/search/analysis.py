@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -47,6 +48,28 @@ def upgrade_export(data: dict) -> dict:
     return {**data, "format": FORMAT, "config": config, "trials": trials}
 
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a study's runs live in a folder of this name
+
+
+def _checked_export(data: dict, path: Path) -> dict:
+    """A study export from anywhere, upgraded, with the shape the readers rely on: a study name that is a plain
+    folder name (its runs are written under it), a settings object, trials that are objects with a number and a
+    recipe object; anything else is one sentence naming the file."""
+    study, trials = data.get("study"), data.get("trials")
+    if not isinstance(study, str) or not STUDY_NAME.fullmatch(study) or ".." in study:
+        raise UsageError(f"{path}: the study name {study!r} is not a plain name (letters, digits, '.', '_', '-'); "
+                         f"the export is damaged or not one tinymnist wrote.")
+    if not isinstance(data["config"], dict) or not isinstance(trials, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("number"), int) and isinstance(t.get("recipe") or {}, dict)
+            for t in trials):
+        raise UsageError(f"{path}: its config or trials are not what tinymnist search-export writes (an object, "
+                         f"and a list of trials each with a number and a recipe object); the export is damaged.")
+    try:
+        return upgrade_export(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UsageError(f"{path}: the export cannot be read ({type(e).__name__}: {e}); it is damaged.") from None
+
+
 def read_exports(paths: list[Path]) -> list[dict]:
     exports = []
     for path in paths:
@@ -59,7 +82,7 @@ def read_exports(paths: list[Path]) -> list[dict]:
             raise UsageError(f"{path} is not a readable study export ({e}).") from None
         if not isinstance(data, dict) or "trials" not in data or "config" not in data:
             raise UsageError(f"{path} is not a study export (no trials); tinymnist search-export writes one.")
-        exports.append({**upgrade_export(data), "path": str(path)})
+        exports.append({**_checked_export(data, path), "path": str(path)})
     if not exports:
         raise UsageError("no study exports given; tinymnist search-export writes them (evidence/studies/*.json).")
     return exports

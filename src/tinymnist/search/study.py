@@ -288,7 +288,7 @@ def trial_recipe(exported: dict, number: int) -> Recipe:
         if t["number"] == number:
             if not t.get("recipe"):
                 raise UsageError(f"trial {number} of study {exported['study']!r} sampled no recipe (state "
-                                 f"{t['state']}).")
+                                 f"{t.get('state')}).")
             return recipe_from_dict(t["recipe"])
     raise UsageError(f"study {exported['study']!r} has no trial {number}.")
 

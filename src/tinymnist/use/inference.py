@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,7 +74,10 @@ def read_image_file(path: Path) -> bytes:
     """The bytes of an image file, refused once more than MAX_IMAGE_BYTES have been read: the size a file
     reports (0 for /dev/zero or a pipe) is not trusted."""
     try:
-        with open(path, "rb") as f:
+        # opened without blocking (a FIFO nobody writes to would wait forever), then read as usual
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_IMAGE_BYTES + 1)
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist.") from None
