@@ -86,3 +86,34 @@ def test_a_fifo_nobody_writes_to_is_one_sentence_not_a_hang(tmp_path: Path) -> N
             "try:\n    preprocess(sys.argv[1])\nexcept UsageError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and str(fifo) in out.stdout, out.stderr
+
+
+def copy_run(trained_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "runs" / "original_step4" / "seed-0"
+    shutil.copytree(trained_run, target)
+    return target
+
+
+def test_a_log_line_without_its_epoch_is_one_sentence(trained_run: Path, tmp_path: Path, capsys) -> None:
+    from tinymnist.cli.main import main
+
+    run = copy_run(trained_run, tmp_path)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({"test_acc": 1.0, "train_acc": "x", "test_loss": None})
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["show", str(run)]) == 2
+    assert "metrics.jsonl line 1 is corrupt" in capsys.readouterr().err
+
+
+def test_a_state_history_without_epochs_is_one_sentence_on_resume(trained_run: Path, tmp_path: Path,
+                                                                   mnist_dir: Path, capsys) -> None:
+    from tinymnist.cli.main import main
+
+    run = copy_run(trained_run, tmp_path)
+    (run / "summary.json").unlink()  # unfinished: --resume reads the checkpoint
+    (run / "state.json").write_text(json.dumps({"epoch": 1, "history": [{"x": 1}]}))
+    assert main(["train", "--resume", str(run), "--data-dir", str(mnist_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "state.json is inconsistent" in err and len(err.strip().splitlines()) == 1, err

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     import torch
 
 
+EPOCH_KEYS = ("epoch", "train_acc", "test_acc")  # what every reader of an epoch's line takes from it
+
+
+def _epochs(history: object) -> bool:
+    """Whether ``history`` (state.json's) is a list of epochs each with the figures readers take from it."""
+    return isinstance(history, list) and all(
+        isinstance(m, dict) and all(_number(m.get(k)) for k in EPOCH_KEYS) for m in history)
+
+
 class Checkpoints:
     """RunRecord's metrics and checkpoints (a part of RunRecord: ``self`` is the record)."""
 
@@ -38,7 +47,7 @@ class Checkpoints:
                 row = json.loads(line)
             except ValueError:
                 row = None
-            if not isinstance(row, dict) or not _number(row.get("test_acc")):
+            if not isinstance(row, dict) or not all(_number(row.get(k)) for k in EPOCH_KEYS):
                 if i == len(lines) - 1:
                     return rows, True
                 raise CheckpointError(f"{self / METRICS} line {i + 1} is corrupt; the run record is damaged.")
@@ -72,7 +81,7 @@ class Checkpoints:
         except UsageError:  # no state.json
             return None
         history = state.get("history") if isinstance(state, dict) else None
-        return history if isinstance(history, list) else None
+        return history if _epochs(history) else None
 
     def test_accs(self) -> list[float]:
         return [m["test_acc"] for m in self.metrics()]
@@ -103,7 +112,7 @@ class Checkpoints:
             return {}, []
         tensors = read_safetensors(self / STATE, model)
         history = state.get("history", []) if isinstance(state, dict) else None
-        if not isinstance(history, list) or len(history) != state.get("epoch"):
+        if not _epochs(history) or len(history) != state.get("epoch"):
             raise CheckpointError(f"{self / STATE_JSON} is inconsistent (its epoch and its history disagree); the "
                                   f"checkpoint is damaged.")
         return tensors, history
