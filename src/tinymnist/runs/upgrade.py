@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 from tinymnist.errors import CheckpointError
@@ -131,3 +133,36 @@ def _checked(obj: object, path: Path, tests: tuple) -> dict:
 def _upgrade_summary(summary: dict) -> dict:
     model = summary.get("model")
     return {**summary, "model": current("model", model) if model else model}
+
+
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def _fits(value: object, hint: object) -> bool:
+    """Whether a recorded ``value`` has the type a field's ``hint`` names (an int for a float too; never a bool
+    for a number); a hint of another kind (a tuple, a dict) is left to the dataclass."""
+    kinds = [k for k in typing.get_args(hint) or (hint,)]
+    if value is None:
+        return type(None) in kinds or not any(k in _KINDS for k in kinds)
+    if isinstance(value, bool):
+        return bool in kinds or not any(k in _KINDS for k in kinds)
+    wanted = [k for k in kinds if k in _KINDS]
+    return not wanted or isinstance(value, tuple(wanted)) or (float in wanted and isinstance(value, int))
+
+
+def _from_dict(cls: type, d: dict) -> object:
+    """A frozen dataclass from its recorded fields (fields this version does not know are left out), each of the
+    type its field names: a record is data from anywhere, and a wrong type is one sentence naming the field."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"the recorded {cls.__name__.lower()} is not a JSON object; the record is damaged.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key, value in d.items():
+        if key in known and not _fits(value, hints[key]):
+            kinds = " or ".join(_KINDS[k] for k in typing.get_args(hints[key]) or (hints[key],) if k in _KINDS)
+            raise CheckpointError(f"the recorded {cls.__name__.lower()}'s {key} is {value!r}, not {kinds}; the "
+                                  f"record is damaged.")
+    try:
+        return cls(**{k: v for k, v in d.items() if k in known})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the recorded {cls.__name__.lower()} cannot be read ({e}).") from None
