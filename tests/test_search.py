@@ -18,6 +18,7 @@ from tinymnist.models import count_params, create_model
 
 optuna = pytest.importorskip("optuna", reason="the [search] extra is not installed")
 
+from tinymnist.runs.records import RunRecord  # noqa: E402
 from tinymnist.search import space as search_space  # noqa: E402 - after the skip
 from tinymnist.search import study as search_study  # noqa: E402
 
@@ -404,7 +405,8 @@ def test_user_space_trials_confirm_and_reload_without_the_study(full_synthetic_d
                         "--subset", "700", "--runs", "runs", "--data-dir", str(data_dir), cwd=tmp_path)
     assert confirm.returncode == 0, confirm.stderr
     run = tmp_path / "runs" / "search" / "u" / f"trial-{trial['number']}" / "seed-1001"
-    assert json.loads((run / "recipe.json").read_text())["recipe"]["model"] == trial["model"]
+    recorded = RunRecord(run).recipe().model  # recipe.json holds the file relative to the run; read back whole
+    assert recorded == f"{(tmp_path / 'spaces.py').resolve()}:{trial['model'].partition('.py:')[2]}"
     evaluated = tinymnist("eval", str(run), "--data-dir", str(data_dir), cwd=tmp_path)
     assert evaluated.returncode == 0 and "matches the recorded" in evaluated.stdout, evaluated.stderr
     # a lever measured on the trial's exact recipe: the setting is applied and recorded as an override
