@@ -146,17 +146,19 @@ class Trainer:
         augmentation = (r, self.augment_gen) if r.augmented else None
         losses = torch.zeros(batches, device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for b in range(batches):
-            lr = lr_at(r, epoch, b, batches)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            x = batch_inputs(images[b * size:(b + 1) * size], self.mean, self.std, self.memory_format, augmentation)
-            y = labels[b * size:(b + 1) * size]
-            with self._told(f"at epoch {epoch + 1}, batch {b + 1} of training"):
+        b = 0
+        with self._told(lambda: f"at epoch {epoch + 1}, batch {b + 1} of training"):  # one frame, not one a batch
+            for b in range(batches):
+                lr = lr_at(r, epoch, b, batches)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                x = batch_inputs(images[b * size:(b + 1) * size], self.mean, self.std, self.memory_format,
+                                 augmentation)
+                y = labels[b * size:(b + 1) * size]
                 losses[b], out = self.train_step(x, y)
-            correct += (out.argmax(1) == y).sum()
-            if on_batch:
-                on_batch(b + 1, batches)
+                correct += (out.argmax(1) == y).sum()
+                if on_batch:
+                    on_batch(b + 1, batches)
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0])
@@ -168,14 +170,15 @@ class Trainer:
                 "lr": lr, "train_seconds": time.perf_counter() - start}
 
     @contextmanager
-    def _told(self, where: str) -> Iterator[None]:
-        """A failure raised inside a user's model file becomes one sentence naming its line."""
+    def _told(self, where: Callable[[], str]) -> Iterator[None]:
+        """A failure raised inside a user's model file becomes one sentence naming its line (``where()``: when,
+        worked out only on failure)."""
         try:
             yield
         except TinyMnistError:
             raise
         except Exception as e:
-            failure = model_failure(e, self.user_file, where) if self.user_file else None
+            failure = model_failure(e, self.user_file, where()) if self.user_file else None
             if failure is None:
                 raise
             raise failure from None
@@ -183,7 +186,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Loss and accuracy over all the held-out images (``test_acc``, or ``val_acc`` on the validation split)."""
         start = time.perf_counter()
-        with self._told(f"at epoch {self.epoch + 1}, in evaluation"):
+        with self._told(lambda: f"at epoch {self.epoch + 1}, in evaluation"):
             result = evaluate(self.saved_model, self.held_out_inputs, self.held_out_labels, _ready, self._autocast)
         p = self.score_prefix
         return {f"{p}_loss": result.loss, f"{p}_acc": result.acc, "eval_seconds": time.perf_counter() - start}
