@@ -162,7 +162,7 @@ def test_parallel_seeds_match_sequential_runs(capsys: pytest.CaptureFixture, ful
     # docs/results.md-style table: the row names the arithmetic, and its command reproduces it.
     assert run_cli(capsys, "results", "--runs", str(tmp_path / "two"), "--out", str(tmp_path / "r.md"))[0] == 0
     rows = [line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| `compact_step2")]
-    assert [row.split(" | ")[2] for row in rows] == ["5 (tuning)", "6-7 (fresh)"]
+    assert [row.split(" | ")[2:4] for row in rows] == [["test set", "5 (tuning)"], ["test set", "6-7 (fresh)"]]
     from tinymnist.machine import cpu_name
 
     assert f"1 thread, {cpu_name()} |" in rows[1] and "--seed-list 6,7 --epochs 2 --subset 300 --precision" in rows[1]

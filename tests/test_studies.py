@@ -139,7 +139,7 @@ def test_calibration_takes_a_re_scored_trial_of_a_study_of_many_recipes_through_
 def test_results_rows_for_a_searched_trial_name_its_command_and_tuning_seed(confirmed: Path) -> None:
     text = results_markdown(confirmed, "tinymnist results")
     row = next(line for line in text.splitlines() if line.startswith("| `search/demo/trial-2"))
-    assert "(fresh)" in row
+    assert "| validation split | 1001-1002 (fresh) |" in row  # chosen by the search, never on the test set
     assert "tinymnist search-confirm evidence/studies/demo.json --trial 2 --seed-list 1001,1002" in row
     assert "- `search/demo/trial-2`: 1" in text
 

@@ -28,11 +28,19 @@ def arithmetic(runs: dict[int, tuple[str, int | None]]) -> str:
                      for part, seeds in zip(parts, groups.values(), strict=True))
 
 
+def chosen_on(header: dict) -> str:
+    """How a run's recipe was chosen: a confirmed search trial on its study's validation split; a step with
+    tuning seeds by looking at those seeds' test accuracy (the exercise's own protocol)."""
+    if header.get("origin"):
+        return "validation split"
+    return "test set" if header.get("tuned_seeds") else "not recorded"
+
+
 def results_row(name: str, kind: str, figures: dict, how: dict[int, tuple[str, int | None]], cpu: str | None,
-                command: str) -> str:
+                command: str, chosen: str) -> str:
     seeds = [s["seed"] for s in figures["seeds"]]
     firsts = ", ".join(str(s["first_holding"]) if s["first_holding"] else "none" for s in figures["seeds"])
-    return (f"| `{name}` | {figures['params']:,} | {seed_list(seeds)} ({kind}) | {pass_count(figures)} | "
+    return (f"| `{name}` | {figures['params']:,} | {chosen} | {seed_list(seeds)} ({kind}) | {pass_count(figures)} | "
             f"{figures['final_mean']:.2f} ± {figures['final_std']:.2f} | {figures['min_last_k']:.2f} "
             f"(K = {figures['last_k']}) | {firsts} | {arithmetic(how)}{', ' + cpu if cpu else ''} | `{command}` |")
 
@@ -71,9 +79,9 @@ PAIRED_HEAD = ("| Step | First | Second | Seeds (both) | Seeds passing, first / 
                "|---|---|---|---|---|---|---|")
 
 
-RESULTS_HEAD = ("| Step / recipe | Params | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K "
+RESULTS_HEAD = ("| Step / recipe | Params | Chosen on | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K "
                 f"epochs (all seeds) | First epoch holding {TARGET}, per seed | Trained with | Command |\n"
-                "|---|---|---|---|---|---|---|---|---|")
+                "|---|---|---|---|---|---|---|---|---|---|")
 
 
 def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command: str,
@@ -92,7 +100,10 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
         "and CPU threads: the same numbers come back only with both, on the same kind of CPU, and with the "
         "same `--compile` (a row's flags say `--compile on` when its training step was compiled; another "
         "thread count or a compiled step sums in another order, and the run becomes another draw from the "
-        "same recipe).", "",
+        "same recipe). \"Chosen on\" says where the recipe was chosen: **test set** when its tuning seeds' test "
+        "accuracy was looked at (the exercise's own protocol: the original's author and tinymnist's journeys "
+        "chose so), **validation** when a search chose it on a split of the training files, never looking at "
+        "the test set; the two kinds are never one row.", "",
         RESULTS_HEAD, *rows, "",
         *(["## Paired comparisons", "",
            f"Two rows of one step on the same seeds (K = {LAST_K}): the per-seed difference of the lowest test "
@@ -139,10 +150,10 @@ def fresh_seeds_of(runs: dict[int, RunRecord]) -> list[int]:
     return sorted(s for s in runs if s not in tuned)
 
 
-def result_groups(root: Path) -> Iterator[tuple[str, str, dict, dict, str | None, str]]:
+def result_groups(root: Path) -> Iterator[tuple[str, str, dict, dict, str | None, str, str]]:
     """Every row of docs/results.md as (name with flags, kind of seed, figures over its seeds, precision and
-    threads per seed, CPU, the command that reproduces it): a row per step (and per set of overrides) and per
-    kind of seed, tuning or fresh; journeys' steps first, in order."""
+    threads per seed, CPU, the command that reproduces it, where the recipe was chosen): a row per step (and
+    per set of overrides) and per kind of seed, tuning or fresh; journeys' steps first, in order."""
     for (name, flags, _, cpu), runs in run_groups(root).items():
         header = next(iter(runs.values())).header()
         tuned, origin = set(header["tuned_seeds"]), header["origin"]
@@ -160,7 +171,7 @@ def result_groups(root: Path) -> Iterator[tuple[str, str, dict, dict, str | None
             if len(set(how.values())) == 1:  # one precision and thread count: the command reproduces every seed
                 precision, threads = next(iter(how.values()))
                 cmd += f" --precision {precision}" + (f" --threads {threads}" if threads else "")
-            yield f"{name}{' ' + flags if flags else ''}", kind, figures, how, cpu, cmd
+            yield f"{name}{' ' + flags if flags else ''}", kind, figures, how, cpu, cmd, chosen_on(header)
 
 
 def results_markdown(root: Path, command: str) -> str:
@@ -181,26 +192,28 @@ def table_rows(markdown: str) -> int:
 
 
 HOLDS_SEEDS, HOLDS_SHARE = 10, 0.9  # a recipe holds when at least 90% of at least 10 fresh seeds pass (9 of 10)
-HEADLINE_HEAD = (f"| Step / recipe | Params | Fresh seeds | Seeds holding {TARGET} in each of the last {LAST_K} "
-                 f"epochs (95% interval) | Final test acc | Trained with |\n|---|---:|---|---|---|---|")
+HEADLINE_HEAD = (f"| Step / recipe | Params | Chosen on | Fresh seeds | Seeds holding {TARGET} in each of the last "
+                 f"{LAST_K} epochs (95% interval) | Final test acc | Trained with |\n|---|---:|---|---|---|---|---|")
 
 
 def headline_lines(root: Path) -> list[str]:
     """The README's headline table: every row of fresh seeds (none of them looked at while choosing the
     recipe), from the same records and arithmetic as docs/results.md."""
     rows, holding = [HEADLINE_HEAD], []
-    for name, kind, figures, how, cpu, _ in result_groups(root):
+    for name, kind, figures, how, cpu, _, chosen in result_groups(root):
         if kind == "fresh":
-            rows.append(f"| `{name}` | {figures['params']:,} | {len(figures['seeds'])} | {pass_count(figures)} | "
+            rows.append(f"| `{name}` | {figures['params']:,} | {chosen} | {len(figures['seeds'])} | "
+                        f"{pass_count(figures)} | "
                         f"{figures['final_mean']:.2f} ± {figures['final_std']:.2f} | "
                         f"{arithmetic(how)}{', ' + cpu if cpu else ''} |")
             if figures["seeds_run"] >= HOLDS_SEEDS and figures["seeds_passing"] >= HOLDS_SHARE * figures["seeds_run"]:
-                holding.append((figures["params"], name, figures, f"{arithmetic(how)}{', ' + cpu if cpu else ''}"))
+                holding.append((figures["params"], name, figures, f"{arithmetic(how)}{', ' + cpu if cpu else ''}",
+                                chosen))
     if holding:
-        params, name, figures, trained = min(holding, key=lambda h: (h[0], -h[2]["seeds_passing"] / h[2]["seeds_run"]))
+        params, name, figures, trained, chosen = min(holding, key=lambda h: (h[0], -h[2]["seeds_passing"] / h[2]["seeds_run"]))
         rows += ["", f"The smallest recipe that holds (at least {HOLDS_SHARE:.0%} of at least {HOLDS_SEEDS} fresh "
                      f"seeds): `{name}`, {params:,} parameters, {figures['seeds_passing']} of {figures['seeds_run']} "
-                     f"({trained})."]
+                     f"({trained}; chosen on: {chosen})."]
     return rows
 
 
