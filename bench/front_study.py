@@ -9,6 +9,7 @@ test files are never opened.
     python bench/front_study.py --out evidence/studies/front-5k.jsonl            # every job, in order
     python bench/front_study.py --out evidence/studies/front-5k.jsonl --list     # what is done and what is left
     python bench/front_study.py --out ... --plan plan.json    # the order of a JSON list of [recipe, fold, seed]
+    python bench/front_study.py --out ... --plan plan.json --worker 1 --workers 2   # the odd places of the plan
 
 Candidates use the levers of small public models at about trial 10's size (5,480 parameters); the calibration
 recipes are those whose fresh-seed test outcome is committed (evidence/studies/calibrate-*.json and the
@@ -45,6 +46,11 @@ CANDIDATES = {  # name -> model, each with the recipe of BASELINE; the lever bes
     "share-bn": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3,repbn=1",  # 5,656: the same, a BatchNorm per application
     "fact": "tiny:w=12.40.24.24.24,pool=2,sep=3,sq=0,fact=2",  # 5,372: layer 2 factorized 3x1 + 1x3
     "pad-share": "tiny:w=8.32.32.32,pool=2,sep=3,sq=0,rep=3,pad=2",  # 5,528: both
+    "wide": "tiny:w=8.32.26.26.26,pool=2,sep=3,sq=0",  # 5,812: trial 10's separable layers 26 wide (front_wide_5k8)
+    "deep": "tiny:w=8.28.24.24.24.24,pool=2,sep=3,sq=0",  # 5,892: a fourth separable layer (front_deep_5k9)
+}
+BAND_BEST = {  # name -> (study export, trial): a band's best screened recipe without a fresh-seed outcome
+    "band-4k-6k trial 1": ("band-4k-6k", 1),  # 4,344: the best 4,001-5,000 screen of band-4k-6k
 }
 CALIBRATION = {  # name -> (study export, trial): recipes with committed fresh-seed test outcomes
     "compact_step4": ("calibrate-compact-step4", 0),
@@ -56,7 +62,7 @@ CALIBRATION = {  # name -> (study export, trial): recipes with committed fresh-s
 
 
 def recipe_of(name: str, exports: Path) -> Recipe:
-    study, trial = BASELINE if name in CANDIDATES else CALIBRATION[name]
+    study, trial = BASELINE if name in CANDIDATES else {**CALIBRATION, **BAND_BEST}[name]
     recipe = trial_recipe(read_exports([exports / f"{study}.json"])[0], trial)
     return dataclasses.replace(recipe, model=CANDIDATES[name]) if name in CANDIDATES else recipe
 
@@ -113,12 +119,16 @@ def main() -> int:
     p.add_argument("--data-dir", default=os.environ.get("TINYMNIST_DATA"))
     p.add_argument("--plan", type=Path, help="JSON list of [recipe, fold, seed], read before each job")
     p.add_argument("--list", action="store_true", help="say what is done and what is left, train nothing")
+    p.add_argument("--worker", type=int, default=0, help="with --workers N: train the jobs whose place in the "
+                   "plan is this modulo N (each worker on a core of its own)")
+    p.add_argument("--workers", type=int, default=1)
     args = p.parse_args()
     if args.list:
         for job in ordered(args.plan):
             print(("done  " if job in done(args.out) else "left  ") + " ".join(map(str, job)))
         return 0
-    while left := [job for job in ordered(args.plan) if job not in done(args.out)]:
+    while left := [job for i, job in enumerate(ordered(args.plan))
+                   if i % args.workers == args.worker and job not in done(args.out)]:
         row = train(*left[0], args.exports, args.data_dir)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")

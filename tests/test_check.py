@@ -165,10 +165,10 @@ def test_a_changed_model_or_setting_names_only_its_own_steps(small_mnist: MNIST,
                                                                                           'name = "wide"'))
     code, out, _ = check(journey, capsys)
     lines = out.splitlines()
-    assert code == 1 and lines[-1] == ("check FAILED: lr (its run is not the journey's: retrain it with tinymnist "
-                                       f"report {journey}); wide (its run is not the journey's: retrain it with "
-                                       f"tinymnist report {journey}); cycle (its run is not the journey's: retrain "
-                                       f"it with tinymnist report {journey})")
+    again = f"tinymnist report {journey} --runs {journey.parent / 'runs'}"  # advice to paste as it stands
+    assert code == 1 and lines[-1] == (f"check FAILED: lr (its run is not the journey's: retrain it with {again}); "
+                                       f"wide (its run is not the journey's: retrain it with {again}); cycle (its "
+                                       f"run is not the journey's: retrain it with {again})")
     assert "the journey's entry no longer matches this run: recipe changed: lr" in out
     assert out.count("model code changed (Wide in nets.py)") == 2 and "Small in nets.py" not in out
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tinymnist.errors import UsageError
-from tinymnist.reports.folds import cross_validated, cv_bar, cv_calibration, folds_lines, read_folds
+from tinymnist.reports.folds import band_lines, cross_validated, cv_bar, cv_calibration, folds_lines, read_folds
 
 RECIPE = {"model": "tiny:w=8.16,pool=1", "epochs": 15, "batch_size": 64, "lr": 0.2, "schedule": "onecycle"}
 
@@ -52,6 +52,21 @@ def test_levels_offsets_and_bar():
     assert "| lever | `tiny:w=8.16,pool=1,pad=1` | 100 | 0: 99.45 1: 99.40 |" in text
     assert "+0.05 -0.04" in text  # fold by fold against a's folds 0 and 1
     assert "not within the 0.03 points" in text and "**99.520%**" in text
+
+
+def test_the_best_level_per_band_counts_only_recipes_with_three_folds():
+    def recipe(name: str, params: int, levels: dict) -> dict:
+        return {"name": name, "model": f"m-{name}", "params": params, "levels": levels, "seconds": 1800.0,
+                "study": None, "mean": sum(levels.values()) / len(levels), "sd": 0.0}
+
+    recipes = [recipe("small", 4_500, {0: 99.30, 1: 99.32, 2: 99.34}),
+               recipe("best-but-one-fold", 5_500, {0: 99.60}),  # one fold: not a cross-validated level
+               recipe("mid", 5_400, {0: 99.40, 1: 99.36, 2: 99.38}),
+               recipe("low", 5_900, {0: 99.20, 1: 99.22, 2: 99.24})]
+    rows = [line for line in band_lines(recipes) if line.startswith("| 4,001") or line.startswith("| 5,001")]
+    assert rows[0].startswith("| 4,001-5,000 | 99.320 ± 0.000 | small (`m-small`) | 4,500 | 1 | 0.50 |")
+    assert rows[1].startswith("| 5,001-6,000 | 99.380 ± 0.000 | mid (`m-mid`) | 5,400 | 2 | 1.50 |")
+    assert "| 4,001-5,000 | none measured | | | 0 | 0.00 |" in band_lines(recipes[1:2])
 
 
 def test_unreadable_fold_file_is_one_sentence(tmp_path):

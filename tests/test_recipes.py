@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tinymnist.errors import NameNote, Note, UsageError
-from tinymnist.models import list_models
+from tinymnist.models import create_model, family_model, list_models
 from tinymnist.names import RENAMED
 from tinymnist.steps.builtin import JOURNEYS, RECIPES, all_steps, get_journey, get_step
 from tinymnist.training.recipes import Options, Recipe, RunSpec
@@ -18,7 +18,9 @@ def test_every_journey_has_four_steps_with_known_models_and_tuning_seeds() -> No
     for name, steps in JOURNEYS.items():
         assert len(steps) == 4, name
     for step in all_steps().values():
-        assert step.recipe.model in list_models() and step.target
+        # a registered model, or a registered family's member by its arguments (tiny:w=...)
+        assert (step.recipe.model in list_models() or family_model(step.recipe.model)) and step.target
+        create_model(step.recipe.model)
         assert step.tuned_seeds, f"{step.name} must say which seeds chose it"
         step.recipe.check()
 

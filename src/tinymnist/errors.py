@@ -32,6 +32,16 @@ def unknown_name(kind: str, name: str, known: list[str]) -> UsageError:
     return UsageError(f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 epoch', '15 epochs', '2,000 images': a count and its noun, plural unless the count is one."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def last_epochs(k: int) -> str:
+    """'each of the last 5 epochs', or 'the last epoch' when there is one."""
+    return "the last epoch" if k == 1 else f"each of the last {k} epochs"
+
+
 class Note(UserWarning):
     """Something the user should know that is not an error (a schedule scaled to fewer epochs, an old name);
     the library warns, the CLI shows it as one note line, once."""

@@ -199,6 +199,8 @@ def seeds_shown(spec: RunSpec, seeds: list[int], root: Path, data: MNIST, last_k
 
     def on_run(seed: int, run: RunRecord) -> None:
         say("", f"{step}, seed {seed}: {run.path}{' (finished: reused)' if run.finished() else ''}", HEADER)
+        if run.finished():  # nothing trains: its recorded epochs, so that the table is never empty
+            say(*(epoch_row(m) for m in run.metrics()))
 
     shown = []
 

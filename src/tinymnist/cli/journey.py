@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from tinymnist.errors import TinyMnistError, UsageError
+from tinymnist.errors import TinyMnistError, UsageError, counted
 from tinymnist.targets import LAST_K
 
 
@@ -222,11 +222,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             run = dataclasses.replace(run, header={**run.header, "recipe": recipe})
         judged = judge_evidence(run)
         differs = entry_differences(model, settings, run, kept_settings(run, label))
-        counted = args.all_steps or i == len(steps)
-        lines.append(f"{i}. {label}: {judged.params:,} params, {judged.epochs} epochs on {data_line(run.header)}, "
+        judged_here = args.all_steps or i == len(steps)
+        lines.append(f"{i}. {label}: {judged.params:,} params, {counted(judged.epochs, 'epoch')} on "
+                     f"{data_line(run.header)}, "
                      f"last-{LAST_K} minimum {judged.min_last_k:.2f}%: "
                      f"{'every target met' if judged.met else 'targets missed'}"
-                     f"{'' if counted else ' (not checked: only the last step must meet them)'}")
+                     f"{'' if judged_here else ' (not checked: only the last step must meet them)'}")
         if judged.disagreements:
             lines.append(f"   {path / 'summary.json'} disagrees with its metrics.jsonl: "
                          f"{'; '.join(judged.disagreements)}")
@@ -234,15 +235,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         if differs:
             lines.append(f"   the journey's entry no longer matches this run: {'; '.join(differs)}")
             failed.append(f"{label} (its run is not the journey's: retrain it with tinymnist report "
-                          f"{args.journey})")
-        if counted and not judged.met:
+                          f"{args.journey}{_runs_flag(args.runs)})")
+        if judged_here and not judged.met:
             failed.append(f"{label} misses a target")
     if missing:
         raise UsageError(f"no finished run for {len(missing)} step(s) ({', '.join(missing)}); train them with "
-                         f"`tinymnist report {args.journey}` and commit their recipe.json, metrics.jsonl and "
+                         f"`tinymnist report {args.journey}{_runs_flag(args.runs)}` and commit their recipe.json, metrics.jsonl and "
                          f"summary.json.")
     _say(*lines, "check passed" if not failed else f"check FAILED: {'; '.join(failed)}")
     return 1 if failed else 0
+
+
+def _runs_flag(runs: str) -> str:
+    """' --runs DIR' when the runs are not in the default folder, so that advice can be pasted as it stands."""
+    return "" if str(runs) == "runs" else f" --runs {runs}"
 
 
 def add_check_args(p: argparse.ArgumentParser) -> None:

@@ -36,7 +36,7 @@ from tinymnist.cli.common import (
 from tinymnist.cli.journey import add_journey_commands
 from tinymnist.cli.search import add_search_commands
 from tinymnist.cli.use import add_use_commands
-from tinymnist.errors import NameNote, Note, TinyMnistError, UsageError
+from tinymnist.errors import NameNote, Note, TinyMnistError, UsageError, counted
 from tinymnist.names import current
 from tinymnist.reports.render import (
     csv_lines,
@@ -98,7 +98,7 @@ def cmd_steps(args: argparse.Namespace) -> int:
     def lines(i: str, step) -> list[str]:
         params = count_params(create_model(step.recipe.model))
         tuned = f"tuned on seed{'s' * (len(step.tuned_seeds) > 1)} {seed_list(step.tuned_seeds) or 'none'}"
-        head = f"  {i}{step.name} ({params:,} params, {step.recipe.epochs} epochs; {tuned})"
+        head = f"  {i}{step.name} ({params:,} params, {counted(step.recipe.epochs, 'epoch')}; {tuned})"
         return [head, *textwrap.wrap(step.target, 80, initial_indent="      ", subsequent_indent="      ")]
 
     for journey, steps in JOURNEYS.items():
@@ -160,8 +160,8 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     spec = spec_for(args, step, run_options(args))
     seeds = parse_seeds(args, fresh_seeds(args.seeds, step.tuned_seeds))
     if args.last_k > spec.recipe.epochs:
-        raise UsageError(f"--last-k {args.last_k} is more than the recipe's {spec.recipe.epochs} epochs; give at most "
-                         f"{spec.recipe.epochs}.")
+        raise UsageError(f"--last-k {args.last_k} is more than the recipe's {counted(spec.recipe.epochs, 'epoch')}; "
+                         f"give at most {spec.recipe.epochs}.")
     create_model(spec.recipe.model)
     data = load_data(args, args.subset)
     spec.recipe.check(train_size=len(data.train_labels))
@@ -172,8 +172,8 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     figures = seeds_shown(spec, seeds, Path(args.runs), data, args.last_k, args.jobs, args.trust_remote_code)
     if figures is None:
         return EXIT_INTERRUPTED
-    say("", f"{step.name}: {figures['params']:,} params, {spec.recipe.epochs} epochs, {len(seeds)} "
-            f"seed{'s' if len(seeds) != 1 else ''}", *over_seeds_lines(figures, step.tuned_seeds))
+    say("", f"{step.name}: {figures['params']:,} params, {counted(spec.recipe.epochs, 'epoch')}, "
+            f"{counted(len(seeds), 'seed')}", *over_seeds_lines(figures, step.tuned_seeds))
     passed = figures["seeds_passing"] == figures["seeds_run"]
     return EXIT_TARGETS if args.require_targets and not passed else EXIT_OK
 

@@ -22,7 +22,7 @@ from tinymnist.cli.common import (
     say,
     seeds_shown,
 )
-from tinymnist.errors import UsageError
+from tinymnist.errors import UsageError, counted
 from tinymnist.reports.render import over_seeds_lines
 from tinymnist.search.analysis import SCORED
 from tinymnist.settings import DESIGN, SPACES
@@ -147,7 +147,8 @@ def cmd_search_confirm(args: argparse.Namespace) -> int:
     figures = seeds_shown(spec, seeds, Path(args.runs), data, last_k, args.jobs, args.trust_remote_code)
     if figures is None:
         return EXIT_INTERRUPTED
-    say("", f"{step}: {figures['params']:,} params, {spec.recipe.epochs} epochs, {len(seeds)} seeds",
+    say("", f"{step}: {figures['params']:,} params, {counted(spec.recipe.epochs, 'epoch')}, "
+            f"{counted(len(seeds), 'seed')}",
         *over_seeds_lines(figures, tuned))
     return EXIT_OK
 

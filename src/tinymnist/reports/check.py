@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from tinymnist.errors import CheckpointError, UsageError
+from tinymnist.errors import CheckpointError, UsageError, counted
 from tinymnist.names import current
 from tinymnist.targets import LAST_K, first_epoch_holding, judge
 
@@ -145,7 +145,7 @@ def judge_evidence(run: Evidence, last_k: int = LAST_K) -> Judged:
             if said["verdict"].get("met") != logged:
                 wrong.append(f"targets met: {said['verdict'].get('met')} (its log gives {logged})")
     if run.recipe["epochs"] != len(accs):
-        wrong.append(f"its log has {len(accs)} epochs, its recipe {run.recipe['epochs']}")
+        wrong.append(f"its log has {counted(len(accs), 'epoch')}, its recipe {run.recipe['epochs']}")
     return Judged(params, len(accs), min(accs[-last_k:]), verdict["met"], verdict["checks"], wrong)
 
 

@@ -134,7 +134,30 @@ def folds_lines(folds: list[dict], exports: list[dict], rows: list[dict], source
         lines += [f"Ranked by cross-validated level the calibrated recipes come {order} their fresh-seed test "
                   f"levels ({', '.join(by_cv)} against {', '.join(by_test)})."
                   + (f" A recipe that holds scores below the bar: {below}." if below else ""), ""]
-    return lines + candidate_lines(folds, recipes, bar, baseline)
+    return lines + candidate_lines(folds, recipes, bar, baseline) + band_lines(recipes)
+
+
+BANDS = ((4_001, 5_000), (5_001, 6_000))  # the bands under compact_step4's 7,432 where nothing holds yet
+
+
+def band_lines(recipes: list[dict]) -> list[str]:
+    """Per band of parameters, the best cross-validated level (recipes with at least 3 folds) and the
+    worker-hours the fold study spent there."""
+    lines = ["### The best cross-validated level per band", "",
+             "| Band (params) | Best cross-validated level | Recipe | Params | Recipes with 3 folds | "
+             "Worker-hours (folds trained here) |", "|---|---|---|---|---|---|"]
+    for low, high in BANDS:
+        inside = [r for r in recipes if low <= r["params"] <= high]
+        full = [r for r in inside if len(r["levels"]) >= 3]
+        hours = sum(r["seconds"] for r in inside) / 3600
+        if not full:
+            lines.append(f"| {low:,}-{high:,} | none measured | | | 0 | {hours:.2f} |")
+            continue
+        best = max(full, key=lambda r: r["mean"])
+        name = f"`{best['study'][0]}` trial {best['study'][1][0]}" if best["study"] else best["name"]
+        lines.append(f"| {low:,}-{high:,} | {best['mean']:.3f} ± {best['sd']:.3f} | {name} (`{best['model']}`) | "
+                     f"{best['params']:,} | {len(full)} | {hours:.2f} |")
+    return lines + [""]
 
 
 def candidate_lines(folds: list[dict], recipes: list[dict], bar: dict | None, baseline: str) -> list[str]:

@@ -7,6 +7,7 @@ import math
 import statistics
 from collections.abc import Iterable
 
+from tinymnist.errors import counted, last_epochs
 from tinymnist.runs.records import RunRecord
 from tinymnist.targets import BONUS_PARAMS, LAST_K, MAX_PARAMS, TARGET, TARGET_ACC, holds_last_k
 
@@ -124,14 +125,14 @@ def pass_count(figures: dict) -> str:
 def over_seeds_lines(figures: dict, tuned: Iterable[int] = ()) -> list[str]:
     """The consistency table: a row per seed, then the pass count with its interval and the accuracy figures."""
     k, tuned = figures["last_k"], set(tuned)
-    lines = [f"{'seed':>6}  {f'test acc, last {k} epochs':<44} {'min':>6}  passed"]
+    lines = [f"{'seed':>6}  {'test acc, last ' + counted(k, 'epoch'):<44} {'min':>6}  passed"]
     for s in figures["seeds"]:
         accs = " ".join(f"{a:.2f}" for a in s[f"last_{k}"])
         mark = "  (tuning seed)" if s["seed"] in tuned else ""
         lines.append(f"{s['seed']:>6}  {accs:<44} {s['min']:>6.2f}  {'yes' if s['passed'] else 'NO'}{mark}")
     seeds = [s["seed"] for s in figures["seeds"]]
     used = sorted(tuned & set(seeds))
-    lines += [f"seeds passing (>= {TARGET} in each of the last {k} epochs): {pass_count(figures)}, "
+    lines += [f"seeds passing (>= {TARGET} in {last_epochs(k)}): {pass_count(figures)}, "
               "Clopper-Pearson",
               f"final test accuracy: {figures['final_mean']:.2f} +- {figures['final_std']:.2f}% (mean +- std)",
               f"minimum over every last-{k} epoch of every seed: {figures['min_last_k']:.2f}%"]
@@ -221,12 +222,12 @@ def analyse(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> l
     of = f" in {passing} of {len(tails)} seeds" if len(tails) > 1 else ""
     spread = f"(lowest {low:.2f}%, largest epoch-to-epoch swing {swing:.2f} points)"
     if min(len(h) for h in histories) < last_k:
-        consistency = (f"Consistency not judged: {min(len(h) for h in histories)} epochs ran, fewer than the last "
-                       f"{last_k} the target reads {spread}.")
+        consistency = (f"Consistency not judged: {counted(min(len(h) for h in histories), 'epoch')} ran, fewer "
+                       f"than the last {last_k} the target reads {spread}.")
     elif passing == len(tails):
-        consistency = f"Consistent: test accuracy holds {TARGET} in each of the last {last_k} epochs{of} {spread}."
+        consistency = f"Consistent: test accuracy holds {TARGET} in {last_epochs(last_k)}{of} {spread}."
     elif len(tails) > 1:
-        consistency = f"Not consistent: test accuracy holds {TARGET} in each of the last {last_k} epochs{of} {spread}."
+        consistency = f"Not consistent: test accuracy holds {TARGET} in {last_epochs(last_k)}{of} {spread}."
     else:
         consistency = f"Not consistent: test accuracy falls below {TARGET} in the last {last_k} epochs {spread}."
     if params < BONUS_PARAMS:

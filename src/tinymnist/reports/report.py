@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from tinymnist.data import MNIST
+from tinymnist.errors import counted
 from tinymnist.models import is_user_model
 from tinymnist.reports.check import data_line, model_code_change
 from tinymnist.reports.handin import code_block, compare_lines, layer_block, log_block, shown_model
@@ -173,7 +174,8 @@ def step_rows(histories: list[list[dict]], params: int, last_k: int = LAST_K) ->
         "min_last": _stat([min(m["test_acc"] for m in h[-last_k:]) for h in histories]),
         "first_holding": (", ".join(str(f) if f else "none" for f in firsts) if len(firsts) > 1
                           else (str(held[0]) if held else "none")),
-        "met": (f"not judged ({min(len(h) for h in histories)} epochs, fewer than the last {last_k})" if short else
+        "met": (f"not judged ({counted(min(len(h) for h in histories), 'epoch')}, fewer than the last {last_k})"
+                if short else
                 ("yes" if met else "no") if len(verdicts) == 1 else f"{met} of {len(verdicts)} seeds"),
     }
 

@@ -79,8 +79,9 @@ PAIRED_HEAD = ("| Step | First | Second | Seeds (both) | Seeds passing, first / 
                "|---|---|---|---|---|---|---|")
 
 
-RESULTS_HEAD = ("| Step / recipe | Params | Chosen on | Seeds | Seeds passing | Final test acc (mean ± std) | Min test acc, last K "
-                f"epochs (all seeds) | First epoch holding {TARGET}, per seed | Trained with | Command |\n"
+RESULTS_HEAD = ("| Step / recipe | Params | Chosen on | Seeds | Seeds passing | Final test acc (mean ± std) | "
+                f"Min test acc, last K epochs (all seeds) | First epoch holding {TARGET}, per seed | Trained with | "
+                "Command |\n"
                 "|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -210,7 +211,8 @@ def headline_lines(root: Path) -> list[str]:
                 holding.append((figures["params"], name, figures, f"{arithmetic(how)}{', ' + cpu if cpu else ''}",
                                 chosen))
     if holding:
-        params, name, figures, trained, chosen = min(holding, key=lambda h: (h[0], -h[2]["seeds_passing"] / h[2]["seeds_run"]))
+        params, name, figures, trained, chosen = min(holding, key=lambda h: (h[0], -h[2]["seeds_passing"] /
+                                                                             h[2]["seeds_run"]))
         rows += ["", f"The smallest recipe that holds (at least {HOLDS_SHARE:.0%} of at least {HOLDS_SEEDS} fresh "
                      f"seeds): `{name}`, {params:,} parameters, {figures['seeds_passing']} of {figures['seeds_run']} "
                      f"({trained}; chosen on: {chosen})."]

@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinymnist.errors import Note, UsageError, unknown_name
+from tinymnist.errors import Note, UsageError, counted, unknown_name
 
 SCHEDULES = ("constant", "step", "onecycle")
 OPTIMIZERS = ("sgd", "adam")
@@ -61,7 +61,7 @@ class Recipe:
             # a quick look at fewer epochs than the LR cycle: the cycle keeps its share of the run
             changes["cycle_epochs"] = max(1, round(self.cycle_epochs * epochs / self.epochs))
             warnings.warn(Note(f"this recipe's LR cycle spans {self.cycle_epochs} of its {self.epochs} epochs; "
-                               f"with {epochs} epoch{'s' * (epochs > 1)} it spans {changes['cycle_epochs']} "
+                               f"with {counted(epochs, 'epoch')} it spans {changes['cycle_epochs']} "
                                f"(scaled to the same share)."), stacklevel=2)
         recipe = dataclasses.replace(self, **changes)
         recipe.check()
@@ -89,8 +89,8 @@ class Recipe:
         if not 0 <= self.warmup < 1:
             raise UsageError(f"warmup must be a fraction in [0, 1) (got {self.warmup}).")
         if self.cycle_epochs is not None and not 1 <= self.cycle_epochs <= self.epochs:
-            raise UsageError(f"this recipe's LR cycle spans {self.cycle_epochs} epochs, more than the {self.epochs} "
-                             f"asked for; use --epochs {self.cycle_epochs} or more.")
+            raise UsageError(f"this recipe's LR cycle spans {counted(self.cycle_epochs, 'epoch')}, more than the "
+                             f"{self.epochs} asked for; use --epochs {self.cycle_epochs} or more.")
         if not 0 < self.distill <= 1:
             raise UsageError(f"distill must be the teacher's share of the loss, in (0, 1] (got {self.distill}).")
         if self.elastic < 0:
