@@ -149,10 +149,11 @@ def layer_lines(model: object) -> list[str]:
     from tinymnist.models.layers import final_rf_text, flops_per_image, layer_table
 
     rows = layer_table(model)
-    lines = [f"{'layer':<26} {'output':>12} {'params':>7} {'RF':>4} {'jump':>5}"]
+    width = max([26, *(len(row.name) for row in rows)])  # a repeated layer's "(again)" makes a longer name
+    lines = [f"{'layer':<{width}} {'output':>12} {'params':>7} {'RF':>4} {'jump':>5}"]
     for row in rows:
         shape = "x".join(str(d) for d in row.shape)
-        lines.append(f"{row.name:<26} {shape:>12} {row.params:>7,} {row.rf_text:>4} {row.jump_text:>5}")
+        lines.append(f"{row.name:<{width}} {shape:>12} {row.params:>7,} {row.rf_text:>4} {row.jump_text:>5}")
     lines.append(f"total: {count_params(model):,} params, {flops_per_image(model) / 1e6:.2f} MFLOPs per image "
                  f"(inference), final receptive field {final_rf_text(rows)}")
     return lines
