@@ -3,6 +3,7 @@ trials."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -290,3 +291,25 @@ def test_every_committed_export_upgrades_to_the_current_format(path: Path) -> No
     assert by_recipe(raw) == by_recipe(new)
     assert rescore_plan(raw, 3, [2, 3]) == rescore_plan(new, 3, [2, 3])
     assert read_exports([path])[0] == {**new, "path": str(path)}
+
+
+def test_a_lever_is_paired_seed_by_seed_with_its_baseline_step_on_the_same_arithmetic(small_mnist: MNIST,
+                                                                                       tmp_path: Path) -> None:
+    """Step.baseline pairs a lever's runs with its baseline's on their common seeds, only between rows of the same
+    flags, precision and CPU; a step without that baseline is never paired with it."""
+    from test_check import fake_finished
+    from tinymnist.steps.builtin import get_step
+
+    lows = {"front_5k5": [99.40, 99.50, 99.30], "front_pad_5k5": [99.45, 99.40, 99.50],
+            "frontier_sep_3k8": [99.0, 99.1, 99.2]}
+    for name, worst in lows.items():
+        step = get_step(name)
+        for seed, low in zip((1, 2, 3), worst, strict=True):
+            run = RunRecord(run_dir(tmp_path, name, seed))
+            recipe = dataclasses.replace(step.recipe, seed=seed)
+            create_run(run, RunSpec(recipe=recipe, step=name, tuned_seeds=step.tuned_seeds), small_mnist)
+            fake_finished(run, [99.6] * (recipe.epochs - 5) + [low] + [99.6] * 4)
+    text = results_markdown(tmp_path, "tinymnist results")
+    pairs = [line for line in text.splitlines() if " against " in line]
+    assert len(pairs) == 1 and pairs[0].startswith("| `front_pad_5k5` against `front_5k5` |")
+    assert "| 1-3 | 2 / 3 | +0.050 |" in pairs[0]  # (+0.05 - 0.10 + 0.20) / 3, second minus first

@@ -240,8 +240,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             failed.append(f"{label} misses a target")
     if missing:
         raise UsageError(f"no finished run for {len(missing)} step(s) ({', '.join(missing)}); train them with "
-                         f"`tinymnist report {args.journey}{_runs_flag(args.runs)}` and commit their recipe.json, metrics.jsonl and "
-                         f"summary.json.")
+                         f"`tinymnist report {args.journey}{_runs_flag(args.runs)}` and commit their recipe.json, "
+                         f"metrics.jsonl and summary.json.")
     _say(*lines, "check passed" if not failed else f"check FAILED: {'; '.join(failed)}")
     return 1 if failed else 0
 

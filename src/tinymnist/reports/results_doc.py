@@ -49,8 +49,11 @@ RunGroup = tuple[str, str, str, str | None]  # (step, flags, precision, CPU): on
 
 
 def paired_rows(groups: dict[RunGroup, dict[int, RunRecord]], last_k: int = LAST_K) -> list[str]:
-    """For two rows of one step that ran the same seeds (at least two): the mean difference, second minus
-    first, of each seed's lowest test accuracy over its last K epochs, with its 95% t interval."""
+    """For two rows of one step that ran the same seeds (at least two), and for a step's row against the same
+    row (flags, precision, CPU) of its baseline step (Step.baseline): the mean difference, second minus first,
+    of each seed's lowest test accuracy over its last K epochs, with its 95% t interval."""
+    steps = all_steps()
+
     def worst(run: RunRecord) -> float:
         return min(run.test_accs()[-last_k:])
 
@@ -58,18 +61,28 @@ def paired_rows(groups: dict[RunGroup, dict[int, RunRecord]], last_k: int = LAST
         _, flags, precision, cpu = group
         return f"{flags or 'as defined'}, {precision}{', ' + cpu if cpu else ''}"
 
+    def paired(first: RunGroup, second: RunGroup) -> str | None:
+        """The Step cell of a pair, or None when the two rows are no pair."""
+        if first[0] == second[0]:
+            return f"`{first[0]}`"
+        if first[1:] == second[1:] and second[0] in steps and steps[second[0]].baseline == first[0]:
+            return f"`{second[0]}` against `{first[0]}`"
+        return None
+
     rows = []
     keys = list(groups)
     for i, first in enumerate(keys):
-        for second in keys[i + 1:]:
-            common = sorted(set(groups[first]) & set(groups[second]))
-            if first[0] != second[0] or len(common) < 2:
+        for j, second in enumerate(keys):
+            if j == i or (first[0] == second[0] and j < i):  # a pair within one step once, in the table's order
+                continue
+            name, common = paired(first, second), sorted(set(groups[first]) & set(groups[second]))
+            if name is None or len(common) < 2:
                 continue
             diffs = [worst(groups[second][s]) - worst(groups[first][s]) for s in common]
             mean, low, high = mean_interval(diffs)
             passes = [sum(holds_last_k(g[s].test_accs(), last_k) for s in common) for g in (groups[first],
                                                                                           groups[second])]
-            rows.append(f"| `{first[0]}` | {label(first)} | {label(second)} | {seed_list(common)} | "
+            rows.append(f"| {name} | {label(first)} | {label(second)} | {seed_list(common)} | "
                         f"{passes[0]} / {passes[1]} | {mean:+.3f} | {low:+.3f} to {high:+.3f} |")
     return rows
 

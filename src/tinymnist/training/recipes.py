@@ -124,6 +124,9 @@ class Step:
     # Seeds whose results were looked at while choosing this recipe: a pass on them proves the choice, not the
     # recipe. Confirmation seeds (targets.fresh_seeds) are never these.
     tuned_seeds: tuple[int, ...] = ()
+    # The step this one changes one thing of (a lever at about the same size): docs/results.md pairs their runs
+    # seed by seed.
+    baseline: str = ""
 
 
 HELD_OUT = ("test", "validation")  # what a run is scored on each epoch
