@@ -23,6 +23,7 @@ from tinymnist.cli.common import (
     seeds_shown,
 )
 from tinymnist.errors import UsageError, counted
+from tinymnist.reports.folds import BASELINE as FOLD_BASELINE
 from tinymnist.reports.render import over_seeds_lines
 from tinymnist.search.analysis import SCORED
 from tinymnist.settings import DESIGN, SPACES
@@ -264,6 +265,6 @@ def _add_search_doc(sub: argparse._SubParsersAction) -> None:
                                                   "validation score, fastest first")
     p.add_argument("--folds", metavar="FILE", help="a fold study's JSON lines (bench/front_study.py): the "
                                                    "cross-validated levels and their calibration")
-    p.add_argument("--baseline", default="band-4k-6k:10", metavar="STUDY:TRIAL",
-                   help="the calibrated recipe the fold study's candidates are paired with (default band-4k-6k:10)")
+    p.add_argument("--baseline", default=FOLD_BASELINE, metavar="STUDY:TRIAL",
+                   help=f"the calibrated recipe the fold study's candidates are paired with (default {FOLD_BASELINE})")
     p.set_defaults(func=cmd_search_doc)

@@ -14,6 +14,7 @@ from tinymnist.reports.render import seed_list
 from tinymnist.reports.results_doc import HOLDS_SHARE
 from tinymnist.search.analysis import by_recipe, recipe_key, trained
 
+BASELINE = "band-4k-6k:10"  # the calibrated recipe (STUDY:TRIAL) whose recipe the fold study's candidates share
 AIM = 0.03  # points: the spread of test - level offsets that would let a level choose at the margin of a pass
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tinymnist.errors import UsageError
 from tinymnist.reports.calibration import calibration_lines, calibration_rows, front_lines, rule_lines
-from tinymnist.reports.folds import folds_lines, read_folds
+from tinymnist.reports.folds import BASELINE, folds_lines, read_folds
 from tinymnist.reports.render import pass_count, seed_list
 from tinymnist.reports.results_doc import run_groups
 from tinymnist.reports.search_figures import frontier_figure
@@ -238,7 +238,7 @@ def screen_lines(exports: list[dict]) -> list[str]:
 
 
 def search_markdown(exports: list[dict], root: Path, figure: Path, out: Path, command: str,
-                    bar: str | None = None, folds: Path | None = None, baseline: str = "band-4k-6k:10") -> str:
+                    bar: str | None = None, folds: Path | None = None, baseline: str = BASELINE) -> str:
     """``out`` (docs/search.md): how trials are chosen, the frontier figure (written to ``figure``), and a
     section per study; with ``bar`` (a study's name), each other study lists its trials that reached that
     study's best validation score, fastest first; with ``folds`` (a fold study's JSON lines), the cross-validated
