@@ -81,6 +81,10 @@ def main() -> int:
         for step, (mean, passing, params, n) in scores(args.runs).items():
             print(f"{step:16} {params:6,} params  seeds {n}  mean lowest last-5 {mean:.3f}  passing {passing} of {n}")
         print("chosen:", chosen(args.runs) or "(not yet: every candidate needs seeds 1-3)")
+        done = [s for step in CANDIDATES for seed in (*SELECTION_SEEDS, *FRESH_SEEDS)
+                if (s := summary(args.runs, step, seed))]
+        print(f"worker-hours: {sum(s['wall_seconds'] for s in done) / 3600:.2f} over {len(done)} trainings "
+              f"(wall time of each, one thread)")
         return 0
     for i, (step, seed) in enumerate(selection_jobs()):
         if i % args.workers == args.worker:
