@@ -107,7 +107,7 @@ def test_check_reads_the_committed_records(journey: str, code: int, says: str, c
 def test_check_without_runs_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["check", "compact", "--runs", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "no finished run for 4 step(s)" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "no finished run for 4 steps" in err
 
 
 def test_init_writes_a_workflow_that_checks_the_journey(tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_a_training_introduces_itself(mnist_dir: Path, tmp_path: Path, capsys: p
     header = next(i for i, line in enumerate(out) if line.lstrip().startswith("epoch"))
     intro = "\n".join(out[:header])
     assert "model: compact_7k4: 7,432 params, receptive field 28x28 px" in intro and "MFLOPs per image" in intro
-    assert "recipe: 1 epochs, batch 64, SGD lr 0.2" in intro and "the first 500 training images" in intro
+    assert "recipe: 1 epoch, batch 64, SGD lr 0.2" in intro and "the first 500 training images" in intro
     assert "accuracy in %" in intro and "seconds per epoch" in intro
     assert main([*args, "--runs", str(tmp_path / "q"), "--quiet"]) == 0
     quiet = capsys.readouterr().out
@@ -233,6 +233,6 @@ def test_one_step_of_a_journey_trains_alone_with_its_own_recipe(mnist_dir: Path,
     assert "j.toml has no step named 's3x'; did you mean 's3'?" in capsys.readouterr().err
     code = main(["train", "j.toml:s2", "--subset", "300", "--data-dir", str(mnist_dir), "--no-channels-last"])
     out = capsys.readouterr().out
-    assert code == 0 and "recipe: 1 epochs, batch 64, SGD lr 1e-06, momentum 0.9" in out
+    assert code == 0 and "recipe: 1 epoch, batch 64, SGD lr 1e-06, momentum 0.9" in out
     assert Path("runs/user/j/s2/seed-121/summary.json").is_file()
     assert "Did not learn: final test accuracy" in out and "near chance (10%)" in out

@@ -94,6 +94,9 @@ def load_data(args: argparse.Namespace, subset: int | None = None) -> MNIST:
     from tinymnist.data import load_mnist
 
     data = load_mnist(args.data_dir, not args.no_download)
+    if subset and subset > len(data.train_labels):
+        raise UsageError(f"--subset {subset} is more than the {len(data.train_labels):,} training images there are; "
+                         f"give at most {len(data.train_labels)}, or leave --subset out for all of them.")
     return data.subset(subset) if subset else data
 
 

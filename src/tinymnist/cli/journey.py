@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 
@@ -223,11 +224,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         judged = judge_evidence(run)
         differs = entry_differences(model, settings, run, kept_settings(run, label))
         judged_here = args.all_steps or i == len(steps)
+        verdict = "every target met" if judged.met else "targets missed" if judged_here else "not every target met"
         lines.append(f"{i}. {label}: {judged.params:,} params, {counted(judged.epochs, 'epoch')} on "
                      f"{data_line(run.header)}, "
-                     f"last-{LAST_K} minimum {judged.min_last_k:.2f}%: "
-                     f"{'every target met' if judged.met else 'targets missed'}"
-                     f"{'' if judged_here else ' (not checked: only the last step must meet them)'}")
+                     f"last-{LAST_K} minimum {judged.min_last_k:.2f}%: {verdict}"
+                     f"{'' if judged_here or judged.met else ' (fine here: only the last step must meet them)'}")
         if judged.disagreements:
             lines.append(f"   {path / 'summary.json'} disagrees with its metrics.jsonl: "
                          f"{'; '.join(judged.disagreements)}")
@@ -239,7 +240,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if judged_here and not judged.met:
             failed.append(f"{label} misses a target")
     if missing:
-        raise UsageError(f"no finished run for {len(missing)} step(s) ({', '.join(missing)}); train them with "
+        raise UsageError(f"no finished run for {counted(len(missing), 'step')} ({', '.join(missing)}); train "
+                         f"{'them' if len(missing) > 1 else 'it'} with "
                          f"`tinymnist report {args.journey}{_runs_flag(args.runs)}` and commit their recipe.json, "
                          f"metrics.jsonl and summary.json.")
     _say(*lines, "check passed" if not failed else f"check FAILED: {'; '.join(failed)}")
@@ -248,7 +250,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _runs_flag(runs: str) -> str:
     """' --runs DIR' when the runs are not in the default folder, so that advice can be pasted as it stands."""
-    return "" if str(runs) == "runs" else f" --runs {runs}"
+    return "" if str(runs) == "runs" else f" --runs {shlex.quote(str(runs))}"
 
 
 def add_check_args(p: argparse.ArgumentParser) -> None:

@@ -159,6 +159,7 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     step = step_to_train(args)
     spec = spec_for(args, step, run_options(args))
     seeds = parse_seeds(args, fresh_seeds(args.seeds, step.tuned_seeds))
+    args.last_k = args.last_k or min(LAST_K, spec.recipe.epochs)  # unsaid: the exercise's 5, or every epoch
     if args.last_k > spec.recipe.epochs:
         raise UsageError(f"--last-k {args.last_k} is more than the recipe's {counted(spec.recipe.epochs, 'epoch')}; "
                          f"give at most {spec.recipe.epochs}.")
@@ -219,13 +220,13 @@ def cmd_results(args: argparse.Namespace) -> int:
         raise UsageError("there is no docs/ folder here to hold docs/results.md: run `tinymnist results` in a "
                          "checkout of tinymnist, or say where to write with --out FILE (and where the run records "
                          "are with --runs DIR).")
-    text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {out}")
+    text = results_markdown(Path(args.runs), f"tinymnist results --runs {args.runs} --out {out}", str(args.runs))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     except OSError as e:
         raise UsageError(f"cannot write {out} ({e.strerror}).") from None
-    say(f"wrote {out}: {table_rows(text)} table rows from the run records under {args.runs}")
+    say(f"wrote {out}: {counted(table_rows(text), 'table row')} from the run records under {args.runs}")
     return EXIT_OK
 
 
@@ -294,8 +295,9 @@ def _add_consistency(sub: argparse._SubParsersAction) -> None:
     p.add_argument("step", help="a step or recipe name (see `tinymnist steps`), or your own model as FILE.py:NAME")
     p.add_argument("--recipe", help=f"with FILE.py:NAME: train it with this step's recipe (default {DEFAULT_RECIPE})")
     add_seed_args(p, 5, "run N fresh seeds: 1001 upwards, skipping the seeds the recipe was tuned on (default 5)")
-    p.add_argument("--last-k", type=positive_int, default=LAST_K,
-                   help=f"epochs that must each hold {TARGET}".replace("%", "%%"))  # argparse formats help with %
+    p.add_argument("--last-k", type=positive_int,
+                   help=f"epochs that must each hold {TARGET} (default {LAST_K}, or every epoch of a shorter "
+                        f"run)".replace("%", "%%"))  # argparse formats help with %
     p.add_argument("--require-targets", action="store_true", help="exit 1 unless every seed passes")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="seeds trained at once, each in its own process with cores/jobs threads (default 1; "

@@ -62,9 +62,9 @@ def run_lines(run: RunRecord) -> list[str]:
     params = f"{summary['params']:,} params, " if "params" in summary else ""
     images = f"the first {train:,} training images (a subset)" if train else "every training image"
     tested = f"{test:,} {held_out} images" if test else f"the whole {held_out} split"
-    return [f"{run.step()}: model {recipe.model} ({params}{recipe.epochs} epochs, seed {recipe.seed})",
+    return [f"{run.step()}: model {recipe.model} ({params}{counted(recipe.epochs, 'epoch')}, seed {recipe.seed})",
             f"trained on {images}, scored on {tested}; {summary.get('precision', options.precision)}, "
-            + (f"{options.threads} thread(s)" if options.threads else "one thread per core")]
+            + (counted(options.threads, "thread") if options.threads else "one thread per core")]
 
 
 def recipe_line(r: object) -> str:
@@ -81,8 +81,8 @@ def recipe_line(r: object) -> str:
     ema += f"; distilled from {r.teacher} (share {r.distill:g})" if r.teacher else ""
     moment = (f"beta1 {r.momentum:g}" if r.optimizer == "adam" else
               f"momentum {r.momentum:g}{' (Nesterov)' if r.nesterov and r.momentum > 0 else ''}")
-    return (f"{r.epochs} epochs, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}, {moment}, weight decay "
-            f"{r.weight_decay:g}, {schedule}; augmentation: {augmentation}{ema}")
+    return (f"{counted(r.epochs, 'epoch')}, batch {r.batch_size}, {r.optimizer.upper()} lr {r.lr:g}, {moment}, "
+            f"weight decay {r.weight_decay:g}, {schedule}; augmentation: {augmentation}{ema}")
 
 
 def model_line(model: object) -> str:
@@ -135,7 +135,7 @@ def over_seeds_lines(figures: dict, tuned: Iterable[int] = ()) -> list[str]:
     lines += [f"seeds passing (>= {TARGET} in {last_epochs(k)}): {pass_count(figures)}, "
               "Clopper-Pearson",
               f"final test accuracy: {figures['final_mean']:.2f} +- {figures['final_std']:.2f}% (mean +- std)",
-              f"minimum over every last-{k} epoch of every seed: {figures['min_last_k']:.2f}%"]
+              f"minimum over the last {counted(k, 'epoch')} of every seed: {figures['min_last_k']:.2f}%"]
     if used:
         lines.append(f"{'seeds' if len(used) > 1 else 'seed'} {seed_list(used)} {'were' if len(used) > 1 else 'was'} "
                      f"used to tune this recipe: on {'them' if len(used) > 1 else 'it'} a pass proves the choice, not "
