@@ -83,3 +83,24 @@ def test_specs_and_recipes_take_keywords_only() -> None:
                   lambda: MNIST(torch.zeros(1, 28, 28), torch.zeros(1), torch.zeros(1, 28, 28), torch.zeros(1))):
         with pytest.raises(TypeError, match="positional"):
             build()
+
+
+def test_front_5k5_is_band_4k_6k_trial_10_exactly() -> None:
+    """docs/search-guide.md pools front_5k5's fresh seeds with trial 10's as draws of one recipe: the same network
+    (the same weights from the same seed) and the same recipe as the study export's trial 10."""
+    import json
+    from pathlib import Path
+
+    from tinymnist.models import create_model
+    from tinymnist.search.study import trial_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    export = json.loads((root / "evidence" / "studies" / "band-4k-6k.json").read_text())
+    trial = trial_recipe(export, 10)
+    step = get_step("front_5k5").recipe
+    assert dataclasses.replace(trial, model=step.model) == step
+    nets = []
+    for model in (step.model, f"{root}/{trial.model}"):
+        torch.manual_seed(1)
+        nets.append(create_model(model).state_dict())
+    assert list(nets[0]) == list(nets[1]) and all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])

@@ -138,7 +138,7 @@ def folds_lines(folds: list[dict], exports: list[dict], rows: list[dict], source
     return lines + candidate_lines(folds, recipes, bar, baseline) + band_lines(recipes)
 
 
-BANDS = ((4_001, 5_000), (5_001, 6_000))  # the bands under compact_step4's 7,432 where nothing holds yet
+BANDS = ((4_001, 5_000), (5_001, 6_000))  # the bands under compact_step4's 7,432 that the fold study measured
 
 
 def band_lines(recipes: list[dict]) -> list[str]:

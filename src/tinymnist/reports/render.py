@@ -230,7 +230,8 @@ def analyse(histories: list[list[dict]], params: int, last_k: int = LAST_K) -> l
     elif len(tails) > 1:
         consistency = f"Not consistent: test accuracy holds {TARGET} in {last_epochs(last_k)}{of} {spread}."
     else:
-        consistency = f"Not consistent: test accuracy falls below {TARGET} in the last {last_k} epochs {spread}."
+        consistency = (f"Not consistent: test accuracy falls below {TARGET} in the last {counted(last_k, 'epoch')} "
+                       f"{spread}.")
     if params < BONUS_PARAMS:
         size = f"Size: {params:,} parameters, under both the {MAX_PARAMS:,} limit and the {BONUS_PARAMS:,} bonus."
     elif params < MAX_PARAMS:

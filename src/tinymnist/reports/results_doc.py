@@ -117,7 +117,7 @@ def results_document(rows: list[str], tuned: dict[str, tuple[int, ...]], command
         "same recipe). \"Chosen on\" says where the recipe was chosen, never where it trained (every run trains "
         "on the training files): **test set** when its tuning seeds' test accuracy was looked at (the exercise's "
         "own protocol: the original's author and tinymnist's journeys "
-        "chose so), **validation** when a search chose it on a split of the training files, never looking at "
+        "chose so), **validation split** when a search chose it on a split of the training files, never looking at "
         "the test set; the two kinds are never one row.", "",
         RESULTS_HEAD, *rows, "",
         *(["## Paired comparisons", "",
@@ -165,11 +165,12 @@ def fresh_seeds_of(runs: dict[int, RunRecord]) -> list[int]:
     return sorted(s for s in runs if s not in tuned)
 
 
-def result_groups(root: Path) -> Iterator[tuple[str, str, dict, dict, str | None, str, str]]:
+def result_groups(groups: dict[RunGroup, dict[int, RunRecord]]) -> Iterator[tuple[str, str, dict, dict, str | None,
+                                                                                str, str]]:
     """Every row of docs/results.md as (name with flags, kind of seed, figures over its seeds, precision and
     threads per seed, CPU, the command that reproduces it, where the recipe was chosen): a row per step (and
     per set of overrides) and per kind of seed, tuning or fresh; journeys' steps first, in order."""
-    for (name, flags, _, cpu), runs in run_groups(root).items():
+    for (name, flags, _, cpu), runs in groups.items():
         header = next(iter(runs.values())).header()
         tuned, origin = set(header["tuned_seeds"]), header["origin"]
         for kind, seeds in (("tuning", sorted(s for s in runs if s in tuned)),
@@ -194,7 +195,7 @@ def results_markdown(root: Path, command: str, where: str = "evidence/runs") -> 
     ordered = run_groups(root)
     tuned_by_step = {name: tuple(sorted(next(iter(runs.values())).header()["tuned_seeds"]))
                      for (name, *_), runs in ordered.items()}
-    rows = [results_row(*row) for row in result_groups(root)]
+    rows = [results_row(*row) for row in result_groups(ordered)]  # the records are read once
     return results_document(rows, tuned_by_step, command, paired_rows(ordered), where)
 
 
@@ -215,7 +216,7 @@ def headline_lines(root: Path) -> list[str]:
     """The README's headline table: every row of fresh seeds (none of them looked at while choosing the
     recipe), from the same records and arithmetic as docs/results.md."""
     rows, holding = [HEADLINE_HEAD], []
-    for name, kind, figures, how, cpu, _, chosen in result_groups(root):
+    for name, kind, figures, how, cpu, _, chosen in result_groups(run_groups(root)):
         if kind == "fresh":
             rows.append(f"| `{name}` | {figures['params']:,} | {chosen} | {len(figures['seeds'])} | "
                         f"{pass_count(figures)} | "
